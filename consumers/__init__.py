@@ -1,0 +1,1 @@
+"""The running processes: thin loops that poll, call streamlearn, produce, checkpoint, commit."""

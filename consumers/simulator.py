@@ -1,0 +1,89 @@
+"""The storefront simulator process: produces recommendations now and their outcomes later.
+
+Run: ``python -m consumers.simulator [--duration S] [--count N]``. Outcomes are produced when
+their event time comes; after the run it keeps producing the ones still due within ``--drain``
+seconds, so the ground truth on the topics is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import signal
+import time
+
+from confluent_kafka import Producer
+
+from streamlearn.events import Outcome
+from streamlearn.settings import get_settings
+from streamlearn.simulation import Storefront
+from topics import declared, producer_config
+
+log = logging.getLogger("streamlearn.simulator")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=None, help="seconds to run")
+    parser.add_argument("--count", type=int, default=None, help="recommendations to produce")
+    parser.add_argument("--drain", type=float, default=None, help="seconds to finish outcomes")
+    args = parser.parse_args(argv)
+    s = get_settings()
+    topics = declared(s)
+    recs_topic, outcomes_topic = topics["recommendations"].name, topics["outcomes"].name
+    shop = Storefront(s.sim_users, s.sim_items, s.sim_slate_size, s.sim_seed,
+                      traffic_seed=int(time.time()), mean_delay_s=s.sim_mean_delay_s)
+    producer = Producer(producer_config(s))
+    pending: list[tuple[float, int, Outcome]] = []
+    seq = recs = outs = 0
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def emit_due(now: float) -> None:
+        nonlocal outs
+        while pending and pending[0][0] <= now:
+            _, _, outcome = heapq.heappop(pending)
+            producer.produce(outcomes_topic, key=outcome.user_id.encode(),
+                             value=outcome.model_dump_json().encode())
+            outs += 1
+
+    start = time.time()
+    next_at = start
+    while not stopping:
+        now = time.time()
+        if args.duration is not None and now - start >= args.duration:
+            break
+        if args.count is not None and recs >= args.count:
+            break
+        while next_at <= now:
+            rec, outcomes = shop.recommend(now)
+            producer.produce(recs_topic, key=rec.user_id.encode(),
+                             value=rec.model_dump_json().encode())
+            recs += 1
+            for o in outcomes:
+                seq += 1
+                heapq.heappush(pending, (o.event_time, seq, o))
+            next_at += 1.0 / s.sim_rate
+        emit_due(now)
+        producer.poll(0)
+        time.sleep(min(0.01, max(0.0, next_at - time.time())))
+    drain_until = time.time() + (args.drain if args.drain is not None else 4 * s.sim_mean_delay_s)
+    while pending and not stopping and time.time() < drain_until:
+        emit_due(time.time())
+        producer.poll(0)
+        time.sleep(0.01)
+    producer.flush(30)
+    log.info("produced %d recommendations and %d outcomes (%d outcomes not yet due dropped)",
+             recs, outs, len(pending))
+
+
+if __name__ == "__main__":
+    main()

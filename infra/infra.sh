@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Local infrastructure without Docker: a real Apache Kafka broker (KRaft, combined broker and
+# controller) run from JARs that Maven fetches from Maven Central, and Debian's redis-server.
+#
+#   infra/infra.sh up       fetch what is missing, start what is not answering, wait for both
+#   infra/infra.sh down     stop what this script started
+#   infra/infra.sh status   say what answers
+#
+# Idempotent: a second `up` finds both answering and changes nothing. The JARs, the KRaft log
+# directory and the process logs live under $STREAMLEARN_HOME (default ~/.cache/streamlearn),
+# outside the repository.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+home=${STREAMLEARN_HOME:-$HOME/.cache/streamlearn}
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka-pom.xml")
+host=127.0.0.1
+kafka_port=${KAFKA_PORT:-9092}
+controller_port=${KAFKA_CONTROLLER_PORT:-9093}
+redis_port=${REDIS_PORT:-6379}
+libs=$home/kafka-$kafka_version/libs
+run=$home/run
+kafka_data=$run/kafka-$kafka_port
+redis_dir=$run/redis-$redis_port
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+
+answers() { # host port: true when something accepts TCP connections there
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+wait_for() { # name host port seconds
+  local i
+  for ((i = 0; i < $4 * 2; i++)); do
+    answers "$2" "$3" && return 0
+    sleep 0.5
+  done
+  log "$1 did not answer on $2:$3 within $4 s"
+  return 1
+}
+
+fetch_kafka() {
+  [ -f "$libs/.complete" ] && return 0
+  command -v java >/dev/null || { log "java is required (OpenJDK 17+)"; exit 1; }
+  command -v mvn >/dev/null || { log "mvn is required to fetch the broker JARs"; exit 1; }
+  log "fetching Apache Kafka $kafka_version JARs from Maven Central into $libs"
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  mvn -q -B -Dstyle.color=never -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs"
+  touch "$libs/.complete"
+}
+
+java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$here/log4j2.properties" -cp "$libs/*")
+
+kafka_up() {
+  if answers $host "$kafka_port"; then
+    log "kafka already answers on $host:$kafka_port"
+    return 0
+  fi
+  fetch_kafka
+  mkdir -p "$kafka_data"
+  local props=$kafka_data/server.properties
+  cat >"$props" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$host:$controller_port
+listeners=PLAINTEXT://$host:$kafka_port,CONTROLLER://$host:$controller_port
+advertised.listeners=PLAINTEXT://$host:$kafka_port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$kafka_data/logs
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+EOF
+  if [ ! -f "$kafka_data/logs/meta.properties" ]; then
+    log "formatting KRaft storage in $kafka_data/logs"
+    local cluster_id
+    cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)
+    java "${java_opts[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props" >/dev/null
+  fi
+  log "starting kafka $kafka_version on $host:$kafka_port"
+  nohup java "${java_opts[@]}" kafka.Kafka "$props" >"$kafka_data/server.log" 2>&1 &
+  echo $! >"$kafka_data/pid"
+  if ! wait_for kafka $host "$kafka_port" 90; then
+    tail -n 40 "$kafka_data/server.log" >&2
+    exit 1
+  fi
+}
+
+redis_up() {
+  if answers $host "$redis_port"; then
+    log "redis already answers on $host:$redis_port"
+    return 0
+  fi
+  if ! command -v redis-server >/dev/null; then
+    log "installing Debian's redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq redis-server >/dev/null
+  fi
+  mkdir -p "$redis_dir"
+  log "starting redis on $host:$redis_port"
+  redis-server --bind $host --port "$redis_port" --dir "$redis_dir" --daemonize yes \
+    --pidfile "$redis_dir/pid" --logfile "$redis_dir/server.log" --save "" --appendonly no
+  wait_for redis $host "$redis_port" 30
+}
+
+stop_pidfile() { # name pidfile
+  [ -f "$2" ] || return 0
+  local pid
+  pid=$(cat "$2")
+  if kill "$pid" 2>/dev/null; then
+    log "stopping $1 (pid $pid)"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$2"
+}
+
+status() {
+  local k=down r=down
+  answers $host "$kafka_port" && k=up
+  answers $host "$redis_port" && r=up
+  echo "kafka $host:$kafka_port $k"
+  echo "redis $host:$redis_port $r"
+  [ $k = up ] && [ $r = up ]
+}
+
+case ${1:-} in
+  up) redis_up; kafka_up; status ;;
+  down) stop_pidfile kafka "$kafka_data/pid"; stop_pidfile redis "$redis_dir/pid" ;;
+  status) status ;;
+  fetch) fetch_kafka ;;
+  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+esac

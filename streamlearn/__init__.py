@@ -1,0 +1,3 @@
+"""streamlearn: streaming continuous learning for storefront recommendations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+"""The one root exception of streamlearn and its areas.
+
+::
+
+    StreamlearnError
+    ├── ConfigError            settings or a model spec that cannot work
+    ├── InvalidEventError      a record that fails to parse or validate (routed to dead letters)
+    ├── SnapshotError          snapshot store trouble
+    │   ├── SnapshotNotFound   no such model, version or alias
+    │   └── SignatureError     a snapshot whose HMAC does not verify: never unpickled
+    └── InfraError             Kafka or Redis not reachable or misbehaving
+"""
+
+
+class StreamlearnError(Exception):
+    """Root of every error streamlearn raises on purpose."""
+
+
+class ConfigError(StreamlearnError):
+    pass
+
+
+class InvalidEventError(StreamlearnError):
+    pass
+
+
+class SnapshotError(StreamlearnError):
+    pass
+
+
+class SnapshotNotFound(SnapshotError):
+    pass
+
+
+class SignatureError(SnapshotError):
+    pass
+
+
+class InfraError(StreamlearnError):
+    pass

@@ -1,0 +1,155 @@
+"""The events that cross topics: recommendations, outcomes, labeled examples, dead letters.
+
+Every model is versioned (``schema_version``), forbids unknown fields, accepts finite floats only
+and bounds its strings and feature counts, so that one bad producer cannot poison the loop.
+
+>>> rec = Recommendation.model_validate_json(
+...     b'{"recommendation_id": "r1", "user_id": "u1", "event_time": 1700000000.0,'
+...     b' "items": [{"item_id": "i1", "position": 0, "features": {"price": 9.5}}]}'
+... )
+>>> rec.items[0].propensity
+1.0
+>>> parse(Outcome, b'{"user_id": "u1", "item_id": "i1", "kind": "view", "event_time": 1}')
+Traceback (most recent call last):
+...
+streamlearn.errors.InvalidEventError: kind: Input should be 'click', 'add_to_cart' or 'purchase'
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streamlearn.errors import InvalidEventError
+
+MAX_FEATURES = 256
+MAX_SLATE = 500
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+FeatureName = Annotated[str, Field(min_length=1, max_length=64)]
+FeatureValue = float | bool | Annotated[str, Field(max_length=128)]
+Features = Annotated[dict[FeatureName, FeatureValue], Field(max_length=MAX_FEATURES)]
+EventTime = Annotated[float, Field(ge=0, description="Seconds since the epoch, event time.")]
+OutcomeKind = Literal["click", "add_to_cart", "purchase"]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class SlateItem(Event):
+    item_id: Id
+    position: int = Field(ge=0, lt=MAX_SLATE)
+    score: float | None = Field(None, description="What the serving model predicted.")
+    propensity: float = Field(1.0, gt=0, le=1, description="Probability it was shown here.")
+    features: Features = {}
+
+
+class Recommendation(Event):
+    """What was shown to whom, with what, by which model version."""
+
+    schema_version: Literal[1] = 1
+    recommendation_id: Id
+    user_id: Id
+    event_time: EventTime
+    context: Features = {}
+    items: list[SlateItem] = Field(min_length=1, max_length=MAX_SLATE)
+    model_version: str | None = Field(None, max_length=128)
+
+    @model_validator(mode="after")
+    def _items_unique(self) -> Recommendation:
+        if len({i.item_id for i in self.items}) != len(self.items):
+            raise ValueError("items must not repeat an item_id")
+        return self
+
+
+class Outcome(Event):
+    """A conversion: the storefront saw the user act on an item."""
+
+    schema_version: Literal[1] = 1
+    outcome_id: Id | None = Field(None, description="Set by producers so retries can be dropped.")
+    recommendation_id: Id | None = None
+    user_id: Id
+    item_id: Id
+    kind: OutcomeKind
+    value: float = Field(0.0, ge=0)
+    event_time: EventTime
+
+
+class LabeledExample(Event):
+    """One impression (a recommendation x one item it showed) with its label."""
+
+    schema_version: Literal[1] = 1
+    example_id: Id
+    recommendation_id: Id
+    user_id: Id
+    item_id: Id
+    position: int
+    propensity: float
+    served_score: float | None
+    model_version: str | None
+    context: Features
+    item_features: Features
+    label: bool
+    outcome_kind: OutcomeKind | None = None
+    value: float = 0.0
+    recommendation_time: EventTime
+    outcome_time: EventTime | None = None
+
+    @staticmethod
+    def id_for(recommendation_id: str, item_id: str) -> str:
+        return f"{recommendation_id}:{item_id}"
+
+
+class DeadLetter(BaseModel):
+    """A record that could not be used, with why and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    reason: str
+    source_topic: str
+    partition: int
+    offset: int
+    key_b64: str | None
+    value_b64: str
+    failed_at: float
+
+    @classmethod
+    def of(
+        cls,
+        reason: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        failed_at: float,
+    ) -> DeadLetter:
+        return cls(
+            reason=reason,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            value_b64=base64.b64encode(value or b"").decode(),
+            failed_at=failed_at,
+        )
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def parse(model: type[E], raw: bytes | None) -> E:
+    """Parse one record's value, or raise :class:`InvalidEventError` saying why in one line."""
+    if raw is None:
+        raise InvalidEventError("empty value (tombstone)")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "value"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InvalidEventError(f"{where}: {first['msg']}{more}") from None

@@ -1,0 +1,60 @@
+"""The model the API serves, swapped for a newer version without a pause.
+
+Scoring reads one reference (an immutable :class:`Served`), and a refresh builds a new one and
+replaces the reference in a single assignment, so a request always scores with one version from
+start to end and names it. When the store is unreachable the holder keeps the model it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from streamlearn.errors import SnapshotError
+from streamlearn.features import FeatureValue, impression_features
+from streamlearn.learning import Learner
+from streamlearn.snapshots.base import SnapshotStore
+
+log = logging.getLogger("streamlearn.serving")
+
+
+@dataclass(frozen=True)
+class Served:
+    model_name: str
+    version: int
+    learner: Learner
+
+    def score(
+        self, context: dict[str, FeatureValue], item_id: str, item: dict[str, FeatureValue]
+    ) -> float:
+        spec = self.learner.spec
+        x = impression_features(
+            context, item, item_id=item_id, crosses=spec.crosses, include_ids=spec.include_ids
+        )
+        return self.learner.predict_proba_one(x)
+
+
+class ModelHolder:
+    def __init__(self, store: SnapshotStore, model_name: str) -> None:
+        self._store = store
+        self.model_name = model_name
+        self.current: Served | None = None
+        self.swaps = 0
+
+    def refresh(self) -> bool:
+        """Load the latest version if it is newer than the one held. True when swapped."""
+        try:
+            latest = self._store.latest_version(self.model_name)
+            if latest is None or (self.current is not None and latest <= self.current.version):
+                return False
+            snapshot = self._store.get(self.model_name, latest)
+        except (RedisError, SnapshotError) as exc:
+            log.warning("keeping version %s: %s",
+                        self.current.version if self.current else None, exc)
+            return False
+        self.current = Served(self.model_name, snapshot.version, snapshot.model)
+        self.swaps += 1
+        log.info("serving %s v%d", self.model_name, snapshot.version)
+        return True

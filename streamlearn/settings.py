@@ -1,0 +1,83 @@
+"""All configuration, in one validated settings class.
+
+Every value can be set from the environment with the ``STREAMLEARN_`` prefix (nested fields with
+``__``, e.g. ``STREAMLEARN_MODEL__LEARNING_RATE=0.05``) or from a ``.env`` file. Processes read it
+through :func:`get_settings`, which tests override by setting the environment of the process they
+start, or by calling ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamlearn.learning import ModelSpec
+
+OutcomeKindName = Literal["click", "add_to_cart", "purchase"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMLEARN_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    # Infrastructure
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = Field(
+        "streamlearn.", description="Prepended to every topic, consumer group and Redis key."
+    )
+    partitions: int = Field(3, ge=1, le=256, description="Partitions of every input topic.")
+
+    # Join
+    attribution_window_s: float = Field(30.0, gt=0, description="How long an outcome may follow.")
+    allowed_lateness_s: float = Field(
+        2.0, ge=0, description="How far the watermark trails the newest recommendation seen."
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="After this long without events the watermark follows wall time."
+    )
+    early_outcome_grace_s: float = Field(
+        30.0, ge=0, description="How long an outcome waits for a recommendation it names."
+    )
+    positive_kinds: frozenset[OutcomeKindName] = frozenset({"click", "add_to_cart", "purchase"})
+    joiner_tick_s: float = Field(1.0, gt=0, description="How often idle windows are checked.")
+    exactly_once: bool = True
+
+    # Learning and snapshots
+    model: ModelSpec = ModelSpec()
+    checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
+    checkpoint_every_s: float = Field(10.0, gt=0, description="...or after this many seconds.")
+    snapshot_hmac_key: SecretStr = SecretStr("streamlearn-dev-key-change-me")
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_candidates: int = Field(500, ge=1)
+    model_poll_s: float = Field(1.0, gt=0, description="How often the API looks for a new version.")
+
+    # Simulator
+    sim_rate: float = Field(50.0, gt=0, description="Recommendations per second.")
+    sim_users: int = Field(500, ge=1)
+    sim_items: int = Field(200, ge=2)
+    sim_slate_size: int = Field(5, ge=1)
+    sim_seed: int = 7
+    sim_mean_delay_s: float = Field(2.0, gt=0, description="Mean delay of a conversion.")
+
+    @model_validator(mode="after")
+    def _slate_fits_catalog(self) -> Settings:
+        if self.sim_slate_size > self.sim_items:
+            raise ValueError("sim_slate_size cannot exceed sim_items")
+        return self
+
+    def topic(self, name: str) -> str:
+        """The full name of one of streamlearn's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

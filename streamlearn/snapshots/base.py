@@ -1,0 +1,136 @@
+"""A model snapshot, its signed wire form, and the store interface every backend implements.
+
+Wire form, one atomic object::
+
+    b"SLS1" | HMAC-SHA256(key, body) (32 bytes) | body
+    body = len(meta) (4 bytes, big endian) | meta (JSON) | pickled model
+
+The signature is verified before the metadata is trusted or the model is unpickled, so a snapshot
+altered in the store (or signed with another key) is refused and never loaded.
+
+Offsets are *next* offsets: ``offsets[p] = n`` means the model has learned every record of
+partition ``p`` below offset ``n`` and none at or above it. A restarted trainer seeks to exactly
+these offsets.
+
+>>> snap = Snapshot(model_name="m", version=3, model={"w": 1.0}, offsets={0: 10},
+...                 samples_seen=10, metrics={}, spec={}, parent_version=2, created_at=1.0)
+>>> blob = snap.sign(b"k")
+>>> Snapshot.verify(blob, b"k").offsets
+{0: 10}
+>>> Snapshot.verify(blob, b"other")
+Traceback (most recent call last):
+...
+streamlearn.errors.SignatureError: snapshot signature does not verify: refusing to load it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from streamlearn import __version__
+from streamlearn.errors import SignatureError
+
+MAGIC = b"SLS1"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Snapshot:
+    model_name: str
+    version: int
+    model: Any
+    offsets: dict[int, int]
+    samples_seen: int
+    metrics: dict[str, float]
+    spec: dict[str, Any]
+    parent_version: int | None
+    created_at: float
+    schema_version: int = SCHEMA_VERSION
+    code_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the model: what listings show."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "samples_seen": self.samples_seen,
+            "metrics": self.metrics,
+            "spec": self.spec,
+            "parent_version": self.parent_version,
+            "created_at": self.created_at,
+            "schema_version": self.schema_version,
+            "code_version": self.code_version,
+            "extra": self.extra,
+        }
+
+    def sign(self, key: bytes) -> bytes:
+        meta = orjson.dumps(self.meta())
+        body = struct.pack(">I", len(meta)) + meta + pickle.dumps(self.model, protocol=5)
+        return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+
+    @staticmethod
+    def _body(blob: bytes, key: bytes) -> bytes:
+        if blob[:4] != MAGIC or len(blob) < 40:
+            raise SignatureError("not a streamlearn snapshot: refusing to load it")
+        body = blob[36:]
+        if not hmac.compare_digest(blob[4:36], hmac.new(key, body, hashlib.sha256).digest()):
+            raise SignatureError("snapshot signature does not verify: refusing to load it")
+        return body
+
+    @staticmethod
+    def _split(body: bytes) -> tuple[dict[str, Any], bytes]:
+        (n,) = struct.unpack(">I", body[:4])
+        meta: dict[str, Any] = orjson.loads(body[4 : 4 + n])
+        return meta, body[4 + n :]
+
+    @classmethod
+    def verify_meta(cls, blob: bytes, key: bytes) -> dict[str, Any]:
+        """The verified metadata, without unpickling the model."""
+        return cls._split(cls._body(blob, key))[0]
+
+    @classmethod
+    def verify(cls, blob: bytes, key: bytes) -> Snapshot:
+        meta, payload = cls._split(cls._body(blob, key))
+        return cls(
+            model_name=meta["model_name"],
+            version=meta["version"],
+            model=pickle.loads(payload),  # noqa: S301 - only after the HMAC verified above
+            offsets={int(p): o for p, o in meta["offsets"].items()},
+            samples_seen=meta["samples_seen"],
+            metrics=meta["metrics"],
+            spec=meta["spec"],
+            parent_version=meta["parent_version"],
+            created_at=meta["created_at"],
+            schema_version=meta["schema_version"],
+            code_version=meta["code_version"],
+            extra=meta["extra"],
+        )
+
+
+class SnapshotStore(Protocol):
+    """Where versions live. Versions are immutable; ``latest`` moves with every new one."""
+
+    def next_version(self, model_name: str) -> int: ...
+
+    def put(self, snapshot: Snapshot) -> None:
+        """Store durably and atomically, then make it the model's latest version."""
+        ...
+
+    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+        """A version, or the latest one when ``version`` is None. Raises SnapshotNotFound."""
+        ...
+
+    def latest_version(self, model_name: str) -> int | None: ...
+
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        """Metadata of every stored version, oldest first."""
+        ...

@@ -1,0 +1,70 @@
+"""Redis snapshot store: hot copies, a version index, and a notice on every new version.
+
+Keys (under the configured prefix):
+
+* ``snap:<model>:<version>``  the signed snapshot blob (immutable)
+* ``versions:<model>``        sorted set of versions, scored by version
+* ``latest:<model>``          the newest version number
+* ``seq:<model>``             version counter
+* channel ``versions``        publishes ``<model>:<version>`` after each put
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from streamlearn.errors import SnapshotNotFound
+from streamlearn.snapshots.base import Snapshot
+
+
+class RedisSnapshotStore:
+    def __init__(self, client: redis.Redis, key: bytes, prefix: str = "streamlearn.") -> None:
+        self._r = client
+        self._key = key
+        self._p = prefix
+
+    @classmethod
+    def from_url(cls, url: str, key: bytes, prefix: str = "streamlearn.") -> RedisSnapshotStore:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(client, key, prefix)
+
+    @property
+    def channel(self) -> str:
+        return f"{self._p}versions"
+
+    def next_version(self, model_name: str) -> int:
+        return int(self._r.incr(f"{self._p}seq:{model_name}"))
+
+    def put(self, snapshot: Snapshot) -> None:
+        name, version = snapshot.model_name, snapshot.version
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(f"{self._p}snap:{name}:{version}", snapshot.sign(self._key))
+        pipe.zadd(f"{self._p}versions:{name}", {str(version): version})
+        pipe.set(f"{self._p}latest:{name}", version)
+        pipe.publish(self.channel, f"{name}:{version}")
+        pipe.execute()
+
+    def latest_version(self, model_name: str) -> int | None:
+        raw = self._r.get(f"{self._p}latest:{model_name}")
+        return int(raw) if raw is not None else None
+
+    def _blob(self, model_name: str, version: int | None) -> bytes:
+        if version is None:
+            version = self.latest_version(model_name)
+            if version is None:
+                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+        blob = self._r.get(f"{self._p}snap:{model_name}:{version}")
+        if blob is None:
+            raise SnapshotNotFound(f"model {model_name!r} has no version {version}")
+        return bytes(blob)  # type: ignore[arg-type]
+
+    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+        return Snapshot.verify(self._blob(model_name, version), self._key)
+
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        out = []
+        for raw in self._r.zrange(f"{self._p}versions:{model_name}", 0, -1):
+            out.append(Snapshot.verify_meta(self._blob(model_name, int(raw)), self._key))
+        return out

@@ -1,0 +1,112 @@
+"""One declaration per topic, and their idempotent creation.
+
+Inputs are keyed by ``user_id`` and have the same partition count, so a user's recommendations
+and outcomes land on the same partition number and the joiner's state for them stays local. The
+joiner's own ticks topic and its table changelog are declared with that count too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel
+
+from streamlearn.errors import InfraError
+from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
+from streamlearn.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: type[BaseModel] | None
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def joiner_app_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}joiner"
+
+
+def declared(settings: Settings) -> dict[str, TopicSpec]:
+    """Every topic streamlearn uses, by role."""
+    n = settings.partitions
+    week = {"retention.ms": str(7 * DAY_MS)}
+    return {
+        "recommendations": TopicSpec(
+            settings.topic("recommendations"), "user_id", Recommendation, n, week
+        ),
+        "outcomes": TopicSpec(settings.topic("outcomes"), "user_id", Outcome, n, week),
+        "examples": TopicSpec(settings.topic("examples"), "user_id", LabeledExample, n, week),
+        "dead_letters": TopicSpec(
+            settings.topic("dead-letters"), "source topic", DeadLetter, 1, {"retention.ms": str(30 * DAY_MS)}
+        ),
+        # Wall-clock ticks, one a partition, so idle partitions still close windows.
+        "joiner_ticks": TopicSpec(
+            settings.topic("joiner-ticks"), "partition", None, n, {"retention.ms": str(3600 * 1000)}
+        ),
+        # faust names its changelog <app id>-<table>-changelog; declared here so its partition
+        # count matches the inputs' rather than being left to defaults.
+        "joiner_state": TopicSpec(
+            f"{joiner_app_id(settings)}-join-state-changelog", "state key", None, n,
+            {"cleanup.policy": "compact"},
+        ),
+    }
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the declared topics that do not exist yet; returns the names created."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise InfraError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+    wanted = [
+        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
+        for t in declared(settings).values()
+        if t.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise InfraError(f"could not create topic {name}: {exc}") from exc
+    return created
+
+
+def producer_config(settings: Settings, **extra: object) -> dict[str, object]:
+    """confluent-kafka producer settings shared by every streamlearn producer.
+
+    ``murmur2_random`` is the Java client's partitioner (and aiokafka's, which the joiner uses):
+    without it confluent-kafka hashes keys with CRC32 and a user's recommendations and outcomes
+    could land on different partitions.
+    """
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+def consumer_config(settings: Settings, group: str, **extra: object) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": f"{settings.topic_prefix}{group}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        # Only what the joiner's transactions committed: never an example it later aborted.
+        "isolation.level": "read_committed",
+        **extra,
+    }
