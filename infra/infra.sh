@@ -39,10 +39,17 @@ wait_for() { # name host port seconds
   return 1
 }
 
+apt_install() { # debian packages
+  log "installing Debian's $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "$@" >/dev/null
+}
+
 fetch_kafka() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
   [ -f "$libs/.complete" ] && return 0
-  command -v java >/dev/null || { log "java is required (OpenJDK 17+)"; exit 1; }
-  command -v mvn >/dev/null || { log "mvn is required to fetch the broker JARs"; exit 1; }
+  command -v mvn >/dev/null || apt_install maven
   log "fetching Apache Kafka $kafka_version JARs from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
@@ -100,12 +107,7 @@ redis_up() {
     log "redis already answers on $host:$redis_port"
     return 0
   fi
-  if ! command -v redis-server >/dev/null; then
-    log "installing Debian's redis-server"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq redis-server >/dev/null
-  fi
+  command -v redis-server >/dev/null || apt_install redis-server
   mkdir -p "$redis_dir"
   log "starting redis on $host:$redis_port"
   redis-server --bind $host --port "$redis_port" --dir "$redis_dir" --daemonize yes \

@@ -33,8 +33,13 @@ class ModelSpec(BaseModel):
         "onehot", description="onehot keeps one weight per feature; hash bounds memory."
     )
     hash_features: int = Field(2**18, ge=16, le=2**26)
-    scale: bool = False
-    learning_rate: float = Field(0.05, gt=0, le=10)
+    optimizer: Literal["adagrad", "sgd"] = Field(
+        "adagrad",
+        description="adagrad: per-feature learning rates, as CTR models use. Plain SGD lets a "
+        "dense numeric feature swing with every burst of one label, and the join emits such "
+        "bursts (positives at once, negatives when their window closes).",
+    )
+    learning_rate: float = Field(0.1, gt=0, le=10)
     l2: float = Field(0.0, ge=0)
     crosses: tuple[tuple[str, str], ...] = (("segment", "category"),)
     include_ids: bool = True
@@ -44,11 +49,12 @@ class ModelSpec(BaseModel):
         steps: list[Any] = []
         if self.encoding == "hash":
             steps.append(preprocessing.FeatureHasher(n_features=self.hash_features, seed=0))
-        if self.scale:
-            steps.append(preprocessing.StandardScaler())
-        steps.append(
-            linear_model.LogisticRegression(optimizer=optim.SGD(self.learning_rate), l2=self.l2)
+        optimizer = (
+            optim.AdaGrad(self.learning_rate)
+            if self.optimizer == "adagrad"
+            else optim.SGD(self.learning_rate)
         )
+        steps.append(linear_model.LogisticRegression(optimizer=optimizer, l2=self.l2))
         return compose.Pipeline(*steps)
 
 

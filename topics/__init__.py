@@ -8,8 +8,9 @@ joiner's own ticks topic and its table changelog are declared with that count to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel
 
@@ -109,4 +110,13 @@ def consumer_config(settings: Settings, group: str, **extra: object) -> dict[str
         # Only what the joiner's transactions committed: never an example it later aborted.
         "isolation.level": "read_committed",
         **extra,
+    }
+
+
+def end_offsets(client: Any, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """The high watermark of every partition of ``topic``, read with a confluent ``Consumer``."""
+    meta = client.list_topics(topic, timeout=timeout).topics[topic]
+    return {
+        p: client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+        for p in meta.partitions
     }

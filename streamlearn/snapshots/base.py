@@ -131,6 +131,10 @@ class SnapshotStore(Protocol):
 
     def latest_version(self, model_name: str) -> int | None: ...
 
+    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        """Verified metadata of a version (the latest when None), without the model."""
+        ...
+
     def versions(self, model_name: str) -> list[dict[str, Any]]:
         """Metadata of every stored version, oldest first."""
         ...

@@ -63,8 +63,9 @@ class RedisSnapshotStore:
     def get(self, model_name: str, version: int | None = None) -> Snapshot:
         return Snapshot.verify(self._blob(model_name, version), self._key)
 
+    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        return Snapshot.verify_meta(self._blob(model_name, version), self._key)
+
     def versions(self, model_name: str) -> list[dict[str, Any]]:
-        out = []
-        for raw in self._r.zrange(f"{self._p}versions:{model_name}", 0, -1):
-            out.append(Snapshot.verify_meta(self._blob(model_name, int(raw)), self._key))
-        return out
+        raw = self._r.zrange(f"{self._p}versions:{model_name}", 0, -1)
+        return [self.meta(model_name, int(v)) for v in raw]

@@ -1,0 +1,115 @@
+"""The main job: the whole loop with a simulated storefront, and a live line of progress.
+
+Creates the topics, starts the joiner, trainer, API and simulator as separate processes (their
+logs go to ``$STREAMLEARN_HOME/logs``), and prints what flows, read from the topics and the
+snapshot store alone: recommendations, outcomes, joined examples, dead letters, the model version
+and its rolling AUC. Ctrl-C stops everything.
+
+Run: ``python -m consumers.loop [--duration S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Consumer, KafkaException
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from streamlearn.errors import SnapshotNotFound
+from streamlearn.settings import Settings, get_settings
+from streamlearn.snapshots import RedisSnapshotStore
+from topics import declared, end_offsets, ensure_topics
+
+PROCESSES = {
+    "joiner": ["-m", "consumers.joiner"],
+    "trainer": ["-m", "consumers.trainer"],
+    "api": ["-m", "api"],
+    "simulator": ["-m", "consumers.simulator"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    args = parser.parse_args(argv)
+    s = get_settings()
+    console = Console()
+    created = ensure_topics(s)
+    console.print(f"topics: {len(created)} created, prefix {s.topic_prefix!r}")
+    logs = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn")) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name, cmd in PROCESSES.items():
+        with open(logs / f"{name}.log", "ab") as out:
+            procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
+    console.print(f"logs in {logs}; API on http://{s.api_host}:{s.api_port} (docs at /docs)")
+    store = RedisSnapshotStore.from_url(
+        s.redis_url, s.snapshot_hmac_key.get_secret_value().encode(), s.topic_prefix
+    )
+    names = {role: t.name for role, t in declared(s).items()}
+    probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamlearn-probe"})
+    line = Text("starting")
+    start = time.time()
+    code = 0
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            while args.duration is None or time.time() - start < args.duration:
+                dead = [n for n, p in procs.items() if p.poll() not in (None, 0)]
+                if dead:
+                    console.print(f"[red]stopped unexpectedly: {', '.join(dead)}; see {logs}")
+                    code = 1
+                    break
+                try:
+                    line = _progress(s, probe, store, names, time.time() - start)
+                except (KafkaException, RedisError):
+                    pass  # a broker electing leaders or Redis restarting: show the last line
+                live.update(line)
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        probe.close()
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return code
+
+
+def _progress(
+    s: Settings, probe: Consumer, store: RedisSnapshotStore, names: dict[str, str], elapsed: float
+) -> Text:
+    count = {role: sum(end_offsets(probe, names[role]).values())
+             for role in ("recommendations", "outcomes", "examples", "dead_letters")}
+    try:
+        meta = store.meta(s.model.name)
+        model = (f"model {meta['model_name']} v{meta['version']} "
+                 f"seen {meta['samples_seen']} rolling AUC {meta['metrics']['rolling_roc_auc']:.3f}")
+    except SnapshotNotFound:
+        model = "model: no snapshot yet"
+    try:
+        served = httpx.get(f"http://{s.api_host}:{s.api_port}/healthz", timeout=0.5).json()
+        api = f"API serves v{served['model_version']}"
+    except httpx.HTTPError:
+        api = "API starting"
+    return Text(
+        f"{elapsed:6.0f}s  recommendations {count['recommendations']}  "
+        f"outcomes {count['outcomes']}  examples {count['examples']}  "
+        f"dead letters {count['dead_letters']}  |  {model}  |  {api}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Shared fixtures: the real broker and Redis, and a fresh namespace for every test.
+
+Infrastructure comes from testcontainers when a Docker engine answers, otherwise from the
+project's own ``infra/infra.sh up`` (Kafka from Maven Central JARs, Debian's redis-server).
+Each test gets its own topic prefix, and so its own topics, consumer groups and Redis keys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    redis_url: str
+    how: str
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    if os.environ.get("STREAMLEARN_TEST_INFRA", "auto") != "local" and _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.redis import RedisContainer
+
+        with KafkaContainer().with_kraft() as kafka, RedisContainer() as redis:
+            host, port = redis.get_container_host_ip(), redis.get_exposed_port(6379)
+            yield Infra(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0", "testcontainers")
+        return
+    subprocess.run(["bash", str(ROOT / "infra" / "infra.sh"), "up"], check=True)
+    yield Infra(
+        f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
+        f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0",
+        "local script",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(infra: Infra) -> dict[str, str]:
+    """Environment for streamlearn processes in this test: real infra, fresh namespace."""
+    return {
+        "STREAMLEARN_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "STREAMLEARN_REDIS_URL": infra.redis_url,
+        "STREAMLEARN_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+        "STREAMLEARN_API_PORT": str(free_port()),
+    }
+
+
+@dataclass
+class Processes:
+    """Starts streamlearn processes with the test's environment; stops them all at the end."""
+
+    env: dict[str, str]
+    logs: Path
+    running: dict[str, subprocess.Popen[bytes]]
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, *args], env=full_env, cwd=ROOT, stdout=log, stderr=log
+        )
+        self.running[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.running.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(env, tmp_path, {})
+    yield procs
+    procs.stop_all()
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float = 240.0, every: float = 0.5
+) -> None:
+    """Wait for a condition. The bound only keeps a broken run from hanging CI for ever: it is
+    generous on purpose and no test asserts on speed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"gave up waiting for: {what}")
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, int, bytes]]:
+    """Every committed record of ``topic`` now, as (partition, offset, value)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        parts = c.list_topics(topic, timeout=timeout).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+        todo = {p for p, (lo, hi) in ends.items() if hi > lo}
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in parts])
+        out: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(1000, timeout=1.0):
+                if m.error():
+                    continue
+                out.append((m.partition(), m.offset(), m.value()))
+                # A transaction's commit marker takes the last offset: stop one short of it too.
+                if m.offset() >= ends[m.partition()][1] - 2:
+                    todo.discard(m.partition())
+            for p in list(todo):
+                if c.position([TopicPartition(topic, p)])[0].offset >= ends[p][1]:
+                    todo.discard(p)
+        return out
+    finally:
+        c.close()

@@ -1,0 +1,178 @@
+"""The join's semantics, driven through a dict and a manual clock: no Kafka, milliseconds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streamlearn.clock import ManualClock
+from streamlearn.events import Outcome, Recommendation
+from streamlearn.joining import Joiner, JoinPolicy
+
+T0 = 1_700_000_000.0
+POLICY = JoinPolicy(window_s=10.0, allowed_lateness_s=1.0, idle_timeout_s=5.0, early_grace_s=3.0)
+
+
+def rec(rid: str, t: float, items: tuple[str, ...] = ("a", "b"), user: str = "u1") -> Recommendation:
+    return Recommendation.model_validate(
+        {
+            "recommendation_id": rid,
+            "user_id": user,
+            "event_time": t,
+            "context": {"segment": "s"},
+            "items": [
+                {"item_id": i, "position": n, "score": 0.1, "features": {"price": 1.0}}
+                for n, i in enumerate(items)
+            ],
+            "model_version": "7",
+        }
+    )
+
+
+def outcome(rid: str | None, item: str, t: float, kind: str = "click") -> Outcome:
+    return Outcome.model_validate(
+        {"recommendation_id": rid, "user_id": "u1", "item_id": item, "kind": kind,
+         "value": 2.0, "event_time": t}
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def joiner(clock: ManualClock) -> Joiner:
+    return Joiner(POLICY, {}, clock)
+
+
+def labels(examples: list[Any]) -> list[tuple[str, bool]]:
+    return [(e.example_id, e.label) for e in examples]
+
+
+def test_outcome_in_window_is_a_positive_at_once(joiner: Joiner) -> None:
+    assert joiner.on_recommendation(rec("r1", T0), 0) == []
+    out = joiner.on_outcome(outcome("r1", "a", T0 + 4), 0)
+    assert labels(out) == [("r1:a", True)]
+    example = out[0]
+    assert (example.position, example.served_score, example.model_version) == (0, 0.1, "7")
+    assert example.context == {"segment": "s"} and example.item_features == {"price": 1.0}
+    assert (example.recommendation_time, example.outcome_time) == (T0, T0 + 4)
+
+
+def test_negatives_only_when_the_watermark_passes_the_window(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    # watermark = newest recommendation time - lateness = T0 + 10.5 - 1 < T0 + 10
+    assert joiner.on_recommendation(rec("r2", T0 + 10.5), 0) == []
+    out = joiner.on_recommendation(rec("r3", T0 + 11), 0)
+    assert labels(out) == [("r1:b", False)]
+    assert joiner.stats.negatives == 1 and joiner.stats.positives == 1
+
+
+def test_windows_are_per_partition(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_recommendation(rec("r2", T0 + 60), 1) == []  # partition 1's watermark only
+    assert labels(joiner.on_recommendation(rec("r3", T0 + 60), 0)) == [
+        ("r1:a", False), ("r1:b", False)
+    ]
+
+
+def test_idle_partition_closes_windows_by_wall_clock(joiner: Joiner, clock: ManualClock) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    clock.advance(5 + 10)  # idle timeout, then wall time up to the window's end plus lateness
+    assert joiner.on_tick(0) == []
+    clock.advance(1.0)
+    assert labels(joiner.on_tick(0)) == [("r1:a", False), ("r1:b", False)]
+    assert joiner.pending_windows() == 0
+
+
+def test_watermark_never_moves_back(joiner: Joiner, clock: ManualClock) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    clock.advance(100)
+    advanced = joiner.watermark(0)
+    assert advanced is not None and advanced > T0 + 50
+    joiner.on_recommendation(rec("r2", T0 + 1), 0)  # an old event after the idle stretch
+    assert joiner.watermark(0) == advanced
+
+
+def test_duplicate_outcomes_never_make_a_second_label(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    first = joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    again = joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)  # producer retry
+    cart = joiner.on_outcome(outcome("r1", "a", T0 + 2, "add_to_cart"), 0)  # second kind
+    closed = joiner.on_recommendation(rec("r9", T0 + 20), 0)
+    assert labels(first) == [("r1:a", True)] and again == [] and cart == []
+    assert labels(closed) == [("r1:b", False)]
+    assert joiner.stats.duplicate_outcomes == 2
+
+
+def test_replayed_recommendation_is_dropped_open_or_closed(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_recommendation(rec("r1", T0), 0) == []
+    joiner.on_recommendation(rec("r2", T0 + 30), 0)  # closes r1
+    assert joiner.on_recommendation(rec("r1", T0), 0) == []
+    assert joiner.stats.duplicate_recommendations == 2
+    assert joiner.stats.negatives == 2  # r1's two items, once
+
+
+def test_outcome_before_its_recommendation_waits_for_it(joiner: Joiner) -> None:
+    assert joiner.on_outcome(outcome("r1", "b", T0 + 2), 0) == []
+    out = joiner.on_recommendation(rec("r1", T0), 0)
+    assert labels(out) == [("r1:b", True)]
+
+
+def test_early_outcome_without_recommendation_expires_as_unmatched(joiner: Joiner) -> None:
+    joiner.on_outcome(outcome("ghost", "a", T0), 0)
+    joiner.on_recommendation(rec("r1", T0 + 4.5), 0)  # watermark T0 + 3.5 > T0 + grace 3
+    assert joiner.stats.unmatched_outcomes == 1
+    assert joiner.on_recommendation(rec("ghost", T0 + 5), 0) == []  # the outcome is gone
+    assert joiner.stats.positives == 0
+
+
+def test_outcome_after_the_window_is_late_and_dropped(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_outcome(outcome("r1", "a", T0 + 10.5), 0) == []  # window still open
+    joiner.on_recommendation(rec("r2", T0 + 20), 0)  # closes r1
+    assert joiner.on_outcome(outcome("r1", "b", T0 + 12), 0) == []  # after the close
+    assert joiner.stats.late_outcomes == 2
+    assert joiner.stats.negatives == 2
+
+
+def test_positive_kinds_are_configurable(clock: ManualClock) -> None:
+    purchase_only = JoinPolicy(window_s=10.0, positive_kinds=frozenset({"purchase"}))
+    j = Joiner(purchase_only, {}, clock)
+    j.on_recommendation(rec("r1", T0), 0)
+    assert j.on_outcome(outcome("r1", "a", T0 + 1, "click"), 0) == []
+    assert labels(j.on_outcome(outcome("r1", "a", T0 + 2, "purchase"), 0)) == [("r1:a", True)]
+    assert j.stats.ignored_outcomes == 1
+
+
+def test_outcome_for_an_item_not_shown_or_without_id_is_unmatched(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_outcome(outcome("r1", "zzz", T0 + 1), 0) == []
+    assert joiner.on_outcome(outcome(None, "a", T0 + 1), 0) == []
+    assert joiner.stats.unmatched_outcomes == 2
+
+
+def test_state_is_json_and_a_new_joiner_resumes_from_it(clock: ManualClock) -> None:
+    """What a restarted joiner sees: the changelog's JSON, restored into a fresh state."""
+    first = Joiner(POLICY, {}, clock)
+    first.on_recommendation(rec("r1", T0), 0)
+    first.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    restored = json.loads(json.dumps(first.state))
+    second = Joiner(POLICY, restored, clock)
+    assert second.on_outcome(outcome("r1", "a", T0 + 2), 0) == []  # already labeled
+    assert labels(second.on_recommendation(rec("r2", T0 + 20), 0)) == [("r1:b", False)]
+
+
+def test_closed_markers_are_purged_after_retention(clock: ManualClock) -> None:
+    j = Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, dedup_retention_s=100.0), {},
+               clock)
+    j.on_recommendation(rec("r1", T0), 0)
+    j.on_recommendation(rec("r2", T0 + 50), 0)
+    assert "c/r1" in j.state
+    j.on_recommendation(rec("r3", T0 + 111), 0)
+    assert "c/r1" not in j.state and "c/r2" in j.state
