@@ -23,7 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = RedisSnapshotStore.from_url(
-            settings.redis_url, settings.snapshot_hmac_key.get_secret_value().encode(),
+            settings.redis_url,
+            settings.snapshot_hmac_key.get_secret_value().encode(),
             settings.topic_prefix,
         )
         holder = ModelHolder(store, settings.model.name)

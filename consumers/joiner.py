@@ -116,7 +116,13 @@ async def report() -> None:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], "worker", "--without-web", "--loglevel", os.environ.get("LOG_LEVEL", "info")]
+    sys.argv = [
+        sys.argv[0],
+        "worker",
+        "--without-web",
+        "--loglevel",
+        os.environ.get("LOG_LEVEL", "info"),
+    ]
     app.main()
 
 

@@ -11,6 +11,7 @@ Run: ``python -m consumers.loop [--duration S]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"[red]stopped unexpectedly: {', '.join(dead)}; see {logs}")
                     code = 1
                     break
-                try:
+                # A broker electing leaders or Redis restarting: keep showing the last line.
+                with contextlib.suppress(KafkaException, RedisError):
                     line = _progress(s, probe, store, names, time.time() - start)
-                except (KafkaException, RedisError):
-                    pass  # a broker electing leaders or Redis restarting: show the last line
                 live.update(line)
                 time.sleep(1.0)
     except KeyboardInterrupt:
@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 def _progress(
     s: Settings, probe: Consumer, store: RedisSnapshotStore, names: dict[str, str], elapsed: float
 ) -> Text:
-    count = {role: sum(end_offsets(probe, names[role]).values())
-             for role in ("recommendations", "outcomes", "examples", "dead_letters")}
+    count = {
+        role: sum(end_offsets(probe, names[role]).values())
+        for role in ("recommendations", "outcomes", "examples", "dead_letters")
+    }
     try:
         meta = store.meta(s.model.name)
-        model = (f"model {meta['model_name']} v{meta['version']} "
-                 f"seen {meta['samples_seen']} rolling AUC {meta['metrics']['rolling_roc_auc']:.3f}")
+        model = (
+            f"model {meta['model_name']} v{meta['version']} "
+            f"seen {meta['samples_seen']} rolling AUC {meta['metrics']['rolling_roc_auc']:.3f}"
+        )
     except SnapshotNotFound:
         model = "model: no snapshot yet"
     try:

@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     s = get_settings()
     topics = declared(s)
     recs_topic, outcomes_topic = topics["recommendations"].name, topics["outcomes"].name
-    shop = Storefront(s.sim_users, s.sim_items, s.sim_slate_size, s.sim_seed,
-                      traffic_seed=int(time.time()), mean_delay_s=s.sim_mean_delay_s)
+    shop = Storefront(
+        s.sim_users,
+        s.sim_items,
+        s.sim_slate_size,
+        s.sim_seed,
+        traffic_seed=int(time.time()),
+        mean_delay_s=s.sim_mean_delay_s,
+    )
     producer = Producer(producer_config(s))
     pending: list[tuple[float, int, Outcome]] = []
     seq = recs = outs = 0
@@ -51,8 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal outs
         while pending and pending[0][0] <= now:
             _, _, outcome = heapq.heappop(pending)
-            producer.produce(outcomes_topic, key=outcome.user_id.encode(),
-                             value=outcome.model_dump_json().encode())
+            producer.produce(
+                outcomes_topic,
+                key=outcome.user_id.encode(),
+                value=outcome.model_dump_json().encode(),
+            )
             outs += 1
 
     start = time.time()
@@ -65,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
             break
         while next_at <= now:
             rec, outcomes = shop.recommend(now)
-            producer.produce(recs_topic, key=rec.user_id.encode(),
-                             value=rec.model_dump_json().encode())
+            producer.produce(
+                recs_topic, key=rec.user_id.encode(), value=rec.model_dump_json().encode()
+            )
             recs += 1
             for o in outcomes:
                 seq += 1
@@ -81,8 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         producer.poll(0)
         time.sleep(0.01)
     producer.flush(30)
-    log.info("produced %d recommendations and %d outcomes (%d outcomes not yet due dropped)",
-             recs, outs, len(pending))
+    log.info(
+        "produced %d recommendations and %d outcomes (%d outcomes not yet due dropped)",
+        recs,
+        outs,
+        len(pending),
+    )
 
 
 if __name__ == "__main__":

@@ -35,14 +35,20 @@ def main() -> None:
     topics = declared(settings)
     examples, dead_letters = topics["examples"].name, topics["dead_letters"].name
     store = RedisSnapshotStore.from_url(
-        settings.redis_url, settings.snapshot_hmac_key.get_secret_value().encode(),
+        settings.redis_url,
+        settings.snapshot_hmac_key.get_secret_value().encode(),
         settings.topic_prefix,
     )
     spec = settings.model
     try:
         snapshot = store.get(spec.name)
-        log.info("resuming %s from version %d at offsets %s (%d samples seen)",
-                 spec.name, snapshot.version, snapshot.offsets, snapshot.samples_seen)
+        log.info(
+            "resuming %s from version %d at offsets %s (%d samples seen)",
+            spec.name,
+            snapshot.version,
+            snapshot.offsets,
+            snapshot.samples_seen,
+        )
     except SnapshotNotFound:
         snapshot = None
         log.info("no snapshot of %s yet: starting from the beginning of %s", spec.name, examples)
@@ -78,31 +84,49 @@ def main() -> None:
             version = store.next_version(spec.name)
             store.put(training.snapshot(version))
         except RedisError as exc:
-            log.warning("snapshot store unavailable, still learning, offsets not committed: %s", exc)
+            log.warning(
+                "snapshot store unavailable, still learning, offsets not committed: %s", exc
+            )
             return
         consumer.commit(
             offsets=[TopicPartition(examples, p, o) for p, o in training.offsets.items()],
             asynchronous=False,
         )
         training.checkpointed(version)
-        log.info("checkpoint %s v%d: %d samples, offsets %s, metrics %s", spec.name, version,
-                 training.samples_seen, training.offsets, training.learner.metrics())
+        log.info(
+            "checkpoint %s v%d: %d samples, offsets %s, metrics %s",
+            spec.name,
+            version,
+            training.samples_seen,
+            training.offsets,
+            training.learner.metrics(),
+        )
 
     while not stopping:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
             if msg.error():
                 log.warning("consume error: %s", msg.error())
                 continue
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None  # set on every fetched record
             try:
                 example = parse(LabeledExample, msg.value())
             except InvalidEventError as exc:
-                letter = DeadLetter.of(str(exc), msg.topic(), msg.partition(), msg.offset(),
-                                       msg.key(), msg.value(), time.time())
-                producer.produce(dead_letters, key=examples.encode(),
-                                 value=letter.model_dump_json().encode())
-                training.skip(msg.partition(), msg.offset())
+                letter = DeadLetter.of(
+                    str(exc),
+                    examples,
+                    partition,
+                    offset,
+                    msg.key(),
+                    msg.value(),
+                    time.time(),
+                )
+                producer.produce(
+                    dead_letters, key=examples.encode(), value=letter.model_dump_json().encode()
+                )
+                training.skip(partition, offset)
                 continue
-            training.learn(example, msg.partition(), msg.offset())
+            training.learn(example, partition, offset)
         producer.poll(0)
         if training.checkpoint_due():
             checkpoint()

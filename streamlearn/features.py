@@ -5,9 +5,15 @@ Training and serving call the same function, so what was served is what is learn
 Numbers stay numbers, booleans become 0 or 1, strings become one-hot indicators, and configured
 crosses join two categorical features so that a linear model can learn who likes what:
 
->>> impression_features({"segment": "bargain"}, {"category": "toys", "price": 9.5},
-...                     item_id="i7", crosses=[("segment", "category")], include_ids=True)
-{'c:segment=bargain': 1.0, 'i:category=toys': 1.0, 'i:price': 9.5, 'item=i7': 1.0, 'x:segment=bargain&category=toys': 1.0}
+>>> x = impression_features({"segment": "bargain"}, {"category": "toys", "price": 9.5},
+...                         item_id="i7", crosses=[("segment", "category")])
+>>> for name, value in x.items():
+...     print(name, value)
+c:segment=bargain 1.0
+i:category=toys 1.0
+i:price 9.5
+item=i7 1.0
+x:segment=bargain&category=toys 1.0
 """
 
 from __future__ import annotations

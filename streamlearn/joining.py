@@ -87,7 +87,7 @@ class Joiner:
             return []
         self.stats.impressions += len(rec.items)
         self._observe(partition, rec.event_time)
-        pending = {
+        pending: dict[str, Any] = {
             "p": partition,
             "end": rec.event_time + self.policy.window_s,
             "rec": rec.model_dump(mode="json"),
@@ -143,7 +143,7 @@ class Joiner:
         if w is None:
             return None
         idle = self.clock.now() - w["wall"] - self.policy.idle_timeout_s
-        return max(w["wm"], w["max"] - self.policy.allowed_lateness_s + max(0.0, idle))
+        return float(max(w["wm"], w["max"] - self.policy.allowed_lateness_s + max(0.0, idle)))
 
     def _observe(self, partition: int, event_time: float) -> None:
         key = f"w/{partition}"
@@ -223,7 +223,9 @@ class Joiner:
     def _close(self, pending: dict[str, Any]) -> list[LabeledExample]:
         rec = pending["rec"]
         done = set(pending["done"])
-        negatives = [_example(rec, item, None) for item in rec["items"] if item["item_id"] not in done]
+        negatives = [
+            _example(rec, item, None) for item in rec["items"] if item["item_id"] not in done
+        ]
         self.stats.negatives += len(negatives)
         return negatives
 

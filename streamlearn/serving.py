@@ -51,8 +51,9 @@ class ModelHolder:
                 return False
             snapshot = self._store.get(self.model_name, latest)
         except (RedisError, SnapshotError) as exc:
-            log.warning("keeping version %s: %s",
-                        self.current.version if self.current else None, exc)
+            log.warning(
+                "keeping version %s: %s", self.current.version if self.current else None, exc
+            )
             return False
         self.current = Served(self.model_name, snapshot.version, snapshot.model)
         self.swaps += 1

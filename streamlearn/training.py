@@ -99,7 +99,16 @@ class Training:
 def _example(label: bool) -> Any:
     """A tiny example for the doctest above."""
     return LabeledExample(
-        example_id="r:i", recommendation_id="r", user_id="u", item_id="i", position=0,
-        propensity=1.0, served_score=None, model_version=None, context={"segment": "a"},
-        item_features={"category": "b"}, label=label, recommendation_time=0.0,
+        example_id="r:i",
+        recommendation_id="r",
+        user_id="u",
+        item_id="i",
+        position=0,
+        propensity=1.0,
+        served_score=None,
+        model_version=None,
+        context={"segment": "a"},
+        item_features={"category": "b"},
+        label=label,
+        recommendation_time=0.0,
     )

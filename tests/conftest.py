@@ -139,7 +139,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[
     )
     try:
         parts = c.list_topics(topic, timeout=timeout).topics[topic].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+        ends = {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts
+        }
         todo = {p for p, (lo, hi) in ends.items() if hi > lo}
         c.assign([TopicPartition(topic, p, ends[p][0]) for p in parts])
         out: list[tuple[int, int, bytes]] = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from streamlearn.errors import InfraError
@@ -45,7 +45,11 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
         "outcomes": TopicSpec(settings.topic("outcomes"), "user_id", Outcome, n, week),
         "examples": TopicSpec(settings.topic("examples"), "user_id", LabeledExample, n, week),
         "dead_letters": TopicSpec(
-            settings.topic("dead-letters"), "source topic", DeadLetter, 1, {"retention.ms": str(30 * DAY_MS)}
+            settings.topic("dead-letters"),
+            "source topic",
+            DeadLetter,
+            1,
+            {"retention.ms": str(30 * DAY_MS)},
         ),
         # Wall-clock ticks, one a partition, so idle partitions still close windows.
         "joiner_ticks": TopicSpec(
@@ -54,7 +58,10 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
         # faust names its changelog <app id>-<table>-changelog; declared here so its partition
         # count matches the inputs' rather than being left to defaults.
         "joiner_state": TopicSpec(
-            f"{joiner_app_id(settings)}-join-state-changelog", "state key", None, n,
+            f"{joiner_app_id(settings)}-join-state-changelog",
+            "state key",
+            None,
+            n,
             {"cleanup.policy": "compact"},
         ),
     }

@@ -17,7 +17,9 @@ def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> Score
         model=served.model_name,
         model_version=served.version,
         scores=[
-            ItemScore(item_id=c.item_id, probability=served.score(body.context, c.item_id, c.features))
+            ItemScore(
+                item_id=c.item_id, probability=served.score(body.context, c.item_id, c.features)
+            )
             for c in body.items
         ],
     )

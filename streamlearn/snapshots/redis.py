@@ -20,7 +20,9 @@ from streamlearn.snapshots.base import Snapshot
 
 
 class RedisSnapshotStore:
-    def __init__(self, client: redis.Redis, key: bytes, prefix: str = "streamlearn.") -> None:
+    def __init__(
+        self, client: redis.Redis[bytes], key: bytes, prefix: str = "streamlearn."
+    ) -> None:
         self._r = client
         self._key = key
         self._p = prefix
@@ -58,7 +60,7 @@ class RedisSnapshotStore:
         blob = self._r.get(f"{self._p}snap:{model_name}:{version}")
         if blob is None:
             raise SnapshotNotFound(f"model {model_name!r} has no version {version}")
-        return bytes(blob)  # type: ignore[arg-type]
+        return bytes(blob)
 
     def get(self, model_name: str, version: int | None = None) -> Snapshot:
         return Snapshot.verify(self._blob(model_name, version), self._key)

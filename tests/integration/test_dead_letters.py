@@ -34,34 +34,55 @@ def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list
     producer = Producer(producer_config(settings))
     landed: dict[int, tuple[int, int]] = {}
     for n, (topic, key, value) in enumerate(records):
-        producer.produce(topic, key=key, value=value,
-                         on_delivery=lambda err, msg, n=n: landed.__setitem__(
-                             n, (msg.partition(), msg.offset())))
+        producer.produce(
+            topic,
+            key=key,
+            value=value,
+            on_delivery=lambda err, msg, n=n: landed.__setitem__(
+                n, (msg.partition(), msg.offset())
+            ),
+        )
         producer.flush(30)
     return [landed[n] for n in range(len(records))]
 
 
 def letters(settings: Settings) -> list[DeadLetter]:
-    return [DeadLetter.model_validate_json(v)
-            for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("dead-letters"))]
+    return [
+        DeadLetter.model_validate_json(v)
+        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("dead-letters"))
+    ]
 
 
 def test_joiner_routes_bad_records_and_keeps_joining(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = configure(processes, monkeypatch, STREAMLEARN_ATTRIBUTION_WINDOW_S="1",
-                  STREAMLEARN_IDLE_TIMEOUT_S="1", STREAMLEARN_ALLOWED_LATENESS_S="0")
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_ATTRIBUTION_WINDOW_S="1",
+        STREAMLEARN_IDLE_TIMEOUT_S="1",
+        STREAMLEARN_ALLOWED_LATENESS_S="0",
+    )
     names = {role: t.name for role, t in declared(s).items()}
     processes.start("joiner", "-m", "consumers.joiner")
     now = time.time()
-    good = orjson.dumps({"recommendation_id": "ok", "user_id": "u1", "event_time": now,
-                         "items": [{"item_id": "a", "position": 0}]})
+    good = orjson.dumps(
+        {
+            "recommendation_id": "ok",
+            "user_id": "u1",
+            "event_time": now,
+            "items": [{"item_id": "a", "position": 0}],
+        }
+    )
     nan = good.replace(b'"position":0', b'"position":0,"features":{"x":NaN}')
     bad = [
         (names["recommendations"], b"u1", b"\x00\xff garbage"),
         (names["recommendations"], b"u1", nan),
-        (names["outcomes"], b"u1", b'{"user_id": "u1", "item_id": "a", "kind": "view",'
-                                   b' "event_time": 1}'),
+        (
+            names["outcomes"],
+            b"u1",
+            b'{"user_id": "u1", "item_id": "a", "kind": "view", "event_time": 1}',
+        ),
         (names["outcomes"], b"u1", b'{"user_id": "u1"}'),
     ]
     where = produce(s, [*bad, (names["recommendations"], b"u1", good)])
@@ -79,8 +100,10 @@ def test_joiner_routes_bad_records_and_keeps_joining(
 
     # The joiner went on: the good recommendation closes as a negative.
     def examples() -> list[LabeledExample]:
-        return [LabeledExample.model_validate_json(v)
-                for _, _, v in read_topic(s.kafka_bootstrap, names["examples"])]
+        return [
+            LabeledExample.model_validate_json(v)
+            for _, _, v in read_topic(s.kafka_bootstrap, names["examples"])
+        ]
 
     wait_until(lambda: len(examples()) == 1, "the good recommendation to be joined")
     assert [(e.example_id, e.label) for e in examples()] == [("ok:a", False)]
@@ -89,14 +112,16 @@ def test_joiner_routes_bad_records_and_keeps_joining(
 def test_trainer_routes_bad_examples_and_moves_past_them(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = configure(processes, monkeypatch, STREAMLEARN_PARTITIONS="1",
-                  STREAMLEARN_CHECKPOINT_EVERY_S="0.5")
+    s = configure(
+        processes, monkeypatch, STREAMLEARN_PARTITIONS="1", STREAMLEARN_CHECKPOINT_EVERY_S="0.5"
+    )
     topic = s.topic("examples")
     good = example(True).model_dump_json().encode()
     produce(s, [(topic, b"u", b"{not json"), (topic, b"u", good), (topic, b"u", b"{}")])
     processes.start("trainer", "-m", "consumers.trainer")
-    store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_hmac_key.get_secret_value().encode(),
-                                        s.topic_prefix)
+    store = RedisSnapshotStore.from_url(
+        s.redis_url, s.snapshot_hmac_key.get_secret_value().encode(), s.topic_prefix
+    )
 
     def at_end() -> bool:
         v = store.latest_version("ctr")

@@ -56,15 +56,17 @@ def test_whole_loop(
     names = {role: t.name for role, t in declared(settings).items()}
     ensure_topics(settings)
     store = RedisSnapshotStore.from_url(
-        settings.redis_url, settings.snapshot_hmac_key.get_secret_value().encode(),
+        settings.redis_url,
+        settings.snapshot_hmac_key.get_secret_value().encode(),
         settings.topic_prefix,
     )
 
     processes.start("joiner", "-m", "consumers.joiner")
     processes.start("trainer", "-m", "consumers.trainer")
     processes.start("api", "-m", "api")
-    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "45",
-                          "--drain", "8")
+    sim = processes.start(
+        "simulator", "-m", "consumers.simulator", "--duration", "45", "--drain", "8"
+    )
 
     # Crash the trainer once it has checkpointed and is learning past its snapshot.
     wait_until(lambda: store.latest_version("ctr") is not None, "a first snapshot")
@@ -75,18 +77,25 @@ def test_whole_loop(
 
     assert sim.wait(180) == 0, processes.log("simulator")
 
-    recs = [Recommendation.model_validate_json(v)
-            for _, _, v in read_topic(settings.kafka_bootstrap, names["recommendations"])]
-    outcomes = [Outcome.model_validate_json(v)
-                for _, _, v in read_topic(settings.kafka_bootstrap, names["outcomes"])]
-    impressions = {LabeledExample.id_for(r.recommendation_id, i.item_id) for r in recs
-                   for i in r.items}
+    recs = [
+        Recommendation.model_validate_json(v)
+        for _, _, v in read_topic(settings.kafka_bootstrap, names["recommendations"])
+    ]
+    outcomes = [
+        Outcome.model_validate_json(v)
+        for _, _, v in read_topic(settings.kafka_bootstrap, names["outcomes"])
+    ]
+    impressions = {
+        LabeledExample.id_for(r.recommendation_id, i.item_id) for r in recs for i in r.items
+    }
     assert len(recs) > 1000 and outcomes
 
     # The windows close by the idle fallback once the simulator stops.
     def joined() -> list[LabeledExample]:
-        return [LabeledExample.model_validate_json(v)
-                for _, _, v in read_topic(settings.kafka_bootstrap, names["examples"])]
+        return [
+            LabeledExample.model_validate_json(v)
+            for _, _, v in read_topic(settings.kafka_bootstrap, names["examples"])
+        ]
 
     wait_until(lambda: len(joined()) >= len(impressions), "every impression joined", every=2)
     time.sleep(WINDOW_S + 3)  # anything the joiner would wrongly emit twice has time to show
@@ -99,9 +108,12 @@ def test_whole_loop(
 
     # ... with the right label: positive exactly when a click or cart event came in the window.
     rec_time = {r.recommendation_id: r.event_time for r in recs}
-    converted = {LabeledExample.id_for(o.recommendation_id, o.item_id) for o in outcomes
-                 if o.recommendation_id is not None
-                 and o.event_time <= rec_time[o.recommendation_id] + WINDOW_S}
+    converted = {
+        LabeledExample.id_for(o.recommendation_id, o.item_id)
+        for o in outcomes
+        if o.recommendation_id is not None
+        and o.event_time <= rec_time[o.recommendation_id] + WINDOW_S
+    }
     positives = {e.example_id for e in examples if e.label}
     assert positives <= converted, "a positive without a conversion in its window"
     # Conversions within the allowed lateness of the window's end may close as negatives: the
@@ -126,8 +138,13 @@ def test_whole_loop(
 
     # 3. The API answers with the snapshot's version.
     base = f"http://127.0.0.1:{settings.api_port}"
-    world = Storefront(settings.sim_users, settings.sim_items, settings.sim_slate_size,
-                       world_seed=settings.sim_seed, traffic_seed=12345)
+    world = Storefront(
+        settings.sim_users,
+        settings.sim_items,
+        settings.sim_slate_size,
+        world_seed=settings.sim_seed,
+        traffic_seed=12345,
+    )
     wait_until(lambda: _served(base) == snapshot.version, "the API to serve the latest version")
 
     # 4. The learned model ranks held-out traffic clearly better than chance. About 5000 held-out
@@ -144,8 +161,10 @@ def test_whole_loop(
             body = {
                 "user_id": user.user_id,
                 "context": world.context(user),
-                "items": [{"item_id": it.item_id, "features": world.item_features(it, pos)}
-                          for pos, it in enumerate(slate)],
+                "items": [
+                    {"item_id": it.item_id, "features": world.item_features(it, pos)}
+                    for pos, it in enumerate(slate)
+                ],
             }
             answer = client.post("/v1/score", json=body)
             assert answer.status_code == 200, answer.text
@@ -175,8 +194,12 @@ def _committed(settings: Settings) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.topic("examples")
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                  "group.id": f"{settings.topic_prefix}trainer-ctr"})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.topic_prefix}trainer-ctr",
+        }
+    )
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
         return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10) if tp.offset >= 0}

@@ -77,7 +77,9 @@ def test_no_model_yet_is_503_and_health_says_so(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "model": "ctr", "model_version": None}
 
 
-def test_scores_name_the_version_and_follow_the_model(client: TestClient, store: MemoryStore) -> None:
+def test_scores_name_the_version_and_follow_the_model(
+    client: TestClient, store: MemoryStore
+) -> None:
     store.put(trained(1))
     holder: ModelHolder = client.app.state.holder  # type: ignore[attr-defined]
     assert holder.refresh()

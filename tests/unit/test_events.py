@@ -25,8 +25,10 @@ def test_a_good_recommendation_parses() -> None:
         (GOOD.replace(b'"price": 1.5', b'"price": NaN'), "finite number"),
         (GOOD.replace(b'"u1"', b'"u1", "surprise": 1'), "surprise: Extra inputs are not permitted"),
         (GOOD.replace(b'"position": 0', b'"position": -1'), "items.0.position"),
-        (GOOD.replace(b'"schema_version": 1', b"").replace(b"{", b'{"schema_version": 2,', 1),
-         "schema_version"),
+        (
+            GOOD.replace(b'"schema_version": 1', b"").replace(b"{", b'{"schema_version": 2,', 1),
+            "schema_version",
+        ),
         (GOOD.replace(b'"user_id": "u1"', b'"user_id": "' + b"u" * 500 + b'"'), "user_id"),
         (None, "tombstone"),
     ],
@@ -51,8 +53,10 @@ def test_repeated_items_are_refused() -> None:
 
 def test_outcome_kind_and_value_are_checked() -> None:
     with pytest.raises(InvalidEventError, match="value"):
-        parse(Outcome, b'{"user_id": "u", "item_id": "i", "kind": "click", "value": -1,'
-                       b' "event_time": 1}')
+        parse(
+            Outcome,
+            b'{"user_id": "u", "item_id": "i", "kind": "click", "value": -1, "event_time": 1}',
+        )
 
 
 def test_dead_letter_keeps_the_original_bytes() -> None:

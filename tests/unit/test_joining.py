@@ -15,7 +15,9 @@ T0 = 1_700_000_000.0
 POLICY = JoinPolicy(window_s=10.0, allowed_lateness_s=1.0, idle_timeout_s=5.0, early_grace_s=3.0)
 
 
-def rec(rid: str, t: float, items: tuple[str, ...] = ("a", "b"), user: str = "u1") -> Recommendation:
+def rec(
+    rid: str, t: float, items: tuple[str, ...] = ("a", "b"), user: str = "u1"
+) -> Recommendation:
     return Recommendation.model_validate(
         {
             "recommendation_id": rid,
@@ -33,8 +35,14 @@ def rec(rid: str, t: float, items: tuple[str, ...] = ("a", "b"), user: str = "u1
 
 def outcome(rid: str | None, item: str, t: float, kind: str = "click") -> Outcome:
     return Outcome.model_validate(
-        {"recommendation_id": rid, "user_id": "u1", "item_id": item, "kind": kind,
-         "value": 2.0, "event_time": t}
+        {
+            "recommendation_id": rid,
+            "user_id": "u1",
+            "item_id": item,
+            "kind": kind,
+            "value": 2.0,
+            "event_time": t,
+        }
     )
 
 
@@ -76,7 +84,8 @@ def test_windows_are_per_partition(joiner: Joiner) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
     assert joiner.on_recommendation(rec("r2", T0 + 60), 1) == []  # partition 1's watermark only
     assert labels(joiner.on_recommendation(rec("r3", T0 + 60), 0)) == [
-        ("r1:a", False), ("r1:b", False)
+        ("r1:a", False),
+        ("r1:b", False),
     ]
 
 
@@ -169,8 +178,9 @@ def test_state_is_json_and_a_new_joiner_resumes_from_it(clock: ManualClock) -> N
 
 
 def test_closed_markers_are_purged_after_retention(clock: ManualClock) -> None:
-    j = Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, dedup_retention_s=100.0), {},
-               clock)
+    j = Joiner(
+        JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, dedup_retention_s=100.0), {}, clock
+    )
     j.on_recommendation(rec("r1", T0), 0)
     j.on_recommendation(rec("r2", T0 + 50), 0)
     assert "c/r1" in j.state

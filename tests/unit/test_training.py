@@ -8,9 +8,18 @@ from streamlearn.training import Training
 
 def example(label: bool, segment: str = "a") -> LabeledExample:
     return LabeledExample(
-        example_id="r:i", recommendation_id="r", user_id="u", item_id="i", position=0,
-        propensity=1.0, served_score=None, model_version=None, context={"segment": segment},
-        item_features={"category": "b"}, label=label, recommendation_time=0.0,
+        example_id="r:i",
+        recommendation_id="r",
+        user_id="u",
+        item_id="i",
+        position=0,
+        propensity=1.0,
+        served_score=None,
+        model_version=None,
+        context={"segment": segment},
+        item_features={"category": "b"},
+        label=label,
+        recommendation_time=0.0,
     )
 
 
