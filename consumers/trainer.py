@@ -52,6 +52,12 @@ def main() -> None:
     except SnapshotNotFound:
         snapshot = None
         log.info("no snapshot of %s yet: starting from the beginning of %s", spec.name, examples)
+    if snapshot is not None and snapshot.model.spec != spec:
+        log.warning(
+            "configured spec differs from the snapshot's; continuing the snapshot's lineage "
+            "with its own spec %s",
+            snapshot.model.spec,
+        )
     training = Training(
         spec, SystemClock(), settings.checkpoint_every_n, settings.checkpoint_every_s, snapshot
     )

@@ -53,7 +53,9 @@ class Training:
             self.offsets: dict[int, int] = {}
             self.version: int | None = None
         else:
+            # The restored model keeps the spec it was built from; features must match it.
             self.learner = snapshot.model
+            self.spec = self.learner.spec
             self.offsets = dict(snapshot.offsets)
             self.version = snapshot.version
         self._since = 0
