@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a supervisor: stop children too
     s = get_settings()
     console = Console()
     created = ensure_topics(s)
@@ -88,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _auc(value: float) -> str:
+    # River reports 0 while the window holds one class only, as at the start, when positives
+    # arrive at once and negatives only as windows close.
+    return f"{value:.3f}" if value > 0 else "n/a yet"
+
+
+def _interrupt(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup finish
+    raise KeyboardInterrupt
+
+
 def _progress(
     s: Settings, probe: Consumer, store: RedisSnapshotStore, names: dict[str, str], elapsed: float
 ) -> Text:
@@ -99,7 +112,7 @@ def _progress(
         meta = store.meta(s.model.name)
         model = (
             f"model {meta['model_name']} v{meta['version']} "
-            f"seen {meta['samples_seen']} rolling AUC {meta['metrics']['rolling_roc_auc']:.3f}"
+            f"seen {meta['samples_seen']} rolling AUC {_auc(meta['metrics']['rolling_roc_auc'])}"
         )
     except SnapshotNotFound:
         model = "model: no snapshot yet"

@@ -53,8 +53,12 @@ fetch_kafka() {
   log "fetching Apache Kafka $kafka_version JARs from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -q -B -Dstyle.color=never -f "$here/kafka-pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$libs"
+  if ! mvn -B -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs" >"$home/maven.log" 2>&1; then
+    tail -n 30 "$home/maven.log" >&2
+    log "maven could not fetch the broker: see $home/maven.log"
+    exit 1
+  fi
   touch "$libs/.complete"
 }
 
