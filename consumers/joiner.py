@@ -112,7 +112,7 @@ async def tick() -> None:
 
 @app.timer(10.0)
 async def report() -> None:
-    log.info("join stats %s pending=%d", joiner.stats.as_dict(), joiner.pending_windows())
+    log.info("join stats %s pending=%d", joiner.stats.as_dict(), joiner.pending_impressions())
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from streamlearn.errors import InvalidEventError
 
 MAX_FEATURES = 256
 MAX_SLATE = 500
+MAX_RECORD_BYTES = 256 * 1024
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 FeatureName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -95,6 +96,10 @@ class LabeledExample(Event):
     label: bool
     outcome_kind: OutcomeKind | None = None
     value: float = 0.0
+    weight: float = Field(1.0, ge=0, description="How much the example counts when learned.")
+    correction: bool = Field(
+        False, description="A late positive for an impression already emitted as a negative."
+    )
     recommendation_time: EventTime
     outcome_time: EventTime | None = None
 
@@ -142,10 +147,12 @@ class DeadLetter(BaseModel):
 E = TypeVar("E", bound=BaseModel)
 
 
-def parse(model: type[E], raw: bytes | None) -> E:
+def parse(model: type[E], raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) -> E:
     """Parse one record's value, or raise :class:`InvalidEventError` saying why in one line."""
     if raw is None:
         raise InvalidEventError("empty value (tombstone)")
+    if len(raw) > max_bytes:
+        raise InvalidEventError(f"record of {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

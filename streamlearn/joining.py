@@ -10,31 +10,37 @@ Semantics
 ---------
 * An impression is a recommendation x one item of its slate. Its window is
   ``[recommendation.event_time, recommendation.event_time + window]`` in event time.
-* A positive is emitted when the first qualifying outcome (a kind in ``positive_kinds``, event
-  time inside the window) arrives for an open impression; a later outcome for the same impression
-  is a duplicate and makes no second label.
-* A negative is emitted for every still-unlabeled impression once the partition's watermark has
-  passed the window's end.
-* The watermark of a partition is the newest recommendation event time seen there, less
-  ``allowed_lateness``; when no recommendation has arrived for ``idle_timeout`` of wall time it
-  advances with the wall clock from there, so a quiet stream still closes its windows. It never
-  moves back.
-* An outcome naming a recommendation not seen yet waits until the watermark passes its event time
-  plus ``early_grace``; then it is counted as unmatched and dropped.
-* An outcome for a window already closed is counted as late and dropped (policy: drop).
-* A replayed recommendation (same id, window open or recently closed) is a duplicate: dropped.
-* Outcomes without a ``recommendation_id`` are counted as unmatched (matching by user and item
-  is not enabled).
+* Matching: by ``recommendation_id``; when an outcome has none and ``match_by_user_item`` is on,
+  to the most recent open impression of that user for that item.
+* A qualifying outcome has a kind in ``positive_kinds`` and an event time inside the window.
+  With ``combine="earliest"`` the positive is emitted when the first one arrives and later ones
+  are duplicates. With ``combine="sum_value"`` every qualifying outcome adds its value, and the
+  positive is emitted when the window closes, weighted by the sum (1 if the sum is 0).
+* A negative is emitted for every impression without a qualifying outcome once the partition's
+  watermark has passed the window's end.
+* Watermark, per partition: each input (recommendations, outcomes) has its newest event time
+  less ``allowed_lateness``; an input silent for ``idle_timeout`` of wall time advances with the
+  wall clock from there. The watermark is the least of the inputs seen, so a backlog of outcomes
+  (after a restart, say) holds windows open until it is read; it never moves back.
+* Out of order: an outcome naming a recommendation not seen yet waits until the watermark passes
+  its event time plus ``early_grace``; then it is counted unmatched and dropped.
+* Late: a qualifying outcome after the window (by event time, or for a window already closed) is
+  counted late. ``late_policy="drop"`` drops it; ``"correct"`` emits a correction example
+  (label True, ``correction=True``) for an impression that closed negative, once, after its
+  negative. Coverage is positives / (positives + impressions that got only a late positive).
+* Duplicates make no second label: a replayed recommendation (window open, or closed within
+  ``dedup_retention``), the same outcome again, a second outcome under ``earliest``.
 
 State keys: ``r/<id>`` open recommendation, ``c/<id>`` closed marker kept for ``dedup_retention``
-after the window ends, ``e/<id>`` early outcomes, ``w/<partition>`` watermark.
+after the window ends, ``e/<id>`` early outcomes, ``u/<user>/<item>`` latest open impression
+(matching by user and item), ``w/<partition>`` watermark.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from streamlearn.clock import Clock
 from streamlearn.events import LabeledExample, Outcome, Recommendation
@@ -47,17 +53,24 @@ class JoinPolicy:
     idle_timeout_s: float = 10.0
     early_grace_s: float = 30.0
     positive_kinds: frozenset[str] = frozenset({"click", "add_to_cart", "purchase"})
-    dedup_retention_s: float = 3600.0
+    combine: Literal["earliest", "sum_value"] = "earliest"
+    late_policy: Literal["drop", "correct"] = "drop"
+    match_by_user_item: bool = False
+    dedup_retention_s: float = 600.0
 
 
 @dataclass
 class JoinStats:
+    """Counters since this process started (Prometheus counters: they reset on restart)."""
+
     recommendations: int = 0
     impressions: int = 0
     outcomes: int = 0
     positives: int = 0
     negatives: int = 0
+    corrections: int = 0
     late_outcomes: int = 0
+    late_positive_impressions: int = 0
     unmatched_outcomes: int = 0
     duplicate_outcomes: int = 0
     duplicate_recommendations: int = 0
@@ -65,6 +78,12 @@ class JoinStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @property
+    def coverage(self) -> float | None:
+        """Share of eventual positives that landed inside their window."""
+        eventual = self.positives + self.late_positive_impressions
+        return self.positives / eventual if eventual else None
 
 
 @dataclass
@@ -74,8 +93,10 @@ class Joiner:
     clock: Clock
     stats: JoinStats = field(default_factory=JoinStats)
     # In-memory hint of the earliest thing that can expire per partition, so that most calls skip
-    # the scan of the state. Absent (after a restart) means "scan once".
+    # the scan of the state; and pending impressions per partition, recounted by every scan.
+    # Absent (after a restart or a rebalance) means "scan once".
     _next_expiry: dict[int, float] = field(default_factory=dict)
+    _pending: dict[int, int] = field(default_factory=dict)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -86,12 +107,13 @@ class Joiner:
             self.stats.duplicate_recommendations += 1
             return []
         self.stats.impressions += len(rec.items)
-        self._observe(partition, rec.event_time)
+        self._observe(partition, "r", rec.event_time)
         pending: dict[str, Any] = {
             "p": partition,
             "end": rec.event_time + self.policy.window_s,
             "rec": rec.model_dump(mode="json"),
-            "done": [],
+            "pos": {},  # item -> [time, kind, value] of its qualifying outcome(s)
+            "late": {},  # item -> [time, kind, value] of an outcome after the window's end
         }
         out: list[LabeledExample] = []
         early = self.state.pop(f"e/{rid}", None)
@@ -101,13 +123,22 @@ class Joiner:
                 if example is not None:
                     out.append(example)
         self.state[f"r/{rid}"] = pending
+        if self.policy.match_by_user_item:
+            for item in rec.items:
+                self.state[f"u/{rec.user_id}/{item.item_id}"] = {"p": partition, "rid": rid}
+        if partition in self._pending:
+            self._pending[partition] += len(rec.items)
         self._hint(partition, pending["end"])
         out.extend(self._expire(partition))
         return out
 
     def on_outcome(self, outcome: Outcome, partition: int) -> list[LabeledExample]:
         self.stats.outcomes += 1
+        self._observe(partition, "o", outcome.event_time)
         rid = outcome.recommendation_id
+        if rid is None and self.policy.match_by_user_item:
+            latest = self.state.get(f"u/{outcome.user_id}/{outcome.item_id}")
+            rid = latest["rid"] if latest is not None else None
         if rid is None:
             self.stats.unmatched_outcomes += 1
             return []
@@ -115,12 +146,13 @@ class Joiner:
         pending = self.state.get(key)
         if pending is not None:
             example = self._apply(pending, outcome)
-            if example is None:
-                return []
             self.state[key] = pending
-            return [example]
-        if f"c/{rid}" in self.state:
-            self.stats.late_outcomes += 1
+            return [example] if example is not None else []
+        closed = self.state.get(f"c/{rid}")
+        if closed is not None:
+            return self._late_after_close(rid, closed, outcome)
+        if outcome.recommendation_id is None:  # matched through the index, but nothing open
+            self.stats.unmatched_outcomes += 1
             return []
         early = self.state.get(f"e/{rid}") or {"p": partition, "until": 0.0, "outcomes": []}
         until = max(early["until"], outcome.event_time + self.policy.early_grace_s)
@@ -133,30 +165,46 @@ class Joiner:
         return []
 
     def on_tick(self, partition: int) -> list[LabeledExample]:
-        """Advance the partition's watermark by wall time if it is idle, and close windows."""
+        """Let wall time advance an idle partition's watermark, and close what it passes."""
         return self._expire(partition)
+
+    def forget_partitions(self) -> None:
+        """After a rebalance: what this process knew of partitions may be stale."""
+        self._next_expiry.clear()
+        self._pending.clear()
 
     # ---- watermark ----------------------------------------------------------------------------
 
     def watermark(self, partition: int) -> float | None:
         w = self.state.get(f"w/{partition}")
-        if w is None:
-            return None
-        idle = self.clock.now() - w["wall"] - self.policy.idle_timeout_s
-        return float(max(w["wm"], w["max"] - self.policy.allowed_lateness_s + max(0.0, idle)))
+        return None if w is None else self._watermark_of(w)
 
-    def _observe(self, partition: int, event_time: float) -> None:
+    def _watermark_of(self, w: dict[str, Any]) -> float:
+        now = self.clock.now()
+        lateness, idle = self.policy.allowed_lateness_s, self.policy.idle_timeout_s
+        inputs = []
+        for newest, wall in (w["r"], w["o"]):
+            if newest is not None:
+                inputs.append(newest - lateness + max(0.0, now - wall - idle))
+            elif now - wall <= idle:
+                # Not seen yet: it holds the watermark until it has been silent for as long as
+                # an idle input, as in Flink; after that it no longer counts.
+                inputs.append(float("-inf"))
+        return float(max(w["wm"], min(inputs, default=float("-inf"))))
+
+    def watermark_lag(self, partition: int) -> float | None:
+        wm = self.watermark(partition)
+        return None if wm is None else self.clock.now() - wm
+
+    def _observe(self, partition: int, source: str, event_time: float) -> None:
         key = f"w/{partition}"
-        w = self.state.get(key)
-        if w is None:
-            w = {"max": event_time, "wm": event_time - self.policy.allowed_lateness_s}
-        elif event_time > w["max"]:
-            # Freeze whatever the idle fallback reached, so the watermark never moves back.
-            w = {"max": event_time, "wm": self.watermark(partition)}
-        else:
+        now = self.clock.now()
+        w = self.state.get(key) or {"r": [None, now], "o": [None, now], "wm": float("-inf")}
+        newest = w[source][0]
+        if newest is not None and event_time <= newest:
             return
-        w["wall"] = self.clock.now()
-        self.state[key] = w
+        # Freeze what the watermark had reached, idle advance included, so it never moves back.
+        self.state[key] = {**w, source: [event_time, now], "wm": self._watermark_of(w)}
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -166,24 +214,55 @@ class Joiner:
             self._next_expiry[partition] = min(current, at)
 
     def _apply(self, pending: dict[str, Any], outcome: Outcome) -> LabeledExample | None:
-        """Label an impression from an outcome; mutates ``pending``, the caller stores it."""
+        """An outcome for an open window; mutates ``pending``, the caller stores it."""
         if outcome.kind not in self.policy.positive_kinds:
             self.stats.ignored_outcomes += 1
-            return None
-        if outcome.event_time > pending["end"]:
-            self.stats.late_outcomes += 1
             return None
         rec = pending["rec"]
         item = next((i for i in rec["items"] if i["item_id"] == outcome.item_id), None)
         if item is None:
             self.stats.unmatched_outcomes += 1
             return None
-        if outcome.item_id in pending["done"]:
+        iid = outcome.item_id
+        if outcome.event_time > pending["end"]:
+            self.stats.late_outcomes += 1
+            if iid not in pending["pos"] and iid not in pending["late"]:
+                late = [outcome.event_time, outcome.kind, outcome.value]
+                pending["late"] = {**pending["late"], iid: late}
+            return None
+        seen = pending["pos"].get(iid)
+        if self.policy.combine == "sum_value":
+            # Every qualifying outcome adds its value; emitted when the window closes.
+            first = seen or [outcome.event_time, outcome.kind, 0.0]
+            pending["pos"] = {**pending["pos"], iid: [first[0], first[1], first[2] + outcome.value]}
+            return None
+        if seen is not None:
             self.stats.duplicate_outcomes += 1
             return None
-        pending["done"] = [*pending["done"], outcome.item_id]
+        pending["pos"] = {**pending["pos"], iid: [outcome.event_time, outcome.kind, outcome.value]}
         self.stats.positives += 1
-        return _example(rec, item, outcome)
+        return _example(rec, item, pending["pos"][iid])
+
+    def _late_after_close(
+        self, rid: str, closed: dict[str, Any], outcome: Outcome
+    ) -> list[LabeledExample]:
+        if outcome.kind not in self.policy.positive_kinds:
+            self.stats.ignored_outcomes += 1
+            return []
+        iid = outcome.item_id
+        if iid in closed["pos"] or iid in closed["late"]:
+            self.stats.duplicate_outcomes += 1
+            return []
+        self.stats.late_outcomes += 1
+        self.stats.late_positive_impressions += 1
+        self.state[f"c/{rid}"] = {**closed, "late": [*closed["late"], iid]}
+        rec = closed.get("rec")
+        item = next((i for i in rec["items"] if i["item_id"] == iid), None) if rec else None
+        if item is None:
+            return []
+        self.stats.corrections += 1
+        late = [outcome.event_time, outcome.kind, outcome.value]
+        return [_example(rec, item, late, correction=True)]
 
     def _expire(self, partition: int) -> list[LabeledExample]:
         wm = self.watermark(partition)
@@ -192,8 +271,9 @@ class Joiner:
         hint = self._next_expiry.get(partition)
         if hint is not None and wm < hint:
             return []
+        retention = self.policy.dedup_retention_s
         out: list[LabeledExample] = []
-        next_expiry = float("inf")
+        next_expiry, pending = float("inf"), 0
         for key, value in list(self.state.items()):
             if key[0] == "w" or value["p"] != partition:
                 continue
@@ -201,16 +281,15 @@ class Joiner:
             if kind == "r":
                 if value["end"] > wm:
                     next_expiry = min(next_expiry, value["end"])
+                    pending += len(value["rec"]["items"])
                     continue
-                out.extend(self._close(value))
-                del self.state[key]
-                self.state[f"c/{rid}"] = {"p": partition, "end": value["end"]}
-                next_expiry = min(next_expiry, value["end"] + self.policy.dedup_retention_s)
+                out.extend(self._close(rid, value))
+                next_expiry = min(next_expiry, value["end"] + retention)
             elif kind == "c":
-                if value["end"] + self.policy.dedup_retention_s <= wm:
+                if value["end"] + retention <= wm:
                     del self.state[key]
                 else:
-                    next_expiry = min(next_expiry, value["end"] + self.policy.dedup_retention_s)
+                    next_expiry = min(next_expiry, value["end"] + retention)
             elif kind == "e":
                 if value["until"] <= wm:
                     self.stats.unmatched_outcomes += len(value["outcomes"])
@@ -218,22 +297,57 @@ class Joiner:
                 else:
                     next_expiry = min(next_expiry, value["until"])
         self._next_expiry[partition] = next_expiry
+        self._pending[partition] = pending
         return out
 
-    def _close(self, pending: dict[str, Any]) -> list[LabeledExample]:
-        rec = pending["rec"]
-        done = set(pending["done"])
-        negatives = [
-            _example(rec, item, None) for item in rec["items"] if item["item_id"] not in done
-        ]
-        self.stats.negatives += len(negatives)
-        return negatives
+    def _close(self, rid: str, pending: dict[str, Any]) -> list[LabeledExample]:
+        rec, pos = pending["rec"], pending["pos"]
+        out: list[LabeledExample] = []
+        late = [i for i in pending["late"] if i not in pos]
+        summed = self.policy.combine == "sum_value"
+        for item in rec["items"]:
+            iid = item["item_id"]
+            if summed and iid in pos:
+                out.append(_example(rec, item, pos[iid], weighted=True))
+                self.stats.positives += 1
+            elif iid not in pos:
+                out.append(_example(rec, item, None))
+                self.stats.negatives += 1
+                if iid in late and self.policy.late_policy == "correct":
+                    out.append(_example(rec, item, pending["late"][iid], correction=True))
+                    self.stats.corrections += 1
+        self.stats.late_positive_impressions += len(late)
+        del self.state[f"r/{rid}"]
+        marker: dict[str, Any] = {"p": pending["p"], "end": pending["end"], "pos": list(pos),
+                                  "late": late}
+        if self.policy.late_policy == "correct":
+            marker["rec"] = rec
+        self.state[f"c/{rid}"] = marker
+        if self.policy.match_by_user_item:
+            for item in rec["items"]:
+                key = f"u/{rec['user_id']}/{item['item_id']}"
+                if (self.state.get(key) or {}).get("rid") == rid:
+                    del self.state[key]
+        return out
 
-    def pending_windows(self) -> int:
-        return sum(1 for k in self.state if k.startswith("r/"))
+    def pending_impressions(self, partition: int | None = None) -> int:
+        """Open impressions of a partition (or of all this process has scanned)."""
+        if partition is not None:
+            return self._pending.get(partition, 0)
+        return sum(self._pending.values())
 
 
-def _example(rec: dict[str, Any], item: dict[str, Any], outcome: Outcome | None) -> LabeledExample:
+def _example(
+    rec: dict[str, Any],
+    item: dict[str, Any],
+    outcome: list[Any] | None,
+    *,
+    correction: bool = False,
+    weighted: bool = False,
+) -> LabeledExample:
+    """``outcome`` is ``[event_time, kind, value]`` of the (first) qualifying outcome; with
+    ``weighted`` the value (a sum) is the example's weight, or 1 when it is 0."""
+    value = outcome[2] if outcome is not None else 0.0
     return LabeledExample(
         example_id=LabeledExample.id_for(rec["recommendation_id"], item["item_id"]),
         recommendation_id=rec["recommendation_id"],
@@ -246,8 +360,10 @@ def _example(rec: dict[str, Any], item: dict[str, Any], outcome: Outcome | None)
         context=rec["context"],
         item_features=item["features"],
         label=outcome is not None,
-        outcome_kind=outcome.kind if outcome is not None else None,
-        value=outcome.value if outcome is not None else 0.0,
+        outcome_kind=outcome[1] if outcome is not None else None,
+        value=value,
+        weight=value if weighted and value > 0 else 1.0,
+        correction=correction,
         recommendation_time=rec["event_time"],
-        outcome_time=outcome.event_time if outcome is not None else None,
+        outcome_time=outcome[0] if outcome is not None else None,
     )

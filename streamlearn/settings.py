@@ -44,7 +44,28 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long an outcome waits for a recommendation it names."
     )
     positive_kinds: frozenset[OutcomeKindName] = frozenset({"click", "add_to_cart", "purchase"})
+    combine: Literal["earliest", "sum_value"] = Field(
+        "earliest",
+        description="earliest: positive at the first qualifying outcome; sum_value: positive "
+        "when the window closes, weighted by the sum of the outcomes' values.",
+    )
+    late_policy: Literal["drop", "correct"] = Field(
+        "drop", description="correct: emit a correction example for a late positive."
+    )
+    match_by_user_item: bool = Field(
+        False, description="Match outcomes without recommendation_id by (user_id, item_id)."
+    )
+    dedup_retention_s: float = Field(
+        600.0, gt=0, description="How long a closed window is remembered, for dedup and late."
+    )
+    max_record_bytes: int = Field(
+        256 * 1024, ge=1024, description="Larger input records go to the dead-letter topic."
+    )
     joiner_tick_s: float = Field(1.0, gt=0, description="How often idle windows are checked.")
+    joiner_stats_s: float = Field(5.0, gt=0, description="How often join stats are published.")
+    joiner_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
+    )
     exactly_once: bool = True
 
     # Learning and snapshots

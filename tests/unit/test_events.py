@@ -63,3 +63,8 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
     letter = DeadLetter.of("bad", "topic", 2, 41, b"k", b"\xff\x00", 5.0)
     assert base64.b64decode(letter.value_b64) == b"\xff\x00"
     assert (letter.source_topic, letter.partition, letter.offset) == ("topic", 2, 41)
+
+
+def test_oversized_records_are_refused_before_parsing() -> None:
+    with pytest.raises(InvalidEventError, match="exceeds the limit of 1024"):
+        parse(Recommendation, GOOD + b" " * 2000, max_bytes=1024)

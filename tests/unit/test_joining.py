@@ -60,6 +60,11 @@ def labels(examples: list[Any]) -> list[tuple[str, bool]]:
     return [(e.example_id, e.label) for e in examples]
 
 
+def outcomes_reach(joiner: Joiner, t: float, partition: int = 0) -> None:
+    """Move the outcome input's event time to ``t`` (with an outcome that matches nothing)."""
+    joiner.on_outcome(outcome(None, "zz", t), partition)
+
+
 def test_outcome_in_window_is_a_positive_at_once(joiner: Joiner) -> None:
     assert joiner.on_recommendation(rec("r1", T0), 0) == []
     out = joiner.on_outcome(outcome("r1", "a", T0 + 4), 0)
@@ -73,14 +78,32 @@ def test_outcome_in_window_is_a_positive_at_once(joiner: Joiner) -> None:
 def test_negatives_only_when_the_watermark_passes_the_window(joiner: Joiner) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
     joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)
-    # watermark = newest recommendation time - lateness = T0 + 10.5 - 1 < T0 + 10
+    outcomes_reach(joiner, T0 + 30)
+    # watermark = least input time - lateness = T0 + 10.5 - 1 < T0 + 10
     assert joiner.on_recommendation(rec("r2", T0 + 10.5), 0) == []
     out = joiner.on_recommendation(rec("r3", T0 + 11), 0)
     assert labels(out) == [("r1:b", False)]
     assert joiner.stats.negatives == 1 and joiner.stats.positives == 1
 
 
+def test_a_lagging_outcome_input_holds_windows_open(joiner: Joiner, clock: ManualClock) -> None:
+    """After a restart the recommendations may be read ahead of the outcomes: no window may
+    close before the outcomes that could still land in it have been read."""
+    joiner.on_recommendation(rec("r1", T0), 0)
+    joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    assert joiner.on_recommendation(rec("r2", T0 + 100), 0) == []  # outcomes still at T0 + 1
+    assert labels(joiner.on_outcome(outcome("r1", "b", T0 + 9), 0)) == [("r1:b", True)]
+    outcomes_reach(joiner, T0 + 12)
+    assert joiner.on_tick(0) == []  # nothing left open in r1: both items are positive
+    assert "c/r1" in joiner.state
+    # An outcome input that falls silent stops holding the watermark after the idle timeout.
+    clock.advance(5 + 100)
+    assert labels(joiner.on_tick(0)) == [("r2:a", False), ("r2:b", False)]
+
+
 def test_windows_are_per_partition(joiner: Joiner) -> None:
+    outcomes_reach(joiner, T0 + 100, partition=0)
+    outcomes_reach(joiner, T0 + 100, partition=1)
     joiner.on_recommendation(rec("r1", T0), 0)
     assert joiner.on_recommendation(rec("r2", T0 + 60), 1) == []  # partition 1's watermark only
     assert labels(joiner.on_recommendation(rec("r3", T0 + 60), 0)) == [
@@ -95,11 +118,12 @@ def test_idle_partition_closes_windows_by_wall_clock(joiner: Joiner, clock: Manu
     assert joiner.on_tick(0) == []
     clock.advance(1.0)
     assert labels(joiner.on_tick(0)) == [("r1:a", False), ("r1:b", False)]
-    assert joiner.pending_windows() == 0
+    assert joiner.pending_impressions(0) == 0
 
 
 def test_watermark_never_moves_back(joiner: Joiner, clock: ManualClock) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0)
     clock.advance(100)
     advanced = joiner.watermark(0)
     assert advanced is not None and advanced > T0 + 50
@@ -112,6 +136,7 @@ def test_duplicate_outcomes_never_make_a_second_label(joiner: Joiner) -> None:
     first = joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)
     again = joiner.on_outcome(outcome("r1", "a", T0 + 1), 0)  # producer retry
     cart = joiner.on_outcome(outcome("r1", "a", T0 + 2, "add_to_cart"), 0)  # second kind
+    outcomes_reach(joiner, T0 + 30)
     closed = joiner.on_recommendation(rec("r9", T0 + 20), 0)
     assert labels(first) == [("r1:a", True)] and again == [] and cart == []
     assert labels(closed) == [("r1:b", False)]
@@ -119,6 +144,7 @@ def test_duplicate_outcomes_never_make_a_second_label(joiner: Joiner) -> None:
 
 
 def test_replayed_recommendation_is_dropped_open_or_closed(joiner: Joiner) -> None:
+    outcomes_reach(joiner, T0 + 100)
     joiner.on_recommendation(rec("r1", T0), 0)
     assert joiner.on_recommendation(rec("r1", T0), 0) == []
     joiner.on_recommendation(rec("r2", T0 + 30), 0)  # closes r1
@@ -135,8 +161,9 @@ def test_outcome_before_its_recommendation_waits_for_it(joiner: Joiner) -> None:
 
 def test_early_outcome_without_recommendation_expires_as_unmatched(joiner: Joiner) -> None:
     joiner.on_outcome(outcome("ghost", "a", T0), 0)
+    outcomes_reach(joiner, T0 + 30)  # itself unmatched: 1
     joiner.on_recommendation(rec("r1", T0 + 4.5), 0)  # watermark T0 + 3.5 > T0 + grace 3
-    assert joiner.stats.unmatched_outcomes == 1
+    assert joiner.stats.unmatched_outcomes == 2
     assert joiner.on_recommendation(rec("ghost", T0 + 5), 0) == []  # the outcome is gone
     assert joiner.stats.positives == 0
 
@@ -144,6 +171,7 @@ def test_early_outcome_without_recommendation_expires_as_unmatched(joiner: Joine
 def test_outcome_after_the_window_is_late_and_dropped(joiner: Joiner) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
     assert joiner.on_outcome(outcome("r1", "a", T0 + 10.5), 0) == []  # window still open
+    outcomes_reach(joiner, T0 + 30)
     joiner.on_recommendation(rec("r2", T0 + 20), 0)  # closes r1
     assert joiner.on_outcome(outcome("r1", "b", T0 + 12), 0) == []  # after the close
     assert joiner.stats.late_outcomes == 2
@@ -174,6 +202,7 @@ def test_state_is_json_and_a_new_joiner_resumes_from_it(clock: ManualClock) -> N
     restored = json.loads(json.dumps(first.state))
     second = Joiner(POLICY, restored, clock)
     assert second.on_outcome(outcome("r1", "a", T0 + 2), 0) == []  # already labeled
+    outcomes_reach(second, T0 + 30)
     assert labels(second.on_recommendation(rec("r2", T0 + 20), 0)) == [("r1:b", False)]
 
 
@@ -181,8 +210,111 @@ def test_closed_markers_are_purged_after_retention(clock: ManualClock) -> None:
     j = Joiner(
         JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, dedup_retention_s=100.0), {}, clock
     )
+    outcomes_reach(j, T0 + 1000)
     j.on_recommendation(rec("r1", T0), 0)
     j.on_recommendation(rec("r2", T0 + 50), 0)
     assert "c/r1" in j.state
     j.on_recommendation(rec("r3", T0 + 111), 0)
     assert "c/r1" not in j.state and "c/r2" in j.state
+
+
+def test_sum_value_emits_one_weighted_positive_when_the_window_closes(clock: ManualClock) -> None:
+    j = Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, combine="sum_value"), {}, clock)
+    j.on_recommendation(rec("r1", T0), 0)
+    buy = outcome("r1", "a", T0 + 2, "purchase")
+    assert j.on_outcome(outcome("r1", "a", T0 + 1, "click"), 0) == []  # value 2.0
+    assert j.on_outcome(buy.model_copy(update={"value": 30.0}), 0) == []
+    assert j.on_outcome(outcome("r1", "a", T0 + 11), 0) == []  # after the window: late
+    outcomes_reach(j, T0 + 20)
+    out = j.on_recommendation(rec("r2", T0 + 20), 0)
+    assert labels(out) == [("r1:a", True), ("r1:b", False)]
+    positive = out[0]
+    assert (positive.value, positive.weight) == (32.0, 32.0)
+    assert (positive.outcome_kind, positive.outcome_time) == ("click", T0 + 1)
+    assert out[1].weight == 1.0
+    assert j.stats.positives == 1 and j.stats.late_outcomes == 1
+
+
+def test_earliest_keeps_weight_one_whatever_the_value(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    (example,) = joiner.on_outcome(outcome("r1", "a", T0 + 1, "purchase"), 0)
+    assert (example.value, example.weight) == (2.0, 1.0)
+
+
+@pytest.fixture
+def correcting(clock: ManualClock) -> Joiner:
+    return Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=1.0, late_policy="correct"), {},
+                  clock)
+
+
+def test_correction_after_close_follows_the_negative_once(correcting: Joiner) -> None:
+    j = correcting
+    j.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(j, T0 + 30)
+    assert labels(j.on_recommendation(rec("r2", T0 + 20), 0)) == [("r1:a", False), ("r1:b", False)]
+    (fix,) = j.on_outcome(outcome("r1", "b", T0 + 25), 0)
+    assert (fix.example_id, fix.label, fix.correction) == ("r1:b", True, True)
+    assert fix.item_features == {"price": 1.0} and fix.outcome_time == T0 + 25
+    assert j.on_outcome(outcome("r1", "b", T0 + 26), 0) == []  # never twice
+    assert j.stats.corrections == 1 and j.stats.late_positive_impressions == 1
+    assert j.stats.coverage == 0.0
+
+
+def test_late_by_event_time_while_open_is_corrected_at_close(correcting: Joiner) -> None:
+    j = correcting
+    j.on_recommendation(rec("r1", T0), 0)
+    j.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    assert j.on_outcome(outcome("r1", "b", T0 + 10.5), 0) == []  # after the end, before close
+    outcomes_reach(j, T0 + 30)
+    out = j.on_recommendation(rec("r2", T0 + 20), 0)
+    assert [(e.example_id, e.label, e.correction) for e in out] == [
+        ("r1:b", False, False),
+        ("r1:b", True, True),
+    ]
+    assert j.stats.coverage == pytest.approx(0.5)  # one positive in time, one only late
+
+
+def test_drop_policy_counts_late_but_emits_nothing(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    joiner.on_outcome(outcome("r1", "a", T0 + 2), 0)
+    outcomes_reach(joiner, T0 + 30)
+    joiner.on_recommendation(rec("r2", T0 + 20), 0)
+    assert joiner.on_outcome(outcome("r1", "b", T0 + 25), 0) == []
+    assert joiner.stats.late_positive_impressions == 1 and joiner.stats.corrections == 0
+    assert joiner.stats.coverage == pytest.approx(0.5)
+
+
+def test_match_by_user_and_item_takes_the_most_recent_open_impression(clock: ManualClock) -> None:
+    j = Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, match_by_user_item=True), {},
+               clock)
+    j.on_recommendation(rec("old", T0), 0)
+    j.on_recommendation(rec("new", T0 + 1), 0)
+    assert labels(j.on_outcome(outcome(None, "a", T0 + 2), 0)) == [("new:a", True)]
+    other_user = outcome(None, "a", T0 + 2).model_copy(update={"user_id": "u2"})
+    assert j.on_outcome(other_user, 0) == []
+    assert j.stats.unmatched_outcomes == 1
+
+
+def test_matching_by_user_and_item_is_off_by_default(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_outcome(outcome(None, "a", T0 + 1), 0) == []
+    assert joiner.stats.unmatched_outcomes == 1
+
+
+def test_an_input_never_seen_holds_windows_until_idle(joiner: Joiner, clock: ManualClock) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    assert joiner.on_recommendation(rec("r2", T0 + 50), 0) == []  # no outcome read yet
+    clock.advance(5.5)  # the outcome input has been silent for longer than the idle timeout
+    assert labels(joiner.on_tick(0)) == [("r1:a", False), ("r1:b", False)]
+
+
+def test_pending_impressions_and_watermark_lag(joiner: Joiner, clock: ManualClock) -> None:
+    outcomes_reach(joiner, T0 + 5)
+    joiner.on_recommendation(rec("r1", T0), 0)
+    joiner.on_tick(0)
+    joiner.on_recommendation(rec("r2", T0 + 3, items=("a", "b", "c")), 0)
+    assert joiner.pending_impressions(0) == 5
+    assert joiner.watermark_lag(0) == pytest.approx(clock.now() - (T0 + 2))
+    joiner.forget_partitions()  # as after a rebalance: the next scan recounts
+    joiner.on_tick(0)
+    assert joiner.pending_impressions(0) == 5
