@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
 
 import faust
 from confluent_kafka import Producer
+from prometheus_client import REGISTRY, start_http_server
 
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
 from streamlearn.joining import Joiner, JoinPolicy
 from streamlearn.settings import get_settings
+from streamlearn.telemetry import JoinCollector, report
 from topics import declared, joiner_app_id, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
@@ -66,10 +69,15 @@ joiner = Joiner(
         idle_timeout_s=settings.idle_timeout_s,
         early_grace_s=settings.early_outcome_grace_s,
         positive_kinds=frozenset(settings.positive_kinds),
+        combine=settings.combine,
+        late_policy=settings.late_policy,
+        match_by_user_item=settings.match_by_user_item,
+        dedup_retention_s=settings.dedup_retention_s,
     ),
     state,
     SystemClock(),
 )
+worker = f"{socket.gethostname()}-{os.getpid()}"
 
 # Ticks are written outside any input record, so they cannot ride faust's per-partition
 # transactions: a plain idempotent producer sends them.
@@ -77,11 +85,20 @@ tick_producer = Producer(producer_config(settings))
 
 
 def _handle(topic: str, partition: int, value: bytes | None) -> list[LabeledExample]:
+    limit = settings.max_record_bytes
     if topic == names["recommendations"]:
-        return joiner.on_recommendation(parse(Recommendation, value), partition)
+        return joiner.on_recommendation(parse(Recommendation, value, limit), partition)
     if topic == names["outcomes"]:
-        return joiner.on_outcome(parse(Outcome, value), partition)
+        return joiner.on_outcome(parse(Outcome, value, limit), partition)
     return joiner.on_tick(partition)
+
+
+def active_partitions() -> set[int]:
+    return {
+        tp.partition
+        for tp in app.assignor.assigned_actives()
+        if tp.topic == names["recommendations"]
+    }
 
 
 @app.agent(source)
@@ -104,18 +121,30 @@ async def join(stream: Any) -> None:
 
 @app.timer(settings.joiner_tick_s)
 async def tick() -> None:
-    for tp in app.assignor.assigned_actives():
-        if tp.topic == names["recommendations"]:
-            tick_producer.produce(names["joiner_ticks"], value=b"", partition=tp.partition)
+    for partition in active_partitions():
+        tick_producer.produce(names["joiner_ticks"], value=b"", partition=partition)
     tick_producer.poll(0)
 
 
-@app.timer(10.0)
-async def report() -> None:
-    log.info("join stats %s pending=%d", joiner.stats.as_dict(), joiner.pending_impressions())
+@app.timer(settings.joiner_stats_s)
+async def publish_stats() -> None:
+    stats = report(joiner, worker, active_partitions())
+    tick_producer.produce(
+        names["joiner_stats"], key=worker.encode(), value=stats.model_dump_json().encode()
+    )
+    tick_producer.poll(0)
+    log.info("join stats %s coverage=%s", stats.counters, stats.coverage)
+
+
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust types no async receiver
+async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    joiner.forget_partitions()
 
 
 def main() -> None:
+    if settings.joiner_metrics_port:
+        REGISTRY.register(JoinCollector(joiner, active_partitions))
+        start_http_server(settings.joiner_metrics_port, addr="127.0.0.1")
     sys.argv = [
         sys.argv[0],
         "worker",

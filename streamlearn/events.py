@@ -160,3 +160,22 @@ def parse(model: type[E], raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) 
         where = ".".join(str(p) for p in first["loc"]) or "value"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise InvalidEventError(f"{where}: {first['msg']}{more}") from None
+
+
+class PartitionHealth(BaseModel):
+    pending_impressions: int
+    watermark: float | None
+    watermark_lag_s: float | None
+
+
+class JoinReport(BaseModel):
+    """What one joiner process publishes on the stats topic every few seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    worker: str
+    at: float
+    counters: dict[str, int]
+    coverage: float | None
+    partitions: dict[int, PartitionHealth]

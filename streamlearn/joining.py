@@ -97,6 +97,10 @@ class Joiner:
     # Absent (after a restart or a rebalance) means "scan once".
     _next_expiry: dict[int, float] = field(default_factory=dict)
     _pending: dict[int, int] = field(default_factory=dict)
+    # When this process last saw each input of a partition advance. In memory on purpose: after
+    # a restart, the time the joiner was down must not count as the inputs being idle, or the
+    # watermark would jump past the backlog it has yet to read.
+    _advanced_at: dict[tuple[int, str], float] = field(default_factory=dict)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -172,18 +176,21 @@ class Joiner:
         """After a rebalance: what this process knew of partitions may be stale."""
         self._next_expiry.clear()
         self._pending.clear()
+        self._advanced_at.clear()
 
     # ---- watermark ----------------------------------------------------------------------------
 
     def watermark(self, partition: int) -> float | None:
         w = self.state.get(f"w/{partition}")
-        return None if w is None else self._watermark_of(w)
+        return None if w is None else self._watermark_of(partition, w)
 
-    def _watermark_of(self, w: dict[str, Any]) -> float:
+    def _watermark_of(self, partition: int, w: dict[str, Any]) -> float:
         now = self.clock.now()
         lateness, idle = self.policy.allowed_lateness_s, self.policy.idle_timeout_s
         inputs = []
-        for newest, wall in (w["r"], w["o"]):
+        for source in ("r", "o"):
+            newest = w[source]
+            wall = self._advanced_at.setdefault((partition, source), now)
             if newest is not None:
                 inputs.append(newest - lateness + max(0.0, now - wall - idle))
             elif now - wall <= idle:
@@ -198,13 +205,14 @@ class Joiner:
 
     def _observe(self, partition: int, source: str, event_time: float) -> None:
         key = f"w/{partition}"
-        now = self.clock.now()
-        w = self.state.get(key) or {"r": [None, now], "o": [None, now], "wm": float("-inf")}
-        newest = w[source][0]
+        w = self.state.get(key) or {"r": None, "o": None, "wm": float("-inf")}
+        newest = w[source]
         if newest is not None and event_time <= newest:
             return
         # Freeze what the watermark had reached, idle advance included, so it never moves back.
-        self.state[key] = {**w, source: [event_time, now], "wm": self._watermark_of(w)}
+        frozen = self._watermark_of(partition, w)
+        self._advanced_at[(partition, source)] = self.clock.now()
+        self.state[key] = {**w, source: event_time, "wm": frozen}
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -256,8 +264,10 @@ class Joiner:
         self.stats.late_outcomes += 1
         self.stats.late_positive_impressions += 1
         self.state[f"c/{rid}"] = {**closed, "late": [*closed["late"], iid]}
-        rec = closed.get("rec")
-        item = next((i for i in rec["items"] if i["item_id"] == iid), None) if rec else None
+        rec = closed.get("rec")  # kept only under late_policy="correct"
+        if rec is None:
+            return []
+        item = next((i for i in rec["items"] if i["item_id"] == iid), None)
         if item is None:
             return []
         self.stats.corrections += 1
@@ -318,8 +328,12 @@ class Joiner:
                     self.stats.corrections += 1
         self.stats.late_positive_impressions += len(late)
         del self.state[f"r/{rid}"]
-        marker: dict[str, Any] = {"p": pending["p"], "end": pending["end"], "pos": list(pos),
-                                  "late": late}
+        marker: dict[str, Any] = {
+            "p": pending["p"],
+            "end": pending["end"],
+            "pos": list(pos),
+            "late": late,
+        }
         if self.policy.late_policy == "correct":
             marker["rec"] = rec
         self.state[f"c/{rid}"] = marker

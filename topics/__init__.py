@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from pydantic import BaseModel
 
 from streamlearn.errors import InfraError
-from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
+from streamlearn.events import DeadLetter, JoinReport, LabeledExample, Outcome, Recommendation
 from streamlearn.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -51,6 +51,7 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
             1,
             {"retention.ms": str(30 * DAY_MS)},
         ),
+        "joiner_stats": TopicSpec(settings.topic("joiner-stats"), "worker", JoinReport, 1, week),
         # Wall-clock ticks, one a partition, so idle partitions still close windows.
         "joiner_ticks": TopicSpec(
             settings.topic("joiner-ticks"), "partition", None, n, {"retention.ms": str(3600 * 1000)}

@@ -243,8 +243,9 @@ def test_earliest_keeps_weight_one_whatever_the_value(joiner: Joiner) -> None:
 
 @pytest.fixture
 def correcting(clock: ManualClock) -> Joiner:
-    return Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=1.0, late_policy="correct"), {},
-                  clock)
+    return Joiner(
+        JoinPolicy(window_s=10.0, allowed_lateness_s=1.0, late_policy="correct"), {}, clock
+    )
 
 
 def test_correction_after_close_follows_the_negative_once(correcting: Joiner) -> None:
@@ -285,8 +286,9 @@ def test_drop_policy_counts_late_but_emits_nothing(joiner: Joiner) -> None:
 
 
 def test_match_by_user_and_item_takes_the_most_recent_open_impression(clock: ManualClock) -> None:
-    j = Joiner(JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, match_by_user_item=True), {},
-               clock)
+    j = Joiner(
+        JoinPolicy(window_s=10.0, allowed_lateness_s=0.0, match_by_user_item=True), {}, clock
+    )
     j.on_recommendation(rec("old", T0), 0)
     j.on_recommendation(rec("new", T0 + 1), 0)
     assert labels(j.on_outcome(outcome(None, "a", T0 + 2), 0)) == [("new:a", True)]
@@ -318,3 +320,17 @@ def test_pending_impressions_and_watermark_lag(joiner: Joiner, clock: ManualCloc
     joiner.forget_partitions()  # as after a rebalance: the next scan recounts
     joiner.on_tick(0)
     assert joiner.pending_impressions(0) == 5
+
+
+def test_downtime_is_not_idleness(clock: ManualClock) -> None:
+    """A joiner restarted after a long outage must read its backlog before idleness counts."""
+    first = Joiner(POLICY, {}, clock)
+    first.on_recommendation(rec("r1", T0), 0)
+    first.on_outcome(outcome("r1", "a", T0 + 1), 0)
+    clock.advance(600)  # down for ten minutes
+    second = Joiner(POLICY, json.loads(json.dumps(first.state)), clock)
+    assert second.on_tick(0) == []  # the backlog may hold r1's outcomes
+    assert labels(second.on_outcome(outcome("r1", "b", T0 + 2), 0)) == [("r1:b", True)]
+    clock.advance(5 + 12)  # silent past the idle timeout (in this process's time) and the end
+    assert second.on_tick(0) == []  # both items are positive: nothing to emit, window closed
+    assert "c/r1" in second.state

@@ -1,0 +1,80 @@
+"""Prometheus exposition of the join's health, read from the joiner at scrape time.
+
+A collector rather than counters updated on the hot path: the join keeps plain integers, and a
+scrape turns them into metric families, so the join pays nothing per record for being observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from streamlearn.events import JoinReport, PartitionHealth
+from streamlearn.joining import Joiner
+
+HELP = {
+    "recommendations": "Recommendation events read",
+    "impressions": "Impressions (recommendation x item shown) opened",
+    "outcomes": "Outcome events read",
+    "positives": "Positive examples emitted",
+    "negatives": "Negative examples emitted",
+    "corrections": "Correction examples emitted for late positives",
+    "late_outcomes": "Qualifying outcomes after their window",
+    "late_positive_impressions": "Impressions whose only qualifying outcome was late",
+    "unmatched_outcomes": "Outcomes matching no impression",
+    "duplicate_outcomes": "Outcomes that would have labeled an impression twice",
+    "duplicate_recommendations": "Replayed recommendations dropped",
+    "ignored_outcomes": "Outcomes of kinds that are not positive",
+}
+
+
+def report(joiner: Joiner, worker: str, partitions: Iterable[int]) -> JoinReport:
+    return JoinReport(
+        worker=worker,
+        at=joiner.clock.now(),
+        counters=joiner.stats.as_dict(),
+        coverage=joiner.stats.coverage,
+        partitions={
+            p: PartitionHealth(
+                pending_impressions=joiner.pending_impressions(p),
+                watermark=joiner.watermark(p),
+                watermark_lag_s=joiner.watermark_lag(p),
+            )
+            for p in sorted(partitions)
+        },
+    )
+
+
+class JoinCollector:
+    def __init__(self, joiner: Joiner, partitions: Callable[[], Iterable[int]]) -> None:
+        self._joiner = joiner
+        self._partitions = partitions
+
+    def collect(self) -> Iterator[Any]:
+        r = report(self._joiner, "", self._partitions())
+        for name, value in r.counters.items():
+            family = CounterMetricFamily(f"streamlearn_join_{name}", HELP[name])
+            family.add_metric([], value)
+            yield family
+        coverage = GaugeMetricFamily(
+            "streamlearn_join_coverage", "Share of eventual positives that landed in the window"
+        )
+        if r.coverage is not None:
+            coverage.add_metric([], r.coverage)
+        yield coverage
+        pending = GaugeMetricFamily(
+            "streamlearn_join_pending_impressions", "Open impressions", labels=["partition"]
+        )
+        lag = GaugeMetricFamily(
+            "streamlearn_join_watermark_lag_seconds",
+            "Wall time minus the partition's watermark",
+            labels=["partition"],
+        )
+        for p, health in r.partitions.items():
+            pending.add_metric([str(p)], health.pending_impressions)
+            if health.watermark_lag_s is not None:
+                lag.add_metric([str(p)], health.watermark_lag_s)
+        yield pending
+        yield lag
