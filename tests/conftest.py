@@ -16,8 +16,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
+
+from streamlearn.events import DeadLetter, LabeledExample
+from streamlearn.settings import Settings
+from topics import ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,3 +166,41 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[
         return out
     finally:
         c.close()
+
+
+def configure(processes: Processes, monkeypatch: pytest.MonkeyPatch, **extra: str) -> Settings:
+    """Settings for this test (and the processes it starts), with its topics created."""
+    processes.env.update(extra)
+    for key, value in processes.env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    ensure_topics(settings)
+    return settings
+
+
+def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list[tuple[int, int]]:
+    """Produce in order and return where each record landed, as (partition, offset)."""
+    producer = Producer(producer_config(settings))
+    landed: dict[int, tuple[int, int]] = {}
+
+    def delivered(n: int) -> Callable[[Any, Any], None]:
+        return lambda err, msg: landed.__setitem__(n, (msg.partition(), msg.offset()))
+
+    for n, (topic, key, value) in enumerate(records):
+        producer.produce(topic, key=key, value=value, on_delivery=delivered(n))
+    producer.flush(30)
+    return [landed[n] for n in range(len(records))]
+
+
+def letters(settings: Settings) -> list[DeadLetter]:
+    return [
+        DeadLetter.model_validate_json(v)
+        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("dead-letters"))
+    ]
+
+
+def examples(settings: Settings) -> list[LabeledExample]:
+    return [
+        LabeledExample.model_validate_json(v)
+        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("examples"))
+    ]

@@ -8,52 +8,16 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
-from streamlearn.events import DeadLetter, LabeledExample
-from streamlearn.settings import Settings
 from streamlearn.snapshots import RedisSnapshotStore
-from tests.conftest import Processes, read_topic, wait_until
+from tests.conftest import Processes, configure, examples, letters, produce, wait_until
 from tests.unit.test_training import example
-from topics import declared, ensure_topics, producer_config
+from topics import declared
 
 pytestmark = pytest.mark.integration
 
 
-def configure(processes: Processes, monkeypatch: pytest.MonkeyPatch, **extra: str) -> Settings:
-    processes.env.update(extra)
-    for key, value in processes.env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()
-    ensure_topics(settings)
-    return settings
-
-
-def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list[tuple[int, int]]:
-    """Produce and return where each record landed (partition, offset), in order."""
-    producer = Producer(producer_config(settings))
-    landed: dict[int, tuple[int, int]] = {}
-    for n, (topic, key, value) in enumerate(records):
-        producer.produce(
-            topic,
-            key=key,
-            value=value,
-            on_delivery=lambda err, msg, n=n: landed.__setitem__(
-                n, (msg.partition(), msg.offset())
-            ),
-        )
-        producer.flush(30)
-    return [landed[n] for n in range(len(records))]
-
-
-def letters(settings: Settings) -> list[DeadLetter]:
-    return [
-        DeadLetter.model_validate_json(v)
-        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("dead-letters"))
-    ]
-
-
-def test_joiner_routes_bad_records_and_keeps_joining(
+def test_joiner_routes_bad_records_and_loses_nothing_valid(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = configure(
@@ -62,51 +26,83 @@ def test_joiner_routes_bad_records_and_keeps_joining(
         STREAMLEARN_ATTRIBUTION_WINDOW_S="1",
         STREAMLEARN_IDLE_TIMEOUT_S="1",
         STREAMLEARN_ALLOWED_LATENESS_S="0",
+        STREAMLEARN_MAX_RECORD_BYTES="4096",
     )
     names = {role: t.name for role, t in declared(s).items()}
+    recs, outs = names["recommendations"], names["outcomes"]
     processes.start("joiner", "-m", "consumers.joiner")
     now = time.time()
-    good = orjson.dumps(
-        {
-            "recommendation_id": "ok",
-            "user_id": "u1",
-            "event_time": now,
-            "items": [{"item_id": "a", "position": 0}],
-        }
-    )
-    nan = good.replace(b'"position":0', b'"position":0,"features":{"x":NaN}')
-    bad = [
-        (names["recommendations"], b"u1", b"\x00\xff garbage"),
-        (names["recommendations"], b"u1", nan),
+
+    def rec(rid: str, **extra: object) -> bytes:
+        return orjson.dumps(
+            {
+                "recommendation_id": rid,
+                "user_id": f"u-{rid}",
+                "event_time": now,
+                "items": [{"item_id": "a", "position": 0}],
+                **extra,
+            }
+        )
+
+    def click(rid: str, **extra: object) -> bytes:
+        return orjson.dumps(
+            {
+                "recommendation_id": rid,
+                "user_id": f"u-{rid}",
+                "item_id": "a",
+                "kind": "click",
+                "event_time": now + 0.5,
+                **extra,
+            }
+        )
+
+    nan = rec("nan").replace(b'"position":0', b'"position":0,"features":{"x":NaN}')
+    bad = {
+        (recs, b"\x00\xff garbage"): "Invalid JSON",
+        (recs, nan): "finite number",
         (
-            names["outcomes"],
-            b"u1",
-            b'{"user_id": "u1", "item_id": "a", "kind": "view", "event_time": 1}',
-        ),
-        (names["outcomes"], b"u1", b'{"user_id": "u1"}'),
-    ]
-    where = produce(s, [*bad, (names["recommendations"], b"u1", good)])
+            recs,
+            rec(
+                "big",
+                context={"pad": "x" * 120},
+                items=[
+                    {"item_id": f"i{n}", "position": n, "features": {"pad": "y" * 120}}
+                    for n in range(40)
+                ],
+            ),
+        ): "exceeds the limit of 4096",
+        (recs, rec("v2", schema_version=2)): "schema_version",
+        (outs, b"{not json"): "Invalid JSON",
+        (outs, click("x", kind="view")): "kind: Input should be",
+        (outs, click("x").replace(b'"event_time"', b'"value":Infinity,"event_time"')): "value",
+        (outs, click("x", schema_version=9)): "schema_version",
+        (outs, click("x", surprise=1)): "Extra inputs are not permitted",
+    }
+    valid = [(recs, rec(f"ok{n}")) for n in range(5)] + [(outs, click(f"ok{n}")) for n in (1, 3)]
+    stream = []
+    for n, (topic, value) in enumerate(bad):
+        stream.append((topic, b"u", value))
+        if n < len(valid):
+            stream.append((valid[n][0], b"u", valid[n][1]))
+    stream += [(topic, b"u", value) for topic, value in valid[len(bad) :]]
+    where = dict(zip(range(len(stream)), produce(s, stream), strict=True))
 
-    wait_until(lambda: len(letters(s)) >= 4, "four dead letters")
-    got = sorted(letters(s), key=lambda d: (d.source_topic, d.offset))
-    expected = sorted(zip(bad, where[:4], strict=True), key=lambda b: (b[0][0], b[1][1]))
-    assert len(got) == 4
-    for letter, ((topic, _, value), (partition, offset)) in zip(got, expected, strict=True):
-        assert (letter.source_topic, letter.partition, letter.offset) == (topic, partition, offset)
-        assert base64.b64decode(letter.value_b64) == value
-    reasons = " | ".join(d.reason for d in got)
-    assert "Invalid JSON" in reasons and "finite number" in reasons
-    assert "kind: Input should be" in reasons and "Field required" in reasons
+    wait_until(lambda: len(letters(s)) >= len(bad), f"{len(bad)} dead letters")
+    got = letters(s)
+    assert len(got) == len(bad)  # every bad record, and nothing valid
+    origin = {(t, v): where[n] for n, (t, _, v) in enumerate(stream)}
+    for letter in got:
+        value = base64.b64decode(letter.value_b64)
+        reason = bad[(letter.source_topic, value)]
+        assert reason in letter.reason, (reason, letter.reason)
+        assert (letter.partition, letter.offset) == origin[(letter.source_topic, value)]
 
-    # The joiner went on: the good recommendation closes as a negative.
-    def examples() -> list[LabeledExample]:
-        return [
-            LabeledExample.model_validate_json(v)
-            for _, _, v in read_topic(s.kafka_bootstrap, names["examples"])
-        ]
+    # Nothing valid lost: every good recommendation is joined, the two clicked ones positive.
+    def joined() -> dict[str, bool]:
+        return {e.example_id: e.label for e in examples(s)}
 
-    wait_until(lambda: len(examples()) == 1, "the good recommendation to be joined")
-    assert [(e.example_id, e.label) for e in examples()] == [("ok:a", False)]
+    wait_until(lambda: len(joined()) == 5, "the five valid recommendations to be joined")
+    assert joined() == {f"ok{n}:a": n in (1, 3) for n in range(5)}
 
 
 def test_trainer_routes_bad_examples_and_moves_past_them(
