@@ -38,6 +38,7 @@ after the window ends, ``e/<id>`` early outcomes, ``u/<user>/<item>`` latest ope
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -92,10 +93,10 @@ class Joiner:
     state: MutableMapping[str, Any]
     clock: Clock
     stats: JoinStats = field(default_factory=JoinStats)
-    # In-memory hint of the earliest thing that can expire per partition, so that most calls skip
-    # the scan of the state; and pending impressions per partition, recounted by every scan.
-    # Absent (after a restart or a rebalance) means "scan once".
-    _next_expiry: dict[int, float] = field(default_factory=dict)
+    # In memory, per partition: a min-heap of (when, key) of everything that can expire, checked
+    # against the state when popped, and the count of open impressions. Built by one scan of the
+    # state the first time a partition is seen (after a restart or a rebalance), then kept up.
+    _due: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
     _pending: dict[int, int] = field(default_factory=dict)
     # When this process last saw each input of a partition advance. In memory on purpose: after
     # a restart, the time the joiner was down must not count as the inputs being idle, or the
@@ -130,9 +131,8 @@ class Joiner:
         if self.policy.match_by_user_item:
             for item in rec.items:
                 self.state[f"u/{rec.user_id}/{item.item_id}"] = {"p": partition, "rid": rid}
-        if partition in self._pending:
+        if self._schedule(partition, pending["end"], f"r/{rid}"):
             self._pending[partition] += len(rec.items)
-        self._hint(partition, pending["end"])
         out.extend(self._expire(partition))
         return out
 
@@ -165,7 +165,7 @@ class Joiner:
             "until": until,
             "outcomes": [*early["outcomes"], outcome.model_dump(mode="json")],
         }
-        self._hint(partition, until)
+        self._schedule(partition, until, f"e/{rid}")
         return []
 
     def on_tick(self, partition: int) -> list[LabeledExample]:
@@ -174,7 +174,7 @@ class Joiner:
 
     def forget_partitions(self) -> None:
         """After a rebalance: what this process knew of partitions may be stale."""
-        self._next_expiry.clear()
+        self._due.clear()
         self._pending.clear()
         self._advanced_at.clear()
 
@@ -216,10 +216,33 @@ class Joiner:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _hint(self, partition: int, at: float) -> None:
-        current = self._next_expiry.get(partition)
-        if current is not None:
-            self._next_expiry[partition] = min(current, at)
+    def _schedule(self, partition: int, when: float, key: str) -> bool:
+        """Remember when ``key`` may expire; False when the partition is not indexed yet (its
+        first expiry pass will find the key in the state)."""
+        due = self._due.get(partition)
+        if due is None:
+            return False
+        heapq.heappush(due, (when, key))
+        return True
+
+    def _index(self, partition: int) -> None:
+        """One scan of the state: the partition's expiry heap and open impressions."""
+        due: list[tuple[float, str]] = []
+        pending = 0
+        retention = self.policy.dedup_retention_s
+        for key, value in self.state.items():
+            if key[0] not in "rce" or value["p"] != partition:
+                continue
+            if key[0] == "r":
+                due.append((value["end"], key))
+                pending += len(value["rec"]["items"])
+            elif key[0] == "c":
+                due.append((value["end"] + retention, key))
+            else:
+                due.append((value["until"], key))
+        heapq.heapify(due)
+        self._due[partition] = due
+        self._pending[partition] = pending
 
     def _apply(self, pending: dict[str, Any], outcome: Outcome) -> LabeledExample | None:
         """An outcome for an open window; mutates ``pending``, the caller stores it."""
@@ -278,36 +301,27 @@ class Joiner:
         wm = self.watermark(partition)
         if wm is None:
             return []
-        hint = self._next_expiry.get(partition)
-        if hint is not None and wm < hint:
-            return []
+        if partition not in self._due:
+            self._index(partition)
+        due = self._due[partition]
         retention = self.policy.dedup_retention_s
         out: list[LabeledExample] = []
-        next_expiry, pending = float("inf"), 0
-        for key, value in list(self.state.items()):
-            if key[0] == "w" or value["p"] != partition:
-                continue
-            kind, rid = key.split("/", 1)
-            if kind == "r":
-                if value["end"] > wm:
-                    next_expiry = min(next_expiry, value["end"])
-                    pending += len(value["rec"]["items"])
-                    continue
-                out.extend(self._close(rid, value))
-                next_expiry = min(next_expiry, value["end"] + retention)
-            elif kind == "c":
-                if value["end"] + retention <= wm:
-                    del self.state[key]
-                else:
-                    next_expiry = min(next_expiry, value["end"] + retention)
-            elif kind == "e":
-                if value["until"] <= wm:
-                    self.stats.unmatched_outcomes += len(value["outcomes"])
-                    del self.state[key]
-                else:
-                    next_expiry = min(next_expiry, value["until"])
-        self._next_expiry[partition] = next_expiry
-        self._pending[partition] = pending
+        while due and due[0][0] <= wm:
+            _, key = heapq.heappop(due)
+            value = self.state.get(key)
+            if value is None:
+                continue  # already gone: a stale entry
+            if key[0] == "r":
+                out.extend(self._close(key[2:], value))
+                self._pending[partition] -= len(value["rec"]["items"])
+                heapq.heappush(due, (value["end"] + retention, f"c/{key[2:]}"))
+            elif key[0] == "c":
+                del self.state[key]
+            elif value["until"] <= wm:  # early outcomes still waiting for their recommendation
+                self.stats.unmatched_outcomes += len(value["outcomes"])
+                del self.state[key]
+            else:  # a later outcome extended the wait
+                heapq.heappush(due, (value["until"], key))
         return out
 
     def _close(self, rid: str, pending: dict[str, Any]) -> list[LabeledExample]:
