@@ -74,13 +74,14 @@ class Learner:
     def predict_proba_one(self, x: dict[str, float]) -> float:
         return float(self.model.predict_proba_one(x).get(True, 0.5))
 
-    def learn_one(self, x: dict[str, float], y: bool) -> float:
-        """Score ``x``, update the metrics with that score, then learn. Returns the score."""
+    def learn_one(self, x: dict[str, float], y: bool, w: float = 1.0) -> float:
+        """Score ``x``, update the metrics with that score, then learn with weight ``w``.
+        Returns the score."""
         p = self.predict_proba_one(x)
         self.auc.update(y, p)
         self.log_loss.update(y, p)
         self.rolling_auc.update(y, p)
-        self.model.learn_one(x, y)
+        self.model.learn_one(x, y, w=w)
         self.samples_seen += 1
         self.positives += int(y)
         return p

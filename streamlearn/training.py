@@ -66,7 +66,13 @@ class Training:
         return self.learner.samples_seen
 
     def learn(self, example: LabeledExample, partition: int, offset: int) -> None:
-        self.learner.learn_one(example_features(self.spec, example), example.label)
+        if example.correction:
+            # A late positive for an impression already learned as a negative: ignored until a
+            # correction policy is configured (issue 4); its offset still moves.
+            self.skip(partition, offset)
+            return
+        x = example_features(self.spec, example)
+        self.learner.learn_one(x, example.label, example.weight)
         self.skip(partition, offset)
         self._since += 1
 

@@ -59,3 +59,17 @@ def test_progressive_validation_scores_before_learning() -> None:
         t.learn(example(False, "z"), 0, 0)
     m = t.learner.metrics()
     assert m["roc_auc"] > 0.9 and m["positive_rate"] == 0.5
+
+
+def test_corrections_are_skipped_and_weights_are_used() -> None:
+    t = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
+    late = example(True).model_copy(update={"correction": True})
+    t.learn(late, 0, 7)
+    assert t.samples_seen == 0 and t.offsets == {0: 8}
+    light, heavy = (
+        Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0) for _ in range(2)
+    )
+    light.learn(example(True), 0, 0)
+    heavy.learn(example(True).model_copy(update={"weight": 5.0}), 0, 0)
+    x = {"c:segment=a": 1.0, "i:category=b": 1.0, "item=i": 1.0}
+    assert heavy.learner.predict_proba_one(x) > light.learner.predict_proba_one(x)
