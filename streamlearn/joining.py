@@ -358,11 +358,9 @@ class Joiner:
                     del self.state[key]
         return out
 
-    def pending_impressions(self, partition: int | None = None) -> int:
-        """Open impressions of a partition (or of all this process has scanned)."""
-        if partition is not None:
-            return self._pending.get(partition, 0)
-        return sum(self._pending.values())
+    def pending_impressions(self, partition: int) -> int:
+        """Open impressions of a partition, as of its last expiry pass."""
+        return self._pending.get(partition, 0)
 
 
 def _example(

@@ -2,19 +2,21 @@
 
 >>> from streamlearn.clock import ManualClock
 >>> from streamlearn.learning import ModelSpec
+>>> example = LabeledExample.model_validate({"example_id": "r:i", "recommendation_id": "r",
+...     "user_id": "u", "item_id": "i", "position": 0, "propensity": 1.0, "served_score": None,
+...     "model_version": None, "context": {}, "item_features": {}, "label": True,
+...     "recommendation_time": 0.0})
 >>> t = Training(ModelSpec(), ManualClock(0.0), every_n=2, every_s=60.0)
->>> t.learn(_example(True), partition=0, offset=41)
+>>> t.learn(example, partition=0, offset=41)
 >>> t.checkpoint_due()
 False
 >>> t.skip(partition=0, offset=42)          # a dead-lettered record still moves the offset
->>> t.learn(_example(False), partition=1, offset=7)
+>>> t.learn(example, partition=1, offset=7)
 >>> t.checkpoint_due(), t.offsets
 (True, {0: 43, 1: 8})
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from streamlearn.clock import Clock
 from streamlearn.events import LabeledExample
@@ -102,21 +104,3 @@ class Training:
         self.version = version
         self._since = 0
         self._last = self.clock.now()
-
-
-def _example(label: bool) -> Any:
-    """A tiny example for the doctest above."""
-    return LabeledExample(
-        example_id="r:i",
-        recommendation_id="r",
-        user_id="u",
-        item_id="i",
-        position=0,
-        propensity=1.0,
-        served_score=None,
-        model_version=None,
-        context={"segment": "a"},
-        item_features={"category": "b"},
-        label=label,
-        recommendation_time=0.0,
-    )

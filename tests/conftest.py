@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from streamlearn.events import DeadLetter, LabeledExample
 from streamlearn.settings import Settings
@@ -124,11 +124,15 @@ def wait_until(
     """Wait for a condition. The bound only keeps a broken run from hanging CI for ever: it is
     generous on purpose and no test asserts on speed."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+        except KafkaException as exc:  # a topic just created may have no leader yet
+            last_error = exc
         time.sleep(every)
-    raise AssertionError(f"gave up waiting for: {what}")
+    raise AssertionError(f"gave up waiting for: {what} (last broker error: {last_error})")
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, int, bytes]]:
