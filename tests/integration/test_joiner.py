@@ -217,11 +217,10 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
 
 
 FAUST_GAPS = (
-    "Known to fail sometimes, from faust-streaming itself (issue 3 stays open): after a restart "
-    "its table recovery can stop short of the changelog's committed tail ('Aborted tx until "
-    "highwater'), and on a rebalance the revoked worker can commit offsets of records its agent "
-    "never received. Either loses a few recommendations; seen in 1 of 3 SIGKILL runs and in "
-    "every rebalance run here."
+    "Known to fail (issue 3 stays open): a few recommendations can be lost, their input offsets "
+    "committed without their state or examples. On a rebalance the revoked faust worker was seen "
+    "committing offsets of records its agent never received (4 of 4 runs); after a SIGKILL, 1 of "
+    "4 runs lost 2 recommendations, cause not pinned down."
 )
 
 
