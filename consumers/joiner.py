@@ -64,6 +64,9 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=10.0,
     broker_heartbeat_interval=2.0,
+    # aiokafka sends at once by default: with a transactional producer per partition that meant
+    # one tiny produce request per example (15% of the joiner's time in socket writes).
+    producer_linger=0.005,
     web_enabled=False,
     # The table's keys are str: json brings them back as str after a changelog recovery.
     key_serializer="json",
