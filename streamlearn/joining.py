@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import MutableMapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from streamlearn.clock import Clock
@@ -60,25 +60,33 @@ class JoinPolicy:
     dedup_retention_s: float = 600.0
 
 
+def _counter(help_text: str) -> Any:
+    return field(default=0, metadata={"help": help_text})
+
+
 @dataclass
 class JoinStats:
     """Counters since this process started (Prometheus counters: they reset on restart)."""
 
-    recommendations: int = 0
-    impressions: int = 0
-    outcomes: int = 0
-    positives: int = 0
-    negatives: int = 0
-    corrections: int = 0
-    late_outcomes: int = 0
-    late_positive_impressions: int = 0
-    unmatched_outcomes: int = 0
-    duplicate_outcomes: int = 0
-    duplicate_recommendations: int = 0
-    ignored_outcomes: int = 0
+    recommendations: int = _counter("Recommendation events read")
+    impressions: int = _counter("Impressions (recommendation x item shown) opened")
+    outcomes: int = _counter("Outcome events read")
+    positives: int = _counter("Positive examples emitted")
+    negatives: int = _counter("Negative examples emitted")
+    corrections: int = _counter("Correction examples emitted for late positives")
+    late_outcomes: int = _counter("Qualifying outcomes after their window")
+    late_positive_impressions: int = _counter("Impressions whose only qualifying outcome was late")
+    unmatched_outcomes: int = _counter("Outcomes matching no impression")
+    duplicate_outcomes: int = _counter("Outcomes that would have labeled an impression twice")
+    duplicate_recommendations: int = _counter("Replayed recommendations dropped")
+    ignored_outcomes: int = _counter("Outcomes of kinds that are not positive")
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(JoinStats)}
 
     @property
     def coverage(self) -> float | None:

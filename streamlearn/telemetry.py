@@ -12,22 +12,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from streamlearn.events import JoinReport, PartitionHealth
-from streamlearn.joining import Joiner
-
-HELP = {
-    "recommendations": "Recommendation events read",
-    "impressions": "Impressions (recommendation x item shown) opened",
-    "outcomes": "Outcome events read",
-    "positives": "Positive examples emitted",
-    "negatives": "Negative examples emitted",
-    "corrections": "Correction examples emitted for late positives",
-    "late_outcomes": "Qualifying outcomes after their window",
-    "late_positive_impressions": "Impressions whose only qualifying outcome was late",
-    "unmatched_outcomes": "Outcomes matching no impression",
-    "duplicate_outcomes": "Outcomes that would have labeled an impression twice",
-    "duplicate_recommendations": "Replayed recommendations dropped",
-    "ignored_outcomes": "Outcomes of kinds that are not positive",
-}
+from streamlearn.joining import Joiner, JoinStats
 
 
 def report(joiner: Joiner, worker: str, partitions: Iterable[int]) -> JoinReport:
@@ -54,8 +39,9 @@ class JoinCollector:
 
     def collect(self) -> Iterator[Any]:
         r = report(self._joiner, "", self._partitions())
+        help_text = JoinStats.help()
         for name, value in r.counters.items():
-            family = CounterMetricFamily(f"streamlearn_join_{name}", HELP[name])
+            family = CounterMetricFamily(f"streamlearn_join_{name}", help_text[name])
             family.add_metric([], value)
             yield family
         coverage = GaugeMetricFamily(

@@ -16,16 +16,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from confluent_kafka import KafkaException, Producer
+from pydantic import BaseModel
 
-from streamlearn.events import DeadLetter, LabeledExample
+from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
 from streamlearn.settings import Settings
 from topics import ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
+E = TypeVar("E", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -197,14 +199,32 @@ def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list
 
 
 def letters(settings: Settings) -> list[DeadLetter]:
-    return [
-        DeadLetter.model_validate_json(v)
-        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("dead-letters"))
-    ]
+    return records(settings, "dead-letters", DeadLetter)
+
+
+def records(settings: Settings, name: str, model: type[E]) -> list[E]:
+    """Every committed record of one of streamlearn's topics, parsed."""
+    raw = read_topic(settings.kafka_bootstrap, settings.topic(name))
+    return [model.model_validate_json(v) for _, _, v in raw]
 
 
 def examples(settings: Settings) -> list[LabeledExample]:
-    return [
-        LabeledExample.model_validate_json(v)
-        for _, _, v in read_topic(settings.kafka_bootstrap, settings.topic("examples"))
-    ]
+    return records(settings, "examples", LabeledExample)
+
+
+def traffic(settings: Settings) -> tuple[list[Recommendation], list[Outcome], set[str]]:
+    """The recommendations and outcomes on the topics, and the impressions' example ids."""
+    recs = records(settings, "recommendations", Recommendation)
+    outs = records(settings, "outcomes", Outcome)
+    ids = {LabeledExample.id_for(r.recommendation_id, i.item_id) for r in recs for i in r.items}
+    return recs, outs, ids
+
+
+def converted(recs: list[Recommendation], outs: list[Outcome], window_s: float) -> set[str]:
+    """Impressions with an outcome inside their window: what should be positive."""
+    end = {r.recommendation_id: r.event_time + window_s for r in recs}
+    return {
+        LabeledExample.id_for(o.recommendation_id, o.item_id)
+        for o in outs
+        if o.recommendation_id in end and o.event_time <= end[o.recommendation_id]
+    }

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import pickle
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -58,19 +58,9 @@ class Snapshot:
 
     def meta(self) -> dict[str, Any]:
         """Everything but the model: what listings show."""
-        return {
-            "model_name": self.model_name,
-            "version": self.version,
-            "offsets": {str(p): o for p, o in self.offsets.items()},
-            "samples_seen": self.samples_seen,
-            "metrics": self.metrics,
-            "spec": self.spec,
-            "parent_version": self.parent_version,
-            "created_at": self.created_at,
-            "schema_version": self.schema_version,
-            "code_version": self.code_version,
-            "extra": self.extra,
-        }
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        meta["offsets"] = {str(p): o for p, o in self.offsets.items()}
+        return meta
 
     def sign(self, key: bytes) -> bytes:
         meta = orjson.dumps(self.meta())
@@ -100,20 +90,10 @@ class Snapshot:
     @classmethod
     def verify(cls, blob: bytes, key: bytes) -> Snapshot:
         meta, payload = cls._split(cls._body(blob, key))
-        return cls(
-            model_name=meta["model_name"],
-            version=meta["version"],
-            model=pickle.loads(payload),  # only after the HMAC verified above
-            offsets={int(p): o for p, o in meta["offsets"].items()},
-            samples_seen=meta["samples_seen"],
-            metrics=meta["metrics"],
-            spec=meta["spec"],
-            parent_version=meta["parent_version"],
-            created_at=meta["created_at"],
-            schema_version=meta["schema_version"],
-            code_version=meta["code_version"],
-            extra=meta["extra"],
-        )
+        # JSON object keys are strings: partitions come back as ints.
+        offsets = {int(p): o for p, o in meta.pop("offsets").items()}
+        model = pickle.loads(payload)  # only after the HMAC verified above
+        return cls(model=model, offsets=offsets, **meta)
 
 
 class SnapshotStore(Protocol):

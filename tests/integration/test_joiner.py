@@ -10,15 +10,17 @@ import httpx
 import orjson
 import pytest
 
-from streamlearn.events import JoinReport, LabeledExample, Outcome, Recommendation
+from streamlearn.events import JoinReport
 from streamlearn.settings import Settings
 from tests.conftest import (
     Processes,
     configure,
+    converted,
     examples,
     free_port,
     produce,
     read_topic,
+    traffic,
     wait_until,
 )
 
@@ -188,17 +190,7 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
         processes.running["joiner"].terminate()  # the first leaves; the second takes it all
     assert sim.wait(120) == 0
 
-    recs = [
-        Recommendation.model_validate_json(v)
-        for _, _, v in read_topic(s.kafka_bootstrap, s.topic("recommendations"))
-    ]
-    outcomes = [
-        Outcome.model_validate_json(v)
-        for _, _, v in read_topic(s.kafka_bootstrap, s.topic("outcomes"))
-    ]
-    impressions = {
-        LabeledExample.id_for(r.recommendation_id, i.item_id) for r in recs for i in r.items
-    }
+    recs, outcomes, impressions = traffic(s)
     wait_until(lambda: len(examples(s)) >= len(impressions), "every impression joined", every=2)
     time.sleep(WINDOW_S + 3)
     got = examples(s)
@@ -206,14 +198,8 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
     assert set(counts) == impressions
     assert max(counts.values()) == 1, counts.most_common(3)
 
-    end = {r.recommendation_id: r.event_time + WINDOW_S for r in recs}
-    converted = {
-        LabeledExample.id_for(o.recommendation_id, o.item_id)
-        for o in outcomes
-        if o.recommendation_id in end and o.event_time <= end[o.recommendation_id]
-    }
     positives = {e.example_id for e in got if e.label}
-    assert positives == converted  # none lost, none invented
+    assert positives == converted(recs, outcomes, WINDOW_S)  # none lost, none invented
 
 
 FAUST_GAPS = (

@@ -18,12 +18,10 @@ import httpx
 import pytest
 from river import metrics
 
-from streamlearn.events import LabeledExample, Outcome, Recommendation
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import RedisSnapshotStore
-from tests.conftest import Processes, read_topic, wait_until
-from topics import declared, ensure_topics
+from tests.conftest import Processes, configure, converted, examples, traffic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +47,7 @@ def loop_env(env: dict[str, str]) -> dict[str, str]:
 def test_whole_loop(
     processes: Processes, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    processes.env = loop_env(env)
-    for key, value in processes.env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()
-    names = {role: t.name for role, t in declared(settings).items()}
-    ensure_topics(settings)
+    settings = configure(processes, monkeypatch, **loop_env(env))
     store = RedisSnapshotStore.from_url(
         settings.redis_url,
         settings.snapshot_hmac_key.get_secret_value().encode(),
@@ -77,29 +70,15 @@ def test_whole_loop(
 
     assert sim.wait(180) == 0, processes.log("simulator")
 
-    recs = [
-        Recommendation.model_validate_json(v)
-        for _, _, v in read_topic(settings.kafka_bootstrap, names["recommendations"])
-    ]
-    outcomes = [
-        Outcome.model_validate_json(v)
-        for _, _, v in read_topic(settings.kafka_bootstrap, names["outcomes"])
-    ]
-    impressions = {
-        LabeledExample.id_for(r.recommendation_id, i.item_id) for r in recs for i in r.items
-    }
+    recs, outcomes, impressions = traffic(settings)
     assert len(recs) > 1000 and outcomes
 
     # The windows close by the idle fallback once the simulator stops.
-    def joined() -> list[LabeledExample]:
-        return [
-            LabeledExample.model_validate_json(v)
-            for _, _, v in read_topic(settings.kafka_bootstrap, names["examples"])
-        ]
-
-    wait_until(lambda: len(joined()) >= len(impressions), "every impression joined", every=2)
+    wait_until(
+        lambda: len(examples(settings)) >= len(impressions), "every impression joined", every=2
+    )
     time.sleep(WINDOW_S + 3)  # anything the joiner would wrongly emit twice has time to show
-    examples = joined()
+    got = examples(settings)
     counts = collections.Counter(e.example_id for e in examples)
 
     # 1. Every impression whose window closed produced exactly one labeled example.
@@ -107,29 +86,23 @@ def test_whole_loop(
     assert max(counts.values()) == 1, counts.most_common(3)
 
     # ... with the right label: positive exactly when a click or cart event came in the window.
-    rec_time = {r.recommendation_id: r.event_time for r in recs}
-    converted = {
-        LabeledExample.id_for(o.recommendation_id, o.item_id)
-        for o in outcomes
-        if o.recommendation_id is not None
-        and o.event_time <= rec_time[o.recommendation_id] + WINDOW_S
-    }
-    positives = {e.example_id for e in examples if e.label}
-    assert positives <= converted, "a positive without a conversion in its window"
+    should = converted(recs, outcomes, WINDOW_S)
+    positives = {e.example_id for e in got if e.label}
+    assert positives <= should, "a positive without a conversion in its window"
     # Conversions within the allowed lateness of the window's end may close as negatives: the
     # watermark is allowed to pass them. Everything else must be caught.
-    assert len(positives) >= 0.97 * len(converted), (len(positives), len(converted))
+    assert len(positives) >= 0.97 * len(should), (len(positives), len(should))
 
     # 2. The snapshot's offsets match what the trainer consumed, despite the SIGKILL.
-    ends = {p: hi for p, hi in _ends(settings, names["examples"]).items()}
+    ends = _ends(settings, settings.topic("examples"))
 
     def trainer_done() -> bool:
         v = store.latest_version("ctr")
-        return v is not None and store.meta("ctr", v)["samples_seen"] == len(examples)
+        return v is not None and store.meta("ctr", v)["samples_seen"] == len(got)
 
     wait_until(trainer_done, "the trainer to checkpoint every example", every=1)
     snapshot = store.get("ctr")
-    assert snapshot.samples_seen == len(examples)  # each learned exactly once
+    assert snapshot.samples_seen == len(got)  # each learned exactly once
     for p, end in ends.items():
         # The next offset to read is the end, less a trailing transaction marker if any.
         assert end - 1 <= snapshot.offsets[p] <= end

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from streamlearn.clock import ManualClock
+from streamlearn.joining import Joiner, JoinPolicy, JoinStats
+from streamlearn.telemetry import JoinCollector
+
+
+def test_every_counter_is_exposed_with_its_help() -> None:
+    joiner = Joiner(JoinPolicy(window_s=10.0), {}, ManualClock(0.0))
+    joiner.stats.negatives = 3
+    families = {f.name: f for f in JoinCollector(joiner, lambda: [0]).collect()}
+    for name, help_text in JoinStats.help().items():
+        assert families[f"streamlearn_join_{name}"].documentation == help_text
+    assert families["streamlearn_join_negatives"].samples[0].value == 3
