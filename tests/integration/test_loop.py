@@ -79,7 +79,7 @@ def test_whole_loop(
     )
     time.sleep(WINDOW_S + 3)  # anything the joiner would wrongly emit twice has time to show
     got = examples(settings)
-    counts = collections.Counter(e.example_id for e in examples)
+    counts = collections.Counter(e.example_id for e in got)
 
     # 1. Every impression whose window closed produced exactly one labeled example.
     assert set(counts) == impressions
