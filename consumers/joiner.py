@@ -1,110 +1,300 @@
-"""The joiner process (faust-streaming): wiring only; the join itself is streamlearn.joining.
+"""The joiner process: Kafka transactions around streamlearn.joining, which does the join.
 
-One agent reads recommendations, outcomes and wall-clock ticks, which are co-partitioned, so the
-state it writes while handling partition ``p`` goes to changelog partition ``p`` and every
-partition's state stays with its worker. With ``exactly_once`` each input record's offset, the
-state changes it causes and the examples it emits commit in one Kafka transaction.
+Exactly once, in the way Kafka Streams does it (``exactly_once_v2``): one transactional producer
+per process, and every batch of input records commits in one Kafka transaction together with
+everything the records caused: the examples and dead letters emitted, the join state's changes
+(written to a compacted changelog topic), and the input offsets, sent with the consumer group's
+metadata so that a worker that has lost its partitions cannot commit for them. A crash aborts
+the open transaction; the next owner of a partition rebuilds its state from the changelog
+(``read_committed``) and resumes from the committed offsets, so each impression is labeled once.
 
-faust picks the transaction of a send from the *destination* topic and partition, while it
-commits input offsets in the transaction of the *source* partition; and a table writes its
-changelog through a buffer outside any transaction. Either way an output can commit without the
-offset of the record that caused it, and a SIGKILL then duplicates or loses labels (seen here,
-and reported as faust-streaming issue 517). So every output of a record, table writes included,
-is sent here explicitly in that record's own transaction.
+Recommendations and outcomes are keyed by user and have the same partition count, and the
+``range`` assignor gives a worker the same partition numbers of both, so a user's state stays
+with one worker; the changelog has that partition count too, and partition ``p``'s state lives
+in changelog partition ``p``.
 
-Stopping is a crash, on purpose. faust's graceful stop commits the offsets of records it fetched
-but never handed to the agent (seen here: a SIGTERM lost six recommendations; compare
-faust-streaming issue 312). A process that simply exits leaves its open transactions to be
-aborted by the next owner, which resumes from the last committed one: the path the SIGKILL test
-proves exactly once. The short session timeout lets the group notice the exit quickly.
+Why not faust-streaming, which this joiner first ran on: its ``exactly_once`` mode lost labels
+in our rebalance and SIGKILL tests (faust 0.15.3 over aiokafka). It commits input offsets in the
+source partition's transaction but sends outputs in the destination's; table changelogs bypass
+the transactions; a graceful stop commits offsets of records never processed; and on a
+rebalance a worker kept its transactions open across generations and committed offsets past
+records its agent never received (4 of 4 runs), after which a new worker crashed in recovery.
 
 Run: ``python -m consumers.joiner``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import socket
-import sys
-import tempfile
 import time
-from typing import Any
+from types import FrameType
 
-import faust
-from confluent_kafka import Producer
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import REGISTRY, start_http_server
 
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
-from streamlearn.joining import Joiner, JoinPolicy
-from streamlearn.settings import get_settings
+from streamlearn.joining import Joiner, JoinPolicy, JoinState
+from streamlearn.settings import Settings, get_settings
 from streamlearn.telemetry import JoinCollector, report
-from topics import declared, joiner_app_id, producer_config
+from topics import consumer_config, declared, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
 
-settings = get_settings()
-spec = declared(settings)
-names = {role: t.name for role, t in spec.items()}
 
-# The memory store keeps nothing on disk that matters (state is rebuilt from the changelog);
-# a directory per process lets several workers share a machine.
-datadir = tempfile.mkdtemp(prefix=f"{joiner_app_id(settings)}-")
+class TransactionalJoin:
+    """Consume, join, produce and commit, one transaction per batch."""
 
-app = faust.App(
-    joiner_app_id(settings),
-    broker=f"kafka://{settings.kafka_bootstrap}",
-    store="memory://",
-    processing_guarantee="exactly_once" if settings.exactly_once else "at_least_once",
-    topic_partitions=settings.partitions,
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=10.0,
-    broker_heartbeat_interval=2.0,
-    # aiokafka sends at once by default: with a transactional producer per partition that meant
-    # one tiny produce request per example (15% of the joiner's time in socket writes).
-    producer_linger=0.005,
-    web_enabled=False,
-    # The table's keys are str: json brings them back as str after a changelog recovery.
-    key_serializer="json",
-    value_serializer="json",
-    datadir=datadir,
-)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        spec = declared(settings)
+        self.recs = spec["recommendations"].name
+        self.outcomes = spec["outcomes"].name
+        self.examples = spec["examples"].name
+        self.letters = spec["dead_letters"].name
+        self.stats_topic = spec["joiner_stats"].name
+        self.changelog = spec["joiner_state"].name
+        self.worker = f"{socket.gethostname()}-{os.getpid()}"
+        self.state = JoinState()
+        self.joiner = Joiner(policy_of(settings), self.state, SystemClock())
+        self.consumer = Consumer(
+            consumer_config(
+                settings,
+                "joiner",
+                # The same partition numbers of both inputs to one worker (co-partitioning).
+                **{"partition.assignment.strategy": "range", "session.timeout.ms": 10_000},
+            )
+        )
+        self.producer = Producer(
+            producer_config(
+                settings,
+                **{
+                    "transactional.id": f"{settings.topic_prefix}joiner-{self.worker}",
+                    # A crashed worker's open transaction holds back the read_committed end of
+                    # the topics it wrote until it times out: keep that short.
+                    "transaction.timeout.ms": 10_000,
+                },
+            )
+        )
+        self.partitions: set[int] = set()
+        self.next_offsets: dict[tuple[str, int], int] = {}
+        self.in_transaction = False
+        self.stopping = False
 
-raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-source = app.topic(names["recommendations"], names["outcomes"], names["joiner_ticks"], **raw)
-# Changelog writes of the current record, waiting to be sent in its transaction.
-unsent_changelog: list[tuple[int | None, Any, Any]] = []
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.producer.init_transactions()
+        self.consumer.subscribe(
+            [self.recs, self.outcomes],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        s = self.settings
+        last_commit = last_tick = last_stats = time.monotonic()
+        try:
+            while not self.stopping:
+                for msg in self.consumer.consume(1000, timeout=0.05):
+                    self._handle(msg)
+                now = time.monotonic()
+                if now - last_tick >= s.joiner_tick_s:
+                    last_tick = now
+                    for p in sorted(self.partitions):
+                        self._emit(self.joiner.on_tick(p), p)
+                if now - last_stats >= s.joiner_stats_s:
+                    last_stats = now
+                    self._publish_stats()
+                if now - last_commit >= s.joiner_commit_s:
+                    last_commit = now
+                    self.commit()
+            self.commit()
+        finally:
+            # Leaves the group at once (no session timeout to wait out); the revoke callback
+            # commits whatever the last batch did.
+            self.consumer.close()
+            self.producer.flush(10)
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: committing the current batch and leaving the group", signum)
+        self.stopping = True
+
+    def _handle(self, msg: Message) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", error)
+            return
+        topic, p, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and p is not None and offset is not None
+        value = msg.value()
+        limit = self.settings.max_record_bytes
+        try:
+            if topic == self.recs:
+                out = self.joiner.on_recommendation(parse(Recommendation, value, limit), p)
+            else:
+                out = self.joiner.on_outcome(parse(Outcome, value, limit), p)
+        except InvalidEventError as exc:
+            letter = DeadLetter.of(str(exc), topic, p, offset, msg.key(), value, time.time())
+            self._produce(self.letters, topic.encode(), letter.model_dump_json().encode(), 0)
+            out = []
+        self._emit(out, p)
+        self.next_offsets[(topic, p)] = offset + 1
+
+    def _emit(self, examples: list[LabeledExample], partition: int) -> None:
+        # Examples stay on the partition of the user they are about, as the inputs are.
+        for e in examples:
+            self._produce(
+                self.examples, e.user_id.encode(), e.model_dump_json().encode(), partition
+            )
+
+    def _produce(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+        if not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:  # the local queue is full: let it drain
+                self.producer.poll(0.05)
+
+    def _publish_stats(self) -> None:
+        stats = report(self.joiner, self.worker, self.partitions)
+        self._produce(self.stats_topic, self.worker.encode(), stats.model_dump_json().encode(), 0)
+        log.info("join stats %s coverage=%s", stats.counters, stats.coverage)
+
+    # ---- transactions -----------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Commit the state changes, outputs and input offsets of everything handled so far."""
+        for p, key, value in self.state.drain():
+            raw = None if value is None else orjson.dumps(value)
+            self._produce(self.changelog, key.encode(), raw, p)
+        if not self.in_transaction and not self.next_offsets:
+            return
+        if not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    offsets, self.consumer.consumer_group_metadata()
+                )
+            self.producer.commit_transaction()
+        except KafkaException as exc:
+            if not exc.args[0].txn_requires_abort():
+                raise  # fatal (fenced by a newer instance, say): the process must end
+            log.warning("transaction aborted (%s): rewinding to the last commit", exc)
+            self.producer.abort_transaction()
+            self.in_transaction = False
+            self.next_offsets.clear()
+            self._rewind()
+            return
+        self.in_transaction = False
+        self.next_offsets.clear()
+
+    def _rewind(self) -> None:
+        """Back to the last committed transaction: state from the changelog, inputs from the
+        committed offsets."""
+        owned = sorted(self.partitions)
+        self.state.drop_partitions(owned)
+        self._recover(owned)
+        assigned = self.consumer.assignment()
+        for tp in self.consumer.committed(assigned, timeout=30):
+            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+
+    # ---- rebalances -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        new = {tp.partition for tp in assigned if tp.topic == self.recs} - self.partitions
+        self._recover(sorted(new))
+        self.partitions |= new
+        self.joiner.forget_partitions()
+        log.info("assigned partitions %s (state of %s restored)", sorted(self.partitions), new)
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        # Still a member of the old generation here, so this commit is accepted.
+        self.commit()
+        self._forget({tp.partition for tp in revoked if tp.topic == self.recs})
+
+    def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
+        # No longer a member: a commit would be refused, and another worker owns them now.
+        if self.in_transaction:
+            self.producer.abort_transaction()
+            self.in_transaction = False
+        self.next_offsets.clear()
+        self.state.drain()
+        self._forget({tp.partition for tp in lost if tp.topic == self.recs})
+
+    def _forget(self, gone: set[int]) -> None:
+        self.state.drop_partitions(gone)
+        self.partitions -= gone
+        self.next_offsets = {k: o for k, o in self.next_offsets.items() if k[1] not in gone}
+        self.joiner.forget_partitions()
+        log.info("released partitions %s", sorted(gone))
+
+    def _recover(self, partitions: list[int]) -> None:
+        """Read each partition's changelog, committed records only, up to its end."""
+        if not partitions:
+            return
+        # Never commits: the group id is only a name here.
+        reader = Consumer(
+            consumer_config(self.settings, "joiner-restore", **{"enable.partition.eof": True})
+        )
+        try:
+            todo: dict[int, int] = {}
+            for p in partitions:
+                # With read_committed this end is the last stable offset: nothing after it is
+                # committed yet.
+                low, end = reader.get_watermark_offsets(
+                    TopicPartition(self.changelog, p), timeout=30, cached=False
+                )
+                if end > low:
+                    todo[p] = end
+            reader.assign([TopicPartition(self.changelog, p, OFFSET_BEGINNING) for p in todo])
+            restored = 0
+            while todo:
+                for msg in reader.consume(1000, timeout=0.2):
+                    error = msg.error()
+                    if error is None:
+                        raw = msg.value()
+                        self.state.restore(
+                            (msg.key() or b"").decode(), None if raw is None else orjson.loads(raw)
+                        )
+                        restored += 1
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        # The end of what is committed; the position may stop short of ``end``
+                        # when transaction markers are last.
+                        todo = {p: end for p, end in todo.items() if p != msg.partition()}
+                    else:
+                        raise KafkaException(error)
+                positions = reader.position([TopicPartition(self.changelog, p) for p in todo])
+                for tp in positions:
+                    if tp.offset >= todo[tp.partition]:
+                        del todo[tp.partition]
+            log.info("restored %d changelog records of partitions %s", restored, partitions)
+        finally:
+            reader.close()
 
 
-class TransactionalTable(faust.Table):  # type: ignore[type-arg]
-    """A table whose changelog writes are sent by the agent, in the record's transaction."""
-
-    def on_key_set(self, key: Any, value: Any) -> None:
-        self._queue(key, value)
-
-    def on_key_del(self, key: Any) -> None:
-        self._queue(key, None)
-
-    def _queue(self, key: Any, value: Any) -> None:
-        topic = self.changelog_topic
-        raw_key, _ = topic.prepare_key(key, self.key_serializer)
-        raw_value = None if value is None else topic.prepare_value(value, self.value_serializer)[0]
-        # The partition of the record being processed: state stays co-partitioned with it.
-        unsent_changelog.append((self.partition_for_key(key), raw_key, raw_value))
-
-
-state: Any = app.tables.add(
-    TransactionalTable(
-        app, name="join-state", partitions=settings.partitions, beacon=app.tables.beacon
-    )
-)
-
-joiner = Joiner(
-    JoinPolicy(
+def policy_of(settings: Settings) -> JoinPolicy:
+    return JoinPolicy(
         window_s=settings.attribution_window_s,
         allowed_lateness_s=settings.allowed_lateness_s,
         idle_timeout_s=settings.idle_timeout_s,
@@ -114,115 +304,22 @@ joiner = Joiner(
         late_policy=settings.late_policy,
         match_by_user_item=settings.match_by_user_item,
         dedup_retention_s=settings.dedup_retention_s,
-    ),
-    state,
-    SystemClock(),
-)
-worker = f"{socket.gethostname()}-{os.getpid()}"
-
-# Ticks are written outside any input record, so they cannot ride faust's per-partition
-# transactions: a plain idempotent producer sends them.
-tick_producer = Producer(producer_config(settings))
-
-
-def _handle(topic: str, partition: int, value: bytes | None) -> list[LabeledExample]:
-    limit = settings.max_record_bytes
-    if topic == names["recommendations"]:
-        return joiner.on_recommendation(parse(Recommendation, value, limit), partition)
-    if topic == names["outcomes"]:
-        return joiner.on_outcome(parse(Outcome, value, limit), partition)
-    return joiner.on_tick(partition)
-
-
-def active_partitions() -> set[int]:
-    return {
-        tp.partition
-        for tp in app.assignor.assigned_actives()
-        if tp.topic == names["recommendations"]
-    }
-
-
-def transaction_of(topic: str, partition: int) -> str | None:
-    """The transaction in which faust commits this source partition's offsets."""
-    if not app.in_transaction:
-        return None
-    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"
-
-
-@app.agent(source)
-async def join(stream: Any) -> None:
-    changelog = state.changelog_topic.get_topic_name()
-    async for event in stream.events():
-        msg = event.message
-        sends: list[tuple[str, Any, Any, int | None]] = []
-        try:
-            out = _handle(msg.topic, msg.partition, event.value)
-        except InvalidEventError as exc:
-            letter = DeadLetter.of(
-                str(exc), msg.topic, msg.partition, msg.offset, event.key, event.value, time.time()
-            )
-            out = []
-            sends.append((names["dead_letters"], msg.topic.encode(), _json(letter), 0))
-        sends.extend((changelog, k, v, p) for p, k, v in unsent_changelog)
-        unsent_changelog.clear()
-        # Examples stay on the partition of the user they are about, as the inputs are.
-        sends.extend((names["examples"], e.user_id.encode(), _json(e), msg.partition) for e in out)
-        tid = transaction_of(msg.topic, msg.partition)
-        for topic, key, value, partition in sends:
-            await app.producer.send(topic, key, value, partition, None, None, transactional_id=tid)
-
-
-def _json(model: Any) -> bytes:
-    return bytes(model.model_dump_json().encode())
-
-
-@app.task
-async def exit_on_signal() -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _exit_now, sig)
-
-
-def _exit_now(sig: int) -> None:
-    log.info("signal %d: exiting without faust's commit; open transactions will be aborted", sig)
-    logging.shutdown()
-    os._exit(0)
-
-
-@app.timer(settings.joiner_tick_s)
-async def tick() -> None:
-    for partition in active_partitions():
-        tick_producer.produce(names["joiner_ticks"], value=b"", partition=partition)
-    tick_producer.poll(0)
-
-
-@app.timer(settings.joiner_stats_s)
-async def publish_stats() -> None:
-    stats = report(joiner, worker, active_partitions())
-    tick_producer.produce(
-        names["joiner_stats"], key=worker.encode(), value=stats.model_dump_json().encode()
     )
-    tick_producer.poll(0)
-    log.info("join stats %s coverage=%s", stats.counters, stats.coverage)
-
-
-@app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust types no async receiver
-async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-    joiner.forget_partitions()
 
 
 def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = get_settings()
+    join = TransactionalJoin(settings)
+    signal.signal(signal.SIGTERM, join.stop)
+    signal.signal(signal.SIGINT, join.stop)
     if settings.joiner_metrics_port:
-        REGISTRY.register(JoinCollector(joiner, active_partitions))
+        REGISTRY.register(JoinCollector(join.joiner, lambda: set(join.partitions)))
         start_http_server(settings.joiner_metrics_port, addr="127.0.0.1")
-    sys.argv = [
-        sys.argv[0],
-        "worker",
-        "--without-web",
-        "--loglevel",
-        os.environ.get("LOG_LEVEL", "info"),
-    ]
-    app.main()
+    join.run()
 
 
 if __name__ == "__main__":

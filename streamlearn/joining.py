@@ -1,8 +1,9 @@
 """The attribution-window join: recommendations x outcomes -> one labeled example per impression.
 
 Pure logic, no Kafka: the joiner process feeds it records and ticks and sends what it returns.
-All state lives in a ``MutableMapping[str, Any]`` of JSON-able values, which in production is a
-faust Table backed by a changelog topic (so a restarted joiner resumes with every open window)
+All state lives in a ``MutableMapping[str, Any]`` of JSON-able values: in production a
+:class:`JoinState`, whose changes the joiner writes to a changelog topic in the same transaction
+as the offsets and examples they go with (so a restarted joiner resumes with every open window),
 and in unit tests a plain dict. Values are reassigned, never mutated in place, because only an
 assignment reaches the changelog.
 
@@ -39,7 +40,7 @@ after the window ends, ``e/<id>`` early outcomes, ``u/<user>/<item>`` latest ope
 from __future__ import annotations
 
 import heapq
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -205,7 +206,9 @@ class Joiner:
                 # Not seen yet: it holds the watermark until it has been silent for as long as
                 # an idle input, as in Flink; after that it no longer counts.
                 inputs.append(float("-inf"))
-        return float(max(w["wm"], min(inputs, default=float("-inf"))))
+        # ``wm`` is None until the watermark first becomes finite (JSON has no -Infinity).
+        reached = float("-inf") if w["wm"] is None else w["wm"]
+        return float(max(reached, min(inputs, default=float("-inf"))))
 
     def watermark_lag(self, partition: int) -> float | None:
         wm = self.watermark(partition)
@@ -213,14 +216,18 @@ class Joiner:
 
     def _observe(self, partition: int, source: str, event_time: float) -> None:
         key = f"w/{partition}"
-        w = self.state.get(key) or {"r": None, "o": None, "wm": float("-inf")}
+        w = self.state.get(key) or {"r": None, "o": None, "wm": None}
         newest = w[source]
         if newest is not None and event_time <= newest:
             return
         # Freeze what the watermark had reached, idle advance included, so it never moves back.
         frozen = self._watermark_of(partition, w)
         self._advanced_at[(partition, source)] = self.clock.now()
-        self.state[key] = {**w, source: event_time, "wm": frozen}
+        self.state[key] = {
+            **w,
+            source: event_time,
+            "wm": frozen if frozen > float("-inf") else None,
+        }
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -401,3 +408,69 @@ def _example(
         recommendation_time=rec["event_time"],
         outcome_time=outcome[0] if outcome is not None else None,
     )
+
+
+def home_partition(key: str, value: Any) -> int:
+    """The input partition a state entry belongs to: every value but the watermark's names it."""
+    return int(key[2:]) if key[0] == "w" else int(value["p"])
+
+
+class JoinState(MutableMapping[str, Any]):
+    """The join's state with its changes since the last :meth:`drain`, by home partition.
+
+    A key written many times between two drains (the watermark, on every advancing event) is
+    written to the changelog once, with its last value: the changelog only has to hold the
+    state as of each committed transaction.
+
+    >>> s = JoinState()
+    >>> s["w/1"] = {"r": 5.0}; s["r/a"] = {"p": 0}; s["w/1"] = {"r": 6.0}; del s["r/a"]
+    >>> sorted(s.drain())
+    [(0, 'r/a', None), (1, 'w/1', {'r': 6.0})]
+    >>> s.drain(), s.drop_partitions({1}), len(s)
+    ([], None, 0)
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._dirty: dict[str, int] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+        self._dirty[key] = home_partition(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._dirty[key] = home_partition(key, self._data.pop(key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def drain(self) -> list[tuple[int, str, Any]]:
+        """``(partition, key, value or None for a deletion)`` of every key changed since the
+        last drain, and forget them."""
+        changes = [(p, k, self._data.get(k)) for k, p in self._dirty.items()]
+        self._dirty.clear()
+        return changes
+
+    def restore(self, key: str, value: Any) -> None:
+        """Apply a changelog record (``None`` deletes) without counting it as a change."""
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget the entries, and unsent changes, of partitions this worker no longer owns."""
+        gone = set(partitions)
+        for key in [k for k, v in self._data.items() if home_partition(k, v) in gone]:
+            del self._data[key]
+        for key in [k for k, p in self._dirty.items() if p in gone]:
+            del self._dirty[key]

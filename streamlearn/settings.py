@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         256 * 1024, ge=1024, description="Larger input records go to the dead-letter topic."
     )
     joiner_tick_s: float = Field(1.0, gt=0, description="How often idle windows are checked.")
+    joiner_commit_s: float = Field(
+        0.1, gt=0, description="How often the joiner commits a transaction (as Kafka Streams)."
+    )
     joiner_stats_s: float = Field(5.0, gt=0, description="How often join stats are published.")
     joiner_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."

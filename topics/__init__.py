@@ -2,7 +2,7 @@
 
 Inputs are keyed by ``user_id`` and have the same partition count, so a user's recommendations
 and outcomes land on the same partition number and the joiner's state for them stays local. The
-joiner's own ticks topic and its table changelog are declared with that count too.
+joiner's state changelog is declared with that count too: partition ``p``'s state lives there.
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def joiner_app_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}joiner"
-
-
 def declared(settings: Settings) -> dict[str, TopicSpec]:
     """Every topic streamlearn uses, by role."""
     n = settings.partitions
@@ -52,14 +48,9 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
             {"retention.ms": str(30 * DAY_MS)},
         ),
         "joiner_stats": TopicSpec(settings.topic("joiner-stats"), "worker", JoinReport, 1, week),
-        # Wall-clock ticks, one a partition, so idle partitions still close windows.
-        "joiner_ticks": TopicSpec(
-            settings.topic("joiner-ticks"), "partition", None, n, {"retention.ms": str(3600 * 1000)}
-        ),
-        # faust names its changelog <app id>-<table>-changelog; declared here so its partition
-        # count matches the inputs' rather than being left to defaults.
+        # The join state's changes, written in the joiner's transactions.
         "joiner_state": TopicSpec(
-            f"{joiner_app_id(settings)}-join-state-changelog",
+            settings.topic("joiner-changelog"),
             "state key",
             None,
             n,
@@ -96,9 +87,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 def producer_config(settings: Settings, **extra: object) -> dict[str, object]:
     """confluent-kafka producer settings shared by every streamlearn producer.
 
-    ``murmur2_random`` is the Java client's partitioner (and aiokafka's, which the joiner uses):
-    without it confluent-kafka hashes keys with CRC32 and a user's recommendations and outcomes
-    could land on different partitions.
+    ``murmur2_random`` is the Java client's partitioner (the one most storefront producers use):
+    without it confluent-kafka hashes keys with CRC32, and a user's recommendations sent from
+    Java and outcomes sent from here could land on different partitions.
     """
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
