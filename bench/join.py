@@ -4,7 +4,7 @@
    for about one impression in ten into fresh topics.
 2. Raw baseline: one confluent-kafka consumer reads the recommendations topic end to end.
 3. Starts one joiner process on the backlog and counts committed examples as they appear; the
-   rate is taken between 10% and 90% of the examples, so faust's start-up and the last windows
+   rate is taken between 10% and 90% of the examples, so the joiner's start-up and the last windows
    (closed by the idle fallback) do not count.
 4. In this process: the pure join logic on the same events (where the time goes), and the memory
    of the state per pending impression (tracemalloc over open windows).
@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import Outcome, Recommendation
-from streamlearn.joining import Joiner, JoinPolicy
+from streamlearn.joining import Joiner, JoinPolicy, JoinState
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from topics import ensure_topics, producer_config
@@ -109,12 +109,13 @@ def pure_join(recs: list[Recommendation], outs: list[Outcome]) -> float:
 
 
 def bytes_per_pending(recs: list[Recommendation]) -> float:
-    state: dict[str, object] = {}
+    state = JoinState()
     j = Joiner(JoinPolicy(window_s=1e9), state, ManualClock(0.0))
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for rec in recs:
         j.on_recommendation(rec, 0)
+    state.drain()  # as each commit does
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))

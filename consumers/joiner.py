@@ -288,7 +288,13 @@ class TransactionalJoin:
                 for tp in positions:
                     if tp.offset >= todo[tp.partition]:
                         del todo[tp.partition]
-            log.info("restored %d changelog records of partitions %s", restored, partitions)
+            windows = sum(1 for k, v in self.state.items() if k[0] == "r" and v["p"] in partitions)
+            log.info(
+                "restored %d changelog records of partitions %s: %d open windows",
+                restored,
+                partitions,
+                windows,
+            )
         finally:
             reader.close()
 

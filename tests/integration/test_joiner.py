@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import time
 
@@ -200,24 +201,17 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
 
     positives = {e.example_id for e in got if e.label}
     assert positives == converted(recs, outcomes, WINDOW_S)  # none lost, none invented
+    if disrupt == "sigkill":
+        restored = re.search(r": (\d+) open windows", processes.log("joiner-restarted"))
+        assert restored and int(restored.group(1)) > 0, "the kill should leave windows open"
 
 
-FAUST_GAPS = (
-    "Known to fail (issue 3 stays open): a few recommendations can be lost, their input offsets "
-    "committed without their state or examples. On a rebalance the revoked faust worker was seen "
-    "committing offsets of records its agent never received (4 of 4 runs); after a SIGKILL, 1 of "
-    "4 runs lost 2 recommendations, cause not pinned down."
-)
-
-
-@pytest.mark.xfail(reason=FAUST_GAPS, strict=False)
 def test_sigkill_mid_stream_loses_and_repeats_nothing(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_with(processes, monkeypatch, "sigkill")
 
 
-@pytest.mark.xfail(reason=FAUST_GAPS, strict=False)
 def test_a_second_joiner_joining_then_one_leaving(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

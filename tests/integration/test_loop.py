@@ -1,6 +1,6 @@
 """The whole loop, end to end, as separate processes on the real broker and Redis.
 
-Simulator -> recommendations + outcomes -> joiner (faust) -> examples -> trainer (with one
+Simulator -> recommendations + outcomes -> joiner -> examples -> trainer (with one
 SIGKILL and restart mid-stream) -> snapshots in Redis -> API. Then it checks what a user of the
 loop would: every impression labeled exactly once and correctly, the snapshot's offsets equal to
 what the trainer consumed, the API serving the snapshot's version, and a model that learned the
