@@ -14,7 +14,7 @@ from api.routes import health, score
 from streamlearn import __version__
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings, get_settings
-from streamlearn.snapshots import RedisSnapshotStore
+from streamlearn.snapshots import open_store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,11 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = RedisSnapshotStore.from_url(
-            settings.redis_url,
-            settings.snapshot_hmac_key.get_secret_value().encode(),
-            settings.topic_prefix,
-        )
+        store = open_store(settings)
         holder = ModelHolder(store, settings.model.name)
         app.state.holder = holder
         app.state.settings = settings

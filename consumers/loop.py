@@ -28,7 +28,7 @@ from rich.text import Text
 
 from streamlearn.errors import SnapshotNotFound
 from streamlearn.settings import Settings, get_settings
-from streamlearn.snapshots import RedisSnapshotStore
+from streamlearn.snapshots import SnapshotStore, open_store
 from topics import declared, end_offsets, ensure_topics
 
 PROCESSES = {
@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(logs / f"{name}.log", "ab") as out:
             procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
     console.print(f"logs in {logs}; API on http://{s.api_host}:{s.api_port} (docs at /docs)")
-    store = RedisSnapshotStore.from_url(
-        s.redis_url, s.snapshot_hmac_key.get_secret_value().encode(), s.topic_prefix
-    )
+    store = open_store(s)
     names = {role: t.name for role, t in declared(s).items()}
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamlearn-probe"})
     line = Text("starting")
@@ -102,7 +100,7 @@ def _interrupt(*_: object) -> None:
 
 
 def _progress(
-    s: Settings, probe: Consumer, store: RedisSnapshotStore, names: dict[str, str], elapsed: float
+    s: Settings, probe: Consumer, store: SnapshotStore, names: dict[str, str], elapsed: float
 ) -> Text:
     count = {
         role: sum(end_offsets(probe, names[role]).values())

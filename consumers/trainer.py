@@ -16,17 +16,25 @@ import time
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from redis.exceptions import RedisError
+from prometheus_client import Counter, Gauge, start_http_server
 
 from streamlearn.clock import SystemClock
-from streamlearn.errors import InvalidEventError, SnapshotNotFound
+from streamlearn.errors import InvalidEventError, SnapshotNotFound, StoreUnavailable
 from streamlearn.events import DeadLetter, LabeledExample, parse
 from streamlearn.settings import get_settings
-from streamlearn.snapshots import RedisSnapshotStore
+from streamlearn.snapshots import open_store
 from streamlearn.training import Training
 from topics import consumer_config, declared, producer_config
 
 log = logging.getLogger("streamlearn.trainer")
+
+CHECKPOINT_FAILURES = Counter(
+    "streamlearn_trainer_checkpoint_failures", "Checkpoints the snapshot store did not complete"
+)
+DURABLE_VERSION = Gauge(
+    "streamlearn_trainer_durable_version", "Last snapshot version durable and committed"
+)
+SAMPLES = Gauge("streamlearn_trainer_samples_seen", "Examples learned, as of the last checkpoint")
 
 
 def main() -> None:
@@ -34,11 +42,9 @@ def main() -> None:
     settings = get_settings()
     topics = declared(settings)
     examples, dead_letters = topics["examples"].name, topics["dead_letters"].name
-    store = RedisSnapshotStore.from_url(
-        settings.redis_url,
-        settings.snapshot_hmac_key.get_secret_value().encode(),
-        settings.topic_prefix,
-    )
+    store = open_store(settings)
+    if settings.trainer_metrics_port:
+        start_http_server(settings.trainer_metrics_port, addr="127.0.0.1")
     spec = settings.model
     try:
         snapshot = store.get(spec.name)
@@ -82,23 +88,39 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    retry_at = 0.0
+    failures = 0
+
     def checkpoint() -> None:
+        nonlocal retry_at, failures
         if producer.flush(10) > 0:
             log.warning("dead letters not yet delivered: checkpoint postponed")
             return
         try:
             version = store.next_version(spec.name)
             store.put(training.snapshot(version))
-        except RedisError as exc:
+        except StoreUnavailable as exc:
+            failures += 1
+            CHECKPOINT_FAILURES.inc()
+            # Capped exponential backoff; learning goes on, offsets stay at the last durable one.
+            retry_at = time.monotonic() + min(30.0, 0.5 * 2**failures)
             log.warning(
-                "snapshot store unavailable, still learning, offsets not committed: %s", exc
+                "checkpoint v%d incomplete (%s): still learning; offsets stay committed at "
+                "v%s; retrying in %.1f s",
+                version,
+                exc,
+                training.version,
+                retry_at - time.monotonic(),
             )
             return
+        failures = 0
         consumer.commit(
             offsets=[TopicPartition(examples, p, o) for p, o in training.offsets.items()],
             asynchronous=False,
         )
         training.checkpointed(version)
+        DURABLE_VERSION.set(version)
+        SAMPLES.set(training.samples_seen)
         log.info(
             "checkpoint %s v%d: %d samples, offsets %s, metrics %s",
             spec.name,
@@ -134,7 +156,7 @@ def main() -> None:
                 continue
             training.learn(example, partition, offset)
         producer.poll(0)
-        if training.checkpoint_due():
+        if training.checkpoint_due() and time.monotonic() >= retry_at:
             checkpoint()
     if training.checkpoint_due():
         checkpoint()

@@ -7,7 +7,8 @@
     ├── InvalidEventError      a record that fails to parse or validate (routed to dead letters)
     ├── SnapshotError          snapshot store trouble
     │   ├── SnapshotNotFound   no such model, version or alias
-    │   └── SignatureError     a snapshot whose HMAC does not verify: never unpickled
+    │   ├── SignatureError     a snapshot whose HMAC does not verify: never unpickled
+    │   └── StoreUnavailable   a store that did not answer (Redis down, say): retry later
     └── InfraError             Kafka or Redis not reachable or misbehaving
 """
 
@@ -33,6 +34,10 @@ class SnapshotNotFound(SnapshotError):
 
 
 class SignatureError(SnapshotError):
+    pass
+
+
+class StoreUnavailable(SnapshotError):
     pass
 
 

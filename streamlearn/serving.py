@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from streamlearn.errors import SnapshotError
 from streamlearn.features import FeatureValue, impression_features
 from streamlearn.learning import Learner
+from streamlearn.registry import Registry
 from streamlearn.snapshots.base import SnapshotStore
 
 log = logging.getLogger("streamlearn.serving")
@@ -44,16 +45,17 @@ class ModelHolder:
         self.swaps = 0
 
     def refresh(self) -> bool:
-        """Load the latest version if it is newer than the one held. True when swapped."""
+        """Load the version to serve (the champion alias, else the latest) when it differs from
+        the one held: promote and rollback both land here. True when swapped."""
+        held = self.current.version if self.current is not None else None
         try:
-            latest = self._store.latest_version(self.model_name)
-            if latest is None or (self.current is not None and latest <= self.current.version):
+            wanted = Registry(self._store).served_version(self.model_name)
+            if wanted is None or wanted == held:
                 return False
-            snapshot = self._store.get(self.model_name, latest)
+            snapshot = self._store.get(self.model_name, wanted)
         except (RedisError, SnapshotError) as exc:
-            log.warning(
-                "keeping version %s: %s", self.current.version if self.current else None, exc
-            )
+            # Store down, or a version that fails verification: keep serving what we hold.
+            log.warning("keeping version %s: %s", held, exc)
             return False
         self.current = Served(self.model_name, snapshot.version, snapshot.model)
         self.swaps += 1

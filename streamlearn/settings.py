@@ -9,7 +9,8 @@ start, or by calling ``get_settings.cache_clear()``.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,13 +70,24 @@ class Settings(BaseSettings):
     joiner_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
     )
-    exactly_once: bool = True
+    trainer_metrics_port: int = Field(
+        9109, ge=0, le=65535, description="Prometheus /metrics of the trainer; 0 turns it off."
+    )
 
     # Learning and snapshots
     model: ModelSpec = ModelSpec()
     checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
     checkpoint_every_s: float = Field(10.0, gt=0, description="...or after this many seconds.")
     snapshot_hmac_key: SecretStr = SecretStr("streamlearn-dev-key-change-me")
+    archive_url: str = Field(
+        f"file://{Path.home()}/.cache/streamlearn/snapshots",
+        description="The durable snapshot archive: file:///dir, s3://bucket/prefix, gs://, az://",
+    )
+    archive_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='obstore options for the archive, as JSON: {"endpoint": "http://...", '
+        '"client_options": {"allow_http": true}}; credentials may come from AWS_* variables.',
+    )
 
     # API
     api_host: str = "127.0.0.1"

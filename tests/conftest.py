@@ -72,13 +72,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def env(infra: Infra) -> dict[str, str]:
+def env(infra: Infra, tmp_path: Path) -> dict[str, str]:
     """Environment for streamlearn processes in this test: real infra, fresh namespace."""
     return {
+        "STREAMLEARN_ARCHIVE_URL": f"file://{tmp_path}/archive",
         "STREAMLEARN_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
         "STREAMLEARN_REDIS_URL": infra.redis_url,
         "STREAMLEARN_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
         "STREAMLEARN_API_PORT": str(free_port()),
+        "STREAMLEARN_JOINER_METRICS_PORT": str(free_port()),
+        "STREAMLEARN_TRAINER_METRICS_PORT": str(free_port()),
     }
 
 

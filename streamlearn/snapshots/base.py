@@ -96,8 +96,15 @@ class Snapshot:
         return cls(model=model, offsets=offsets, **meta)
 
 
+def empty_registry() -> dict[str, Any]:
+    """A model's registry document: aliases, each alias's past versions, pinned versions."""
+    return {"aliases": {}, "history": {}, "pins": []}
+
+
 class SnapshotStore(Protocol):
     """Where versions live. Versions are immutable; ``latest`` moves with every new one."""
+
+    def models(self) -> list[str]: ...
 
     def next_version(self, model_name: str) -> int: ...
 
@@ -118,3 +125,11 @@ class SnapshotStore(Protocol):
     def versions(self, model_name: str) -> list[dict[str, Any]]:
         """Metadata of every stored version, oldest first."""
         ...
+
+    def delete(self, model_name: str, version: int) -> None: ...
+
+    def read_registry(self, model_name: str) -> dict[str, Any]:
+        """The model's registry document (see :func:`empty_registry`)."""
+        ...
+
+    def write_registry(self, model_name: str, doc: dict[str, Any]) -> None: ...

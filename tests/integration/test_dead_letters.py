@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from streamlearn.snapshots import RedisSnapshotStore
+from streamlearn.snapshots import open_store
 from tests.conftest import Processes, configure, examples, letters, produce, wait_until
 from tests.unit.test_training import example
 from topics import declared
@@ -115,9 +115,7 @@ def test_trainer_routes_bad_examples_and_moves_past_them(
     good = example(True).model_dump_json().encode()
     produce(s, [(topic, b"u", b"{not json"), (topic, b"u", good), (topic, b"u", b"{}")])
     processes.start("trainer", "-m", "consumers.trainer")
-    store = RedisSnapshotStore.from_url(
-        s.redis_url, s.snapshot_hmac_key.get_secret_value().encode(), s.topic_prefix
-    )
+    store = open_store(s)
 
     def at_end() -> bool:
         v = store.latest_version("ctr")

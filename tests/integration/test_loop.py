@@ -20,7 +20,7 @@ from river import metrics
 
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
-from streamlearn.snapshots import RedisSnapshotStore
+from streamlearn.snapshots import open_store
 from tests.conftest import Processes, configure, converted, examples, traffic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,11 +48,7 @@ def test_whole_loop(
     processes: Processes, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = configure(processes, monkeypatch, **loop_env(env))
-    store = RedisSnapshotStore.from_url(
-        settings.redis_url,
-        settings.snapshot_hmac_key.get_secret_value().encode(),
-        settings.topic_prefix,
-    )
+    store = open_store(settings)
 
     processes.start("joiner", "-m", "consumers.joiner")
     processes.start("trainer", "-m", "consumers.trainer")

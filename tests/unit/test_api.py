@@ -1,48 +1,23 @@
-"""The HTTP contract with an in-memory snapshot store (Redis is covered by integration tests)."""
+"""The HTTP contract, with a snapshot store on a local directory (Redis: integration tests)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from streamlearn.clock import ManualClock
-from streamlearn.errors import SnapshotNotFound
+from streamlearn.errors import SignatureError
 from streamlearn.learning import ModelSpec
+from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings
-from streamlearn.snapshots import Snapshot
+from streamlearn.snapshots import ObjectSnapshotStore, Snapshot
 from streamlearn.training import Training
 from tests.unit.test_training import example
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.blobs: dict[int, Snapshot] = {}
-
-    def next_version(self, model_name: str) -> int:
-        return len(self.blobs) + 1
-
-    def put(self, snapshot: Snapshot) -> None:
-        self.blobs[snapshot.version] = snapshot
-
-    def latest_version(self, model_name: str) -> int | None:
-        return max(self.blobs, default=None)
-
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        version = version or self.latest_version(model_name)
-        if version not in self.blobs:
-            raise SnapshotNotFound(model_name)
-        return self.blobs[version]
-
-    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
-        return self.get(model_name, version).meta()
-
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        return [s.meta() for s in self.blobs.values()]
 
 
 def trained(version: int, n: int = 50) -> Snapshot:
@@ -54,13 +29,14 @@ def trained(version: int, n: int = 50) -> Snapshot:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store(tmp_path: Path) -> ObjectSnapshotStore:
+    """A real store on a local directory: the API reads it as it reads the archive."""
+    return ObjectSnapshotStore(f"file://{tmp_path}", b"test-key")
 
 
 @pytest.fixture
-def client(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setattr("api.app.RedisSnapshotStore.from_url", lambda *a, **k: store)
+def client(store: ObjectSnapshotStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setattr("api.app.open_store", lambda settings: store)
     with TestClient(create_app(Settings(max_candidates=3, model_poll_s=3600))) as c:
         yield c
 
@@ -78,7 +54,7 @@ def test_no_model_yet_is_503_and_health_says_so(client: TestClient) -> None:
 
 
 def test_scores_name_the_version_and_follow_the_model(
-    client: TestClient, store: MemoryStore
+    client: TestClient, store: ObjectSnapshotStore
 ) -> None:
     store.put(trained(1))
     holder: ModelHolder = client.app.state.holder  # type: ignore[attr-defined]
@@ -107,7 +83,9 @@ def test_scores_name_the_version_and_follow_the_model(
         b"",
     ],
 )
-def test_bad_bodies_get_422_never_500(client: TestClient, store: MemoryStore, body: bytes) -> None:
+def test_bad_bodies_get_422_never_500(
+    client: TestClient, store: ObjectSnapshotStore, body: bytes
+) -> None:
     store.put(trained(1))
     client.app.state.holder.refresh()  # type: ignore[attr-defined]
     r = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
@@ -115,9 +93,35 @@ def test_bad_bodies_get_422_never_500(client: TestClient, store: MemoryStore, bo
     assert r.json()["detail"][0]["loc"][0] == "body"
 
 
-def test_too_many_candidates_is_422(client: TestClient, store: MemoryStore) -> None:
+def test_too_many_candidates_is_422(client: TestClient, store: ObjectSnapshotStore) -> None:
     store.put(trained(1))
     client.app.state.holder.refresh()  # type: ignore[attr-defined]
     many = {**BODY, "items": [{"item_id": f"i{n}"} for n in range(4)]}
     r = client.post("/v1/score", json=many)
     assert r.status_code == 422 and "at most 3" in r.text
+
+
+def test_promote_rollback_and_a_tampered_version_in_the_served_model(
+    client: TestClient, store: ObjectSnapshotStore, tmp_path: Path
+) -> None:
+    holder: ModelHolder = client.app.state.holder  # type: ignore[attr-defined]
+    registry = Registry(store)
+    for v in (1, 2):
+        store.put(trained(v))
+    assert holder.refresh() and holder.current and holder.current.version == 2
+    registry.promote("ctr", 1)
+    assert holder.refresh() and client.post("/v1/score", json=BODY).json()["model_version"] == 1
+    registry.promote("ctr", 2)
+    registry.rollback("ctr")
+    assert not holder.refresh()  # back on 1, which it already serves
+
+    store.put(trained(3))
+    path = tmp_path / "ctr" / "v0000000003.sls"
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0x01
+    path.write_bytes(bytes(blob))
+    registry.promote("ctr", 2)
+    holder.refresh()
+    with pytest.raises(SignatureError):
+        registry.promote("ctr", 3)  # refused: it does not verify
+    assert client.post("/v1/score", json=BODY).json()["model_version"] == 2

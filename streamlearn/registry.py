@@ -1,0 +1,112 @@
+"""The model registry: versions with their metadata, aliases that move, pins, retention.
+
+An alias (``champion`` by default) names the version the API serves; promoting and rolling back
+move the pointer and never touch a snapshot. Each alias keeps its history, so a rollback returns
+to the version it pointed at before. Retention deletes old versions but never an aliased or
+pinned one, nor the newest (the trainer's lineage continues from it).
+
+>>> import tempfile
+>>> from streamlearn.snapshots.objects import ObjectSnapshotStore
+>>> store = ObjectSnapshotStore(f"file://{tempfile.mkdtemp()}", b"key")
+>>> for v in (1, 2, 3):
+...     store.put(Snapshot(model_name="ctr", version=v, model={}, offsets={}, samples_seen=v,
+...         metrics={}, spec={}, parent_version=v - 1 or None, created_at=float(v)))
+>>> reg = Registry(store)
+>>> reg.promote("ctr", 1); reg.promote("ctr", 3); reg.served_version("ctr")
+3
+>>> reg.rollback("ctr")
+1
+>>> reg.retain("ctr", keep_last=1)
+[2]
+>>> [(v["version"], v["aliases"]) for v in reg.versions("ctr")]
+[(1, ['champion']), (3, [])]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamlearn.errors import SnapshotError, SnapshotNotFound
+from streamlearn.snapshots.base import Snapshot, SnapshotStore
+
+CHAMPION = "champion"
+
+
+class Registry:
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        """Every version's metadata (metrics included), with its aliases and pin."""
+        doc = self.store.read_registry(model_name)
+        out = []
+        for meta in self.store.versions(model_name):
+            v = meta["version"]
+            meta["aliases"] = sorted(a for a, av in doc["aliases"].items() if av == v)
+            meta["pinned"] = v in doc["pins"]
+            out.append(meta)
+        return out
+
+    def show(self, model_name: str, version: int | str | None = None) -> dict[str, Any]:
+        """One version's metadata; ``version`` may be a number, an alias, or None (latest)."""
+        return self.store.meta(model_name, self.resolve(model_name, version))
+
+    def resolve(self, model_name: str, version: int | str | None) -> int | None:
+        if version is None or isinstance(version, int):
+            return version
+        if version.isdigit():
+            return int(version)
+        aliases = self.store.read_registry(model_name)["aliases"]
+        if version not in aliases:
+            raise SnapshotNotFound(f"model {model_name!r} has no alias {version!r}")
+        return int(aliases[version])
+
+    def served_version(self, model_name: str, alias: str = CHAMPION) -> int | None:
+        """The version an alias names, or the latest version when the alias is not set."""
+        aliases = self.store.read_registry(model_name)["aliases"]
+        return int(aliases[alias]) if alias in aliases else self.store.latest_version(model_name)
+
+    def promote(self, model_name: str, version: int, alias: str = CHAMPION) -> None:
+        self.store.meta(model_name, version)  # exists, and its signature verifies
+        doc = self.store.read_registry(model_name)
+        current = doc["aliases"].get(alias)
+        if current == version:
+            return
+        if current is not None:
+            doc["history"].setdefault(alias, []).append(current)
+        doc["aliases"][alias] = version
+        self.store.write_registry(model_name, doc)
+
+    def rollback(self, model_name: str, alias: str = CHAMPION) -> int:
+        """Point the alias back at the version it named before; returns that version."""
+        doc = self.store.read_registry(model_name)
+        history = doc["history"].get(alias) or []
+        if not history:
+            raise SnapshotError(f"{model_name}:{alias} has no earlier version to roll back to")
+        previous = int(history.pop())
+        doc["aliases"][alias] = previous
+        self.store.write_registry(model_name, doc)
+        return previous
+
+    def pin(self, model_name: str, version: int, pinned: bool = True) -> None:
+        self.store.meta(model_name, version)
+        doc = self.store.read_registry(model_name)
+        pins = set(doc["pins"]) | {version} if pinned else set(doc["pins"]) - {version}
+        doc["pins"] = sorted(pins)
+        self.store.write_registry(model_name, doc)
+
+    def retain(self, model_name: str, keep_last: int) -> list[int]:
+        """Delete all but the newest ``keep_last`` versions, sparing aliased and pinned ones
+        and those an alias can roll back to. Returns the versions deleted."""
+        doc = self.store.read_registry(model_name)
+        spared = set(doc["pins"]) | {int(v) for v in doc["aliases"].values()}
+        spared |= {int(v) for h in doc["history"].values() for v in h}
+        numbers = [m["version"] for m in self.store.versions(model_name)]
+        spared |= set(numbers[-max(1, keep_last) :])
+        gone = [v for v in numbers if v not in spared]
+        for v in gone:
+            self.store.delete(model_name, v)
+        return gone
+
+    def load(self, model_name: str, version: int | str | None = None) -> Snapshot:
+        return self.store.get(model_name, self.resolve(model_name, version))

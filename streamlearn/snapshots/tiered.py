@@ -1,0 +1,77 @@
+"""Redis for hot copies and notices, object storage as the durable archive, as one store.
+
+A version is written to the archive first and to Redis second, and counts as written only when
+both have it: that is the point after which the trainer commits its offsets. Reads prefer Redis
+and fall back to the archive, so the API keeps loading versions while Redis is down, and a
+Redis that lost its data is refilled on the next write. Version numbers follow the archive, the
+one that never forgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from streamlearn.errors import SnapshotNotFound, StoreUnavailable
+from streamlearn.snapshots.base import Snapshot
+from streamlearn.snapshots.objects import ObjectSnapshotStore
+from streamlearn.snapshots.redis import RedisSnapshotStore
+
+T = TypeVar("T")
+
+
+class TieredSnapshotStore:
+    def __init__(self, hot: RedisSnapshotStore, archive: ObjectSnapshotStore) -> None:
+        self.hot = hot
+        self.archive = archive
+
+    def _hot(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    def models(self) -> list[str]:
+        return self.archive.models()
+
+    def next_version(self, model_name: str) -> int:
+        return self.archive.next_version(model_name)
+
+    def put(self, snapshot: Snapshot) -> None:
+        self.archive.put(snapshot)
+        self._hot(lambda: self.hot.put(snapshot))
+
+    def latest_version(self, model_name: str) -> int | None:
+        return self.archive.latest_version(model_name)
+
+    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+        if version is None:
+            version = self.latest_version(model_name)
+            if version is None:
+                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+        try:
+            return self.hot.get(model_name, version)
+        except (RedisError, SnapshotNotFound):
+            return self.archive.get(model_name, version)
+
+    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        return self.archive.meta(model_name, version)
+
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        return self.archive.versions(model_name)
+
+    def delete(self, model_name: str, version: int) -> None:
+        self._hot(lambda: self.hot.delete(model_name, version))
+        self.archive.delete(model_name, version)
+
+    def read_registry(self, model_name: str) -> dict[str, Any]:
+        try:
+            return self.hot.read_registry(model_name)
+        except RedisError:
+            return self.archive.read_registry(model_name)
+
+    def write_registry(self, model_name: str, doc: dict[str, Any]) -> None:
+        self.archive.write_registry(model_name, doc)
+        self._hot(lambda: self.hot.write_registry(model_name, doc))
