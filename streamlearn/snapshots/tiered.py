@@ -73,5 +73,6 @@ class TieredSnapshotStore:
             return self.archive.read_registry(model_name)
 
     def write_registry(self, model_name: str, doc: dict[str, Any]) -> None:
-        self.archive.write_registry(model_name, doc)
+        # Redis first: with Redis down a promote fails whole, rather than half done.
         self._hot(lambda: self.hot.write_registry(model_name, doc))
+        self.archive.write_registry(model_name, doc)

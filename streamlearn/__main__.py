@@ -1,0 +1,104 @@
+"""The ``streamlearn`` command: what an operator does by hand.
+
+    streamlearn registry list [MODEL]          versions, metrics, aliases, pins
+    streamlearn registry show MODEL [VERSION]  one version (a number or an alias) as JSON
+    streamlearn registry promote MODEL VERSION [--alias champion]
+    streamlearn registry rollback MODEL [--alias champion]
+    streamlearn registry pin|unpin MODEL VERSION
+    streamlearn registry retain MODEL --keep-last N
+
+Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from streamlearn.errors import StreamlearnError
+from streamlearn.registry import CHAMPION, Registry
+from streamlearn.settings import get_settings
+from streamlearn.snapshots import open_store
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="area", required=True)
+    reg = sub.add_parser("registry", help="model versions, aliases and retention")
+    ops = reg.add_subparsers(dest="op", required=True)
+    ls = ops.add_parser("list", help="versions of a model (of every model when none is named)")
+    ls.add_argument("model", nargs="?")
+    show = ops.add_parser("show", help="one version's metadata as JSON")
+    show.add_argument("model")
+    show.add_argument("version", nargs="?", help="a number or an alias; the latest by default")
+    for name in ("promote", "pin", "unpin"):
+        op = ops.add_parser(name)
+        op.add_argument("model")
+        op.add_argument("version", type=int)
+        if name == "promote":
+            op.add_argument("--alias", default=CHAMPION)
+    rb = ops.add_parser("rollback", help="point an alias back at its previous version")
+    rb.add_argument("model")
+    rb.add_argument("--alias", default=CHAMPION)
+    keep = ops.add_parser("retain", help="delete old versions, never aliased or pinned ones")
+    keep.add_argument("model")
+    keep.add_argument("--keep-last", type=int, required=True)
+    return parser
+
+
+def _table(registry: Registry, model: str) -> Table:
+    table = Table(title=f"model {model}")
+    for col in ("version", "parent", "created", "samples", "roc_auc", "log_loss", "aliases"):
+        table.add_column(col)
+    for m in registry.versions(model):
+        metrics = m.get("metrics", {})
+        created = datetime.fromtimestamp(m["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            str(m["version"]),
+            str(m["parent_version"] or ""),
+            created,
+            str(m["samples_seen"]),
+            f"{metrics.get('roc_auc', float('nan')):.4f}",
+            f"{metrics.get('log_loss', float('nan')):.4f}",
+            ", ".join(m["aliases"] + (["pinned"] if m["pinned"] else [])),
+        )
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    registry = Registry(open_store(get_settings()))
+    try:
+        if args.op == "list":
+            for model in [args.model] if args.model else registry.store.models():
+                console.print(_table(registry, model))
+        elif args.op == "show":
+            meta = registry.show(args.model, args.version)
+            sys.stdout.write(orjson.dumps(meta, option=orjson.OPT_INDENT_2).decode() + "\n")
+        elif args.op == "promote":
+            registry.promote(args.model, args.version, args.alias)
+            console.print(f"{args.model}:{args.alias} -> v{args.version}")
+        elif args.op == "rollback":
+            version = registry.rollback(args.model, args.alias)
+            console.print(f"{args.model}:{args.alias} -> v{version}")
+        elif args.op in ("pin", "unpin"):
+            registry.pin(args.model, args.version, pinned=args.op == "pin")
+            console.print(f"{args.model} v{args.version} {args.op}ned")
+        elif args.op == "retain":
+            gone = registry.retain(args.model, args.keep_last)
+            console.print(f"deleted {len(gone)} versions: {gone}")
+    except StreamlearnError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
