@@ -1,8 +1,11 @@
 """The trainer process (confluent-kafka): poll examples, learn, checkpoint, then commit.
 
-Order on every checkpoint: flush dead letters, write the snapshot (model + next offsets) to the
-store, and only then commit those offsets to Kafka. On start it restores the model's latest
-snapshot and seeks every assigned partition to the snapshot's offsets (not the committed ones),
+Every configured model (the champion and its challengers) learns from one pass over the
+examples, each in its own lineage of snapshots. Order on every checkpoint: flush dead letters,
+write each model's snapshot (model + the next offset of every partition it has learned) to the
+store, and only then commit to Kafka the offsets every model has made durable. On start each
+model restores its latest snapshot; every assigned partition is read from the least of the
+models' offsets (not the committed ones), and a model skips the records it has learned already,
 so a crash at any point neither loses nor double-learns an example.
 
 Run: ``python -m consumers.trainer``.
@@ -15,14 +18,16 @@ import signal
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, start_http_server
 
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StoreUnavailable
 from streamlearn.events import DeadLetter, LabeledExample, parse
-from streamlearn.settings import get_settings
-from streamlearn.snapshots import open_store
+from streamlearn.faults import failpoint
+from streamlearn.learning import ModelSpec
+from streamlearn.settings import Settings, get_settings
+from streamlearn.snapshots import SnapshotStore, open_store
 from streamlearn.training import Training
 from topics import consumer_config, declared, producer_config
 
@@ -32,24 +37,23 @@ CHECKPOINT_FAILURES = Counter(
     "streamlearn_trainer_checkpoint_failures", "Checkpoints the snapshot store did not complete"
 )
 DURABLE_VERSION = Gauge(
-    "streamlearn_trainer_durable_version", "Last snapshot version durable and committed"
+    "streamlearn_trainer_durable_version", "Last durable snapshot version", ["model"]
 )
-SAMPLES = Gauge("streamlearn_trainer_samples_seen", "Examples learned, as of the last checkpoint")
+SAMPLES = Gauge(
+    "streamlearn_trainer_samples_seen", "Examples learned, at the last checkpoint", ["model"]
+)
+METRIC = Gauge(
+    "streamlearn_trainer_progressive_metric",
+    "Progressive-validation metrics at the last checkpoint",
+    ["model", "metric"],
+)
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = get_settings()
-    topics = declared(settings)
-    examples, dead_letters = topics["examples"].name, topics["dead_letters"].name
-    store = open_store(settings)
-    if settings.trainer_metrics_port:
-        start_http_server(settings.trainer_metrics_port, addr="127.0.0.1")
-    spec = settings.model
+def restore(store: SnapshotStore, spec: ModelSpec, settings: Settings) -> Training:
     try:
         snapshot = store.get(spec.name)
         log.info(
-            "resuming %s from version %d at offsets %s (%d samples seen)",
+            "resuming %s from v%d at offsets %s (%d samples seen)",
             spec.name,
             snapshot.version,
             snapshot.offsets,
@@ -57,110 +61,154 @@ def main() -> None:
         )
     except SnapshotNotFound:
         snapshot = None
-        log.info("no snapshot of %s yet: starting from the beginning of %s", spec.name, examples)
+        log.info("no snapshot of %s yet: it learns from the beginning", spec.name)
     if snapshot is not None and snapshot.model.spec != spec:
         log.warning(
-            "configured spec differs from the snapshot's; continuing the snapshot's lineage "
-            "with its own spec %s",
+            "%s: the configured spec differs from the snapshot's; the lineage continues with "
+            "its own spec %s (a new spec needs a new model name)",
+            spec.name,
             snapshot.model.spec,
         )
-    training = Training(
-        spec, SystemClock(), settings.checkpoint_every_n, settings.checkpoint_every_s, snapshot
+    return Training(
+        spec,
+        SystemClock(),
+        settings.checkpoint_every_n,
+        settings.checkpoint_every_s,
+        snapshot,
+        correction_policy=settings.correction_policy,
+        correction_weight=settings.correction_weight,
     )
 
-    consumer = Consumer(consumer_config(settings, f"trainer-{spec.name}"))
-    producer = Producer(producer_config(settings))
 
-    def on_assign(c: Any, partitions: list[TopicPartition]) -> None:
+class Trainer:
+    def __init__(self, settings: Settings) -> None:
+        topics = declared(settings)
+        self.examples = topics["examples"].name
+        self.dead_letters = topics["dead_letters"].name
+        self.store = open_store(settings)
+        self.trainings = [restore(self.store, spec, settings) for spec in settings.models]
+        self.consumer = Consumer(consumer_config(settings, "trainer"))
+        self.producer = Producer(producer_config(settings))
+        self.retry_at = 0.0
+        self.failures = 0
+        self.stopping = False
+
+    def resume_offset(self, partition: int) -> int:
+        """Where to read a partition from: the least next offset of all the models."""
+        offsets = [t.offsets.get(partition, OFFSET_BEGINNING) for t in self.trainings]
+        return min(offsets)
+
+    def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            tp.offset = training.offsets.get(tp.partition, OFFSET_BEGINNING)
+            tp.offset = self.resume_offset(tp.partition)
         log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
-        c.assign(partitions)
+        consumer.assign(partitions)
 
-    consumer.subscribe([examples], on_assign=on_assign)
+    def run(self) -> None:
+        self.consumer.subscribe([self.examples], on_assign=self.on_assign)
+        while not self.stopping:
+            for msg in self.consumer.consume(num_messages=500, timeout=0.5):
+                self.handle(msg)
+            self.producer.poll(0)
+            due = any(t.checkpoint_due() for t in self.trainings)
+            if due and time.monotonic() >= self.retry_at:
+                self.checkpoint()
+        if any(t.checkpoint_due() for t in self.trainings):
+            self.checkpoint()
+        self.consumer.close()
 
-    stopping = False
+    def handle(self, msg: Message) -> None:
+        if msg.error():
+            log.warning("consume error: %s", msg.error())
+            return
+        partition, offset = msg.partition(), msg.offset()
+        assert partition is not None and offset is not None  # set on every fetched record
+        try:
+            example = parse(LabeledExample, msg.value())
+        except InvalidEventError as exc:
+            # Dead letters are flushed before each snapshot: below every model's offsets this
+            # one was sent before a restart.
+            if any(offset >= t.offsets.get(partition, 0) for t in self.trainings):
+                letter = DeadLetter.of(
+                    str(exc), self.examples, partition, offset, msg.key(), msg.value(), time.time()
+                )
+                self.producer.produce(
+                    self.dead_letters,
+                    key=self.examples.encode(),
+                    value=letter.model_dump_json().encode(),
+                )
+            for t in self.trainings:
+                t.skip(partition, offset)
+            return
+        for t in self.trainings:
+            t.learn(example, partition, offset)
+        failpoint("trainer.learned")
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-    retry_at = 0.0
-    failures = 0
-
-    def checkpoint() -> None:
-        nonlocal retry_at, failures
-        if producer.flush(10) > 0:
+    def checkpoint(self) -> None:
+        if self.producer.flush(10) > 0:
             log.warning("dead letters not yet delivered: checkpoint postponed")
             return
-        try:
-            version = store.next_version(spec.name)
-            store.put(training.snapshot(version))
-        except StoreUnavailable as exc:
-            failures += 1
-            CHECKPOINT_FAILURES.inc()
-            # Capped exponential backoff; learning goes on, offsets stay at the last durable one.
-            retry_at = time.monotonic() + min(30.0, 0.5 * 2**failures)
-            log.warning(
-                "checkpoint v%d incomplete (%s): still learning; offsets stay committed at "
-                "v%s; retrying in %.1f s",
-                version,
-                exc,
-                training.version,
-                retry_at - time.monotonic(),
-            )
-            return
-        failures = 0
-        consumer.commit(
-            offsets=[TopicPartition(examples, p, o) for p, o in training.offsets.items()],
-            asynchronous=False,
-        )
-        training.checkpointed(version)
-        DURABLE_VERSION.set(version)
-        SAMPLES.set(training.samples_seen)
-        log.info(
-            "checkpoint %s v%d: %d samples, offsets %s, metrics %s",
-            spec.name,
-            version,
-            training.samples_seen,
-            training.offsets,
-            training.learner.metrics(),
-        )
-
-    while not stopping:
-        for msg in consumer.consume(num_messages=500, timeout=0.5):
-            if msg.error():
-                log.warning("consume error: %s", msg.error())
+        for t in self.trainings:
+            if not t.checkpoint_due():
                 continue
-            partition, offset = msg.partition(), msg.offset()
-            assert partition is not None and offset is not None  # set on every fetched record
+            failpoint("trainer.before_snapshot")
             try:
-                example = parse(LabeledExample, msg.value())
-            except InvalidEventError as exc:
-                letter = DeadLetter.of(
-                    str(exc),
-                    examples,
-                    partition,
-                    offset,
-                    msg.key(),
-                    msg.value(),
-                    time.time(),
+                version = self.store.next_version(t.spec.name)
+                self.store.put(t.snapshot(version))
+            except StoreUnavailable as exc:
+                self.failures += 1
+                CHECKPOINT_FAILURES.inc()
+                # Capped exponential backoff; learning goes on, and no offset is committed past
+                # the last durable snapshot.
+                self.retry_at = time.monotonic() + min(30.0, 0.5 * 2**self.failures)
+                log.warning(
+                    "checkpoint of %s incomplete (%s): still learning, offsets stay at v%s; "
+                    "retrying in %.1f s",
+                    t.spec.name,
+                    exc,
+                    t.version,
+                    self.retry_at - time.monotonic(),
                 )
-                producer.produce(
-                    dead_letters, key=examples.encode(), value=letter.model_dump_json().encode()
-                )
-                training.skip(partition, offset)
-                continue
-            training.learn(example, partition, offset)
-        producer.poll(0)
-        if training.checkpoint_due() and time.monotonic() >= retry_at:
-            checkpoint()
-    if training.checkpoint_due():
-        checkpoint()
-    consumer.close()
+                return
+            failpoint("trainer.after_snapshot")
+            t.checkpointed(version)
+            metrics = t.learner.metrics()
+            DURABLE_VERSION.labels(t.spec.name).set(version)
+            SAMPLES.labels(t.spec.name).set(t.samples_seen)
+            for name, value in metrics.items():
+                METRIC.labels(t.spec.name, name).set(value)
+            log.info(
+                "checkpoint %s v%d: %d samples, offsets %s, metrics %s",
+                t.spec.name,
+                version,
+                t.samples_seen,
+                t.offsets,
+                metrics,
+            )
+        self.failures = 0
+        # Committed offsets are for lag monitoring: the trainer resumes from its snapshots.
+        partitions = set().union(*(t.offsets for t in self.trainings))
+        durable = [
+            TopicPartition(self.examples, p, self.resume_offset(p))
+            for p in partitions
+            if all(p in t.offsets for t in self.trainings)
+        ]
+        if durable:
+            self.consumer.commit(offsets=durable, asynchronous=False)
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_settings()
+    if settings.trainer_metrics_port:
+        start_http_server(settings.trainer_metrics_port, addr="127.0.0.1")
+    trainer = Trainer(settings)
+    signal.signal(signal.SIGTERM, trainer.stop)
+    signal.signal(signal.SIGINT, trainer.stop)
+    trainer.run()
 
 
 if __name__ == "__main__":

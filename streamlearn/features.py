@@ -2,18 +2,19 @@
 
 Training and serving call the same function, so what was served is what is learned.
 
-Numbers stay numbers, booleans become 0 or 1, strings become one-hot indicators, and configured
-crosses join two categorical features so that a linear model can learn who likes what:
+Numbers stay numbers, booleans become 0 or 1, strings stay strings (the model spec's pipeline
+one-hot encodes or hashes them), and configured crosses join two categorical features so that a
+linear model can learn who likes what:
 
 >>> x = impression_features({"segment": "bargain"}, {"category": "toys", "price": 9.5},
 ...                         item_id="i7", crosses=[("segment", "category")])
 >>> for name, value in x.items():
-...     print(name, value)
-c:segment=bargain 1.0
-i:category=toys 1.0
+...     print(name, repr(value))
+c:segment 'bargain'
+i:category 'toys'
 i:price 9.5
-item=i7 1.0
-x:segment=bargain&category=toys 1.0
+item 'i7'
+x:segment&category 'bargain&toys'
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from collections.abc import Iterable, Mapping
 FeatureValue = float | bool | str
 
 
-def _put(out: dict[str, float], prefix: str, name: str, value: FeatureValue) -> None:
-    if isinstance(value, str):
-        out[f"{prefix}:{name}={value}"] = 1.0
-    else:
-        out[f"{prefix}:{name}"] = float(value)
+Features = dict[str, float | str]
+
+
+def _put(out: Features, prefix: str, name: str, value: FeatureValue) -> None:
+    out[f"{prefix}:{name}"] = value if isinstance(value, str) else float(value)
 
 
 def impression_features(
@@ -37,21 +38,21 @@ def impression_features(
     item_id: str,
     crosses: Iterable[tuple[str, str]] = (),
     include_ids: bool = True,
-) -> dict[str, float]:
-    out: dict[str, float] = {}
+) -> Features:
+    out: Features = {}
     for name, value in context.items():
         _put(out, "c", name, value)
     for name, value in item.items():
         _put(out, "i", name, value)
     if include_ids:
-        out[f"item={item_id}"] = 1.0
+        out["item"] = item_id
     merged = {**context, **item}
     for a, b in crosses:
         va, vb = merged.get(a), merged.get(b)
         if va is None or vb is None:
             continue
         if isinstance(va, str) or isinstance(vb, str):
-            out[f"x:{a}={va}&{b}={vb}"] = 1.0
+            out[f"x:{a}&{b}"] = f"{va}&{vb}"
         else:
             out[f"x:{a}*{b}"] = float(va) * float(vb)
     return out

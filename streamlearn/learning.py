@@ -1,38 +1,49 @@
 """Model specs from configuration, and the learner that validates progressively.
 
 A :class:`ModelSpec` names a River pipeline and its hyperparameters; data scientists change the
-model by changing configuration, never code. A :class:`Learner` scores every example before it
-learns from it (progressive validation), so its metrics are honest out-of-sample figures.
+model by changing configuration, never code. Features arrive as numbers and strings (see
+:mod:`streamlearn.features`); the pipeline one-hot encodes or hashes the strings, optionally
+scales the numbers, and feeds a logistic regression, an AdPredictor or a factorization machine.
 
->>> learner = Learner(ModelSpec(learning_rate=0.5))
+A :class:`Learner` scores every example before it learns from it (progressive validation), so
+its metrics are honest out-of-sample figures: the same as River's
+``evaluate.progressive_val_score`` on the same examples in the same order.
+
+>>> learner = Learner(ModelSpec(learner={"kind": "logistic_regression", "learning_rate": 0.5}))
 >>> for _ in range(50):
-...     _ = learner.learn_one({"x": 1.0}, True)
-...     _ = learner.learn_one({"x": -1.0}, False)
->>> learner.predict_proba_one({"x": 1.0}) > 0.9
+...     _ = learner.learn_one({"x": 1.0, "shop": "a"}, True)
+...     _ = learner.learn_one({"x": -1.0, "shop": "b"}, False)
+>>> learner.predict_proba_one({"x": 1.0, "shop": "a"}) > 0.9
 True
->>> learner.samples_seen
-100
+>>> learner.samples_seen, round(learner.metrics()["calibration"], 1)
+(100, 1.0)
+
+A bad spec fails at start-up, naming the field and why:
+
+>>> from pydantic import ValidationError
+>>> try:
+...     ModelSpec(learner={"kind": "fm", "n_factors": 0})
+... except ValidationError as exc:
+...     print(exc.errors()[0]["loc"], exc.errors()[0]["msg"])
+('learner', 'fm', 'n_factors') Input should be greater than or equal to 1
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import inspect
+import numbers
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from river import compose, linear_model, metrics, optim, preprocessing, utils
+from river import compose, facto, linear_model, metrics, optim, preprocessing, utils
 
 
-class ModelSpec(BaseModel):
-    """A River pipeline and its hyperparameters, validated at start-up."""
-
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field("ctr", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
-    learner: Literal["logistic_regression"] = "logistic_regression"
-    encoding: Literal["onehot", "hash"] = Field(
-        "onehot", description="onehot keeps one weight per feature; hash bounds memory."
-    )
-    hash_features: int = Field(2**18, ge=16, le=2**26)
+
+class LogisticRegressionSpec(_Strict):
+    kind: Literal["logistic_regression"] = "logistic_regression"
     optimizer: Literal["adagrad", "sgd"] = Field(
         "adagrad",
         description="adagrad: per-feature learning rates, as CTR models use. Plain SGD lets a "
@@ -41,21 +52,81 @@ class ModelSpec(BaseModel):
     )
     learning_rate: float = Field(0.1, gt=0, le=10)
     l2: float = Field(0.0, ge=0)
+
+    def build(self) -> Any:
+        opt = optim.AdaGrad if self.optimizer == "adagrad" else optim.SGD
+        return linear_model.LogisticRegression(optimizer=opt(self.learning_rate), l2=self.l2)
+
+
+class AdPredictorSpec(_Strict):
+    """Microsoft's Bayesian CTR model (Graepel et al. 2010), for binary (one-hot) features."""
+
+    kind: Literal["ad_predictor"]
+    beta: float = Field(0.1, gt=0, description="Scale of the probit link.")
+    prior_probability: float = Field(0.5, gt=0, lt=1, description="Prior click probability.")
+    epsilon: float = Field(0.05, ge=0, le=1, description="Dynamics: how fast beliefs forget.")
+
+    def build(self) -> Any:
+        return linear_model.AdPredictor(
+            beta=self.beta, prior_probability=self.prior_probability, epsilon=self.epsilon
+        )
+
+
+class FactorizationMachineSpec(_Strict):
+    """A factorization machine: learns pairwise interactions (user segment x item) itself."""
+
+    kind: Literal["fm"]
+    n_factors: int = Field(8, ge=1, le=256)
+    learning_rate: float = Field(0.05, gt=0, le=10)
+    l2_weight: float = Field(0.0, ge=0)
+    l2_latent: float = Field(0.0, ge=0)
+    seed: int = 0
+
+    def build(self) -> Any:
+        return facto.FMClassifier(
+            n_factors=self.n_factors,
+            weight_optimizer=optim.AdaGrad(self.learning_rate),
+            latent_optimizer=optim.AdaGrad(self.learning_rate),
+            l2_weight=self.l2_weight,
+            l2_latent=self.l2_latent,
+            seed=self.seed,
+        )
+
+
+LearnerSpec = Annotated[
+    LogisticRegressionSpec | AdPredictorSpec | FactorizationMachineSpec,
+    Field(discriminator="kind"),
+]
+
+
+class ModelSpec(_Strict):
+    """A River pipeline and its hyperparameters, validated at start-up."""
+
+    name: str = Field("ctr", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    encoding: Literal["onehot", "hash"] = Field(
+        "onehot",
+        description="onehot: one weight per category seen (River's OneHotEncoder with "
+        "drop_zeros, so high-cardinality ids stay sparse); hash: a fixed number of weights.",
+    )
+    hash_features: int = Field(2**18, ge=16, le=2**26)
+    scale: bool = Field(False, description="Standardize numeric features (never the one-hot).")
+    learner: LearnerSpec = LogisticRegressionSpec()
     crosses: tuple[tuple[str, str], ...] = (("segment", "category"),)
     include_ids: bool = True
     rolling_window: int = Field(2000, ge=10, description="Examples in the rolling metrics.")
 
     def build(self) -> Any:
-        steps: list[Any] = []
-        if self.encoding == "hash":
-            steps.append(preprocessing.FeatureHasher(n_features=self.hash_features, seed=0))
-        optimizer = (
-            optim.AdaGrad(self.learning_rate)
-            if self.optimizer == "adagrad"
-            else optim.SGD(self.learning_rate)
+        categorical = compose.SelectType(str) | (
+            preprocessing.FeatureHasher(n_features=self.hash_features, seed=0)
+            if self.encoding == "hash"
+            else preprocessing.OneHotEncoder(drop_zeros=True)
         )
-        steps.append(linear_model.LogisticRegression(optimizer=optimizer, l2=self.l2))
-        return compose.Pipeline(*steps)
+        numeric: Any = compose.SelectType(numbers.Number)
+        if self.scale:
+            numeric |= preprocessing.StandardScaler()
+        return compose.Pipeline(
+            compose.TransformerUnion(categorical, numeric), self.learner.build()
+        )
 
 
 class Learner:
@@ -66,30 +137,46 @@ class Learner:
         self.model = spec.build()
         self.samples_seen = 0
         self.positives = 0
+        self.predicted = 0.0
         # River's metrics are untyped: Any keeps mypy's strictness for our own code.
         self.auc: Any = metrics.ROCAUC()
         self.log_loss: Any = metrics.LogLoss()
         self.rolling_auc: Any = utils.Rolling(metrics.ROCAUC, window_size=spec.rolling_window)
+        # How the final step takes a sample weight: River's learners disagree on the name, and
+        # AdPredictor takes none (weighted examples then count once).
+        params = inspect.signature(self.model[-1].learn_one).parameters
+        self._weight_kw = next((k for k in ("w", "sample_weight") if k in params), None)
 
-    def predict_proba_one(self, x: dict[str, float]) -> float:
-        return float(self.model.predict_proba_one(x).get(True, 0.5))
+    def predict_proba_one(self, x: dict[str, Any]) -> float:
+        return float(self.model.predict_proba_one(x).get(True, 0.0))
 
-    def learn_one(self, x: dict[str, float], y: bool, w: float = 1.0) -> float:
+    def learn_one(self, x: dict[str, Any], y: bool, w: float = 1.0) -> float:
         """Score ``x``, update the metrics with that score, then learn with weight ``w``.
         Returns the score."""
-        p = self.predict_proba_one(x)
-        self.auc.update(y, p)
-        self.log_loss.update(y, p)
-        self.rolling_auc.update(y, p)
-        self.model.learn_one(x, y, w=w)
+        proba = self.model.predict_proba_one(x)
+        self.auc.update(y, proba)
+        self.log_loss.update(y, proba)
+        self.rolling_auc.update(y, proba)
+        if w == 1.0 or self._weight_kw is None:
+            self.model.learn_one(x, y)
+        else:
+            self.model.learn_one(x, y, **{self._weight_kw: w})
+        p = float(proba.get(True, 0.0))
         self.samples_seen += 1
         self.positives += int(y)
+        self.predicted += p
         return p
 
     def metrics(self) -> dict[str, float]:
+        n = self.samples_seen
+        rate = self.positives / n if n else 0.0
+        mean_p = self.predicted / n if n else 0.0
         return {
             "roc_auc": float(self.auc.get()),
             "rolling_roc_auc": float(self.rolling_auc.get()),
             "log_loss": float(self.log_loss.get()),
-            "positive_rate": self.positives / self.samples_seen if self.samples_seen else 0.0,
+            "positive_rate": rate,
+            "mean_predicted": mean_p,
+            # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
+            "calibration": mean_p / rate if rate else 0.0,
         }

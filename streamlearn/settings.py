@@ -1,20 +1,30 @@
 """All configuration, in one validated settings class.
 
-Every value can be set from the environment with the ``STREAMLEARN_`` prefix (nested fields with
-``__``, e.g. ``STREAMLEARN_MODEL__LEARNING_RATE=0.05``) or from a ``.env`` file. Processes read it
+Every value can be set in a TOML or YAML file named by ``STREAMLEARN_CONFIG`` (model specs are
+easiest there), and overridden from the environment with the ``STREAMLEARN_`` prefix (nested
+fields with ``__``, e.g. ``STREAMLEARN_MODEL__LEARNER__LEARNING_RATE=0.05``) or a ``.env`` file.
+A setting that cannot work fails at start-up, naming the field and why. Processes read it
 through :func:`get_settings`, which tests override by setting the environment of the process they
 start, or by calling ``get_settings.cache_clear()``.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
 
+from streamlearn.errors import ConfigError
 from streamlearn.learning import ModelSpec
 
 OutcomeKindName = Literal["click", "add_to_cart", "purchase"]
@@ -75,7 +85,18 @@ class Settings(BaseSettings):
     )
 
     # Learning and snapshots
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(ModelSpec(), description="The champion: the model the API serves.")
+    challengers: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Models learning from the same pass over the examples, each in its own "
+        "lineage of snapshots, for comparison.",
+    )
+    correction_policy: Literal["ignore", "learn"] = Field(
+        "ignore",
+        description="What the trainer does with a joiner's correction example (a late positive "
+        "after its negative): ignore it, or learn the positive too, weighted.",
+    )
+    correction_weight: float = Field(1.0, gt=0, description="Weight of a learned correction.")
     checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
     checkpoint_every_s: float = Field(10.0, gt=0, description="...or after this many seconds.")
     snapshot_hmac_key: SecretStr = SecretStr("streamlearn-dev-key-change-me")
@@ -102,6 +123,38 @@ class Settings(BaseSettings):
     sim_slate_size: int = Field(5, ge=1)
     sim_seed: int = 7
     sim_mean_delay_s: float = Field(2.0, gt=0, description="Mean delay of a conversion.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, dotenv_settings]
+        path = os.environ.get("STREAMLEARN_CONFIG")
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"STREAMLEARN_CONFIG={path}: no such file")
+            if path.endswith((".yaml", ".yml")):
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            else:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        """The champion first, then the challengers."""
+        return [self.model, *self.challengers]
+
+    @model_validator(mode="after")
+    def _model_names_differ(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must differ (each has its own snapshots): {names}")
+        return self
 
     @model_validator(mode="after")
     def _slate_fits_catalog(self) -> Settings:

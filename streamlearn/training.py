@@ -18,14 +18,16 @@ False
 
 from __future__ import annotations
 
+from typing import Literal
+
 from streamlearn.clock import Clock
 from streamlearn.events import LabeledExample
-from streamlearn.features import impression_features
+from streamlearn.features import Features, impression_features
 from streamlearn.learning import Learner, ModelSpec
 from streamlearn.snapshots.base import Snapshot
 
 
-def example_features(spec: ModelSpec, example: LabeledExample) -> dict[str, float]:
+def example_features(spec: ModelSpec, example: LabeledExample) -> Features:
     return impression_features(
         example.context,
         example.item_features,
@@ -45,11 +47,15 @@ class Training:
         every_n: int,
         every_s: float,
         snapshot: Snapshot | None = None,
+        correction_policy: Literal["ignore", "learn"] = "ignore",
+        correction_weight: float = 1.0,
     ) -> None:
         self.spec = spec
         self.clock = clock
         self.every_n = every_n
         self.every_s = every_s
+        self.correction_policy = correction_policy
+        self.correction_weight = correction_weight
         if snapshot is None:
             self.learner = Learner(spec)
             self.offsets: dict[int, int] = {}
@@ -68,19 +74,25 @@ class Training:
         return self.learner.samples_seen
 
     def learn(self, example: LabeledExample, partition: int, offset: int) -> None:
-        if example.correction:
-            # A late positive for an impression already learned as a negative: ignored until a
-            # correction policy is configured (issue 4); its offset still moves.
-            self.skip(partition, offset)
+        """Learn one example, unless this model has learned that record already (several models
+        share one pass over the topic, each resuming from its own snapshot's offsets)."""
+        if offset < self.offsets.get(partition, 0):
             return
+        weight = example.weight
+        if example.correction:
+            # A late positive for an impression already learned as a negative.
+            if self.correction_policy == "ignore":
+                self.skip(partition, offset)
+                return
+            weight *= self.correction_weight
         x = example_features(self.spec, example)
-        self.learner.learn_one(x, example.label, example.weight)
+        self.learner.learn_one(x, example.label, weight)
         self.skip(partition, offset)
         self._since += 1
 
     def skip(self, partition: int, offset: int) -> None:
         """Move past a record without learning from it (dead-lettered or ignored)."""
-        self.offsets[partition] = offset + 1
+        self.offsets[partition] = max(self.offsets.get(partition, 0), offset + 1)
 
     def checkpoint_due(self) -> bool:
         if self._since == 0:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
-from streamlearn.training import Training
+from streamlearn.training import Training, example_features
 
 
 def example(label: bool, segment: str = "a") -> LabeledExample:
@@ -54,11 +56,12 @@ def test_snapshot_states_the_resume_point_and_lineage() -> None:
 
 def test_progressive_validation_scores_before_learning() -> None:
     t = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
-    for _ in range(200):
-        t.learn(example(True, "a"), 0, 0)
-        t.learn(example(False, "z"), 0, 0)
+    for n in range(200):
+        t.learn(example(True, "a"), 0, 2 * n)
+        t.learn(example(False, "z"), 0, 2 * n + 1)
     m = t.learner.metrics()
     assert m["roc_auc"] > 0.9 and m["positive_rate"] == 0.5
+    assert 0.9 < m["calibration"] < 1.1
 
 
 def test_corrections_are_skipped_and_weights_are_used() -> None:
@@ -71,5 +74,48 @@ def test_corrections_are_skipped_and_weights_are_used() -> None:
     )
     light.learn(example(True), 0, 0)
     heavy.learn(example(True).model_copy(update={"weight": 5.0}), 0, 0)
-    x = {"c:segment=a": 1.0, "i:category=b": 1.0, "item=i": 1.0}
+    x = example_features(ModelSpec(), example(True))
     assert heavy.learner.predict_proba_one(x) > light.learner.predict_proba_one(x)
+
+
+def test_correction_policy_learn_weights_the_late_positive() -> None:
+    t = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        every_n=100,
+        every_s=60.0,
+        correction_policy="learn",
+        correction_weight=0.5,
+    )
+    t.learn(example(True).model_copy(update={"correction": True}), 0, 7)
+    assert t.samples_seen == 1 and t.learner.positives == 1
+
+
+def test_a_model_skips_what_its_snapshot_has_learned() -> None:
+    """Several models share one pass; each resumes from its own offsets."""
+    ahead = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
+    for n in range(5):
+        ahead.learn(example(n % 2 == 0), 0, n)
+    restored = Training(
+        ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0, snapshot=ahead.snapshot(1)
+    )
+    for n in range(8):  # the shared pass re-reads from an earlier offset
+        restored.learn(example(n % 2 == 0), 0, n)
+    assert restored.samples_seen == 8 and restored.offsets == {0: 8}
+
+
+@pytest.mark.parametrize(
+    "learner", [{"kind": "logistic_regression"}, {"kind": "ad_predictor"}, {"kind": "fm"}]
+)
+@pytest.mark.parametrize("encoding,scale", [("onehot", False), ("hash", True)])
+def test_every_learner_and_encoding_learns_who_likes_what(
+    learner: dict[str, str], encoding: str, scale: bool
+) -> None:
+    spec = ModelSpec.model_validate({"learner": learner, "encoding": encoding, "scale": scale})
+    t = Training(spec, ManualClock(0.0), every_n=1000, every_s=60.0)
+    for n in range(300):
+        t.learn(example(True, "likes"), 0, 2 * n)
+        t.learn(example(False, "dislikes"), 0, 2 * n + 1)
+    likes = t.learner.predict_proba_one(example_features(spec, example(True, "likes")))
+    dislikes = t.learner.predict_proba_one(example_features(spec, example(True, "dislikes")))
+    assert likes > 0.6 > 0.4 > dislikes, (likes, dislikes)
