@@ -231,3 +231,17 @@ def converted(recs: list[Recommendation], outs: list[Outcome], window_s: float) 
         for o in outs
         if o.recommendation_id in end and o.event_time <= end[o.recommendation_id]
     }
+
+
+def trainer_committed(settings: Settings) -> dict[int, int]:
+    """The offsets the trainer's consumer group has committed on the examples topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = settings.topic("examples")
+    group = f"{settings.topic_prefix}trainer"
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10) if tp.offset >= 0}
+    finally:
+        c.close()

@@ -21,7 +21,15 @@ from river import metrics
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import open_store
-from tests.conftest import Processes, configure, converted, examples, traffic, wait_until
+from tests.conftest import (
+    Processes,
+    configure,
+    converted,
+    examples,
+    traffic,
+    trainer_committed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +111,7 @@ def test_whole_loop(
         # The next offset to read is the end, less a trailing transaction marker if any.
         assert end - 1 <= snapshot.offsets[p] <= end
     assert "resuming ctr from v" in processes.log("trainer")
-    assert _committed(settings) == snapshot.offsets
+    assert trainer_committed(settings) == snapshot.offsets
 
     # 3. The API answers with the snapshot's version.
     base = f"http://127.0.0.1:{settings.api_port}"
@@ -155,23 +163,6 @@ def _ends(settings: Settings, topic: str) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
     try:
         return end_offsets(c, topic)
-    finally:
-        c.close()
-
-
-def _committed(settings: Settings) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    topic = settings.topic("examples")
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.topic_prefix}trainer",
-        }
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10) if tp.offset >= 0}
     finally:
         c.close()
 

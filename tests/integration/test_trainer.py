@@ -1,0 +1,184 @@
+"""The trainer on the real broker and Redis: exactly-once learning through crashes at every step
+of a checkpoint, and progressive validation identical to River's own."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from river import evaluate, metrics
+
+from streamlearn.clock import ManualClock
+from streamlearn.events import LabeledExample
+from streamlearn.settings import Settings
+from streamlearn.snapshots import open_store
+from streamlearn.training import Training, example_features
+from tests.conftest import (
+    Processes,
+    configure,
+    free_port,
+    produce,
+    trainer_committed,
+    wait_until,
+)
+from tests.unit.test_training import example
+
+pytestmark = pytest.mark.integration
+
+N = 1200
+
+
+def stream(seed: int = 11) -> list[LabeledExample]:
+    """Examples whose label depends on segment x category, as the storefront's do."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(N):
+        segment, category = rng.choice("abc"), rng.choice("xyz")
+        p = 0.7 if (segment, category) in {("a", "x"), ("b", "y"), ("c", "z")} else 0.15
+        e = example(rng.random() < p, segment)
+        out.append(
+            e.model_copy(
+                update={
+                    "example_id": f"r{n}:i",
+                    "item_features": {"category": category, "price": rng.uniform(1, 50)},
+                }
+            )
+        )
+    return out
+
+
+def start(processes: Processes, monkeypatch: pytest.MonkeyPatch, **extra: str) -> Settings:
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_PARTITIONS="1",
+        STREAMLEARN_CHECKPOINT_EVERY_N="100",
+        STREAMLEARN_CHECKPOINT_EVERY_S="60",
+        **extra,
+    )
+    produce(
+        s,
+        [(s.topic("examples"), e.user_id.encode(), e.model_dump_json().encode()) for e in stream()],
+    )
+    return s
+
+
+def learned_all(s: Settings) -> bool:
+    store = open_store(s)
+    v = store.latest_version("ctr")
+    return v is not None and store.meta("ctr", v)["samples_seen"] >= N
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "trainer.learned:700",  # between checkpoints (batches hold at most 500)
+        "trainer.before_snapshot:3",  # just before the third snapshot is written
+        "trainer.after_snapshot:3",  # the third snapshot written, its offsets not committed
+    ],
+)
+def test_sigkill_at_every_step_learns_each_example_once(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, failpoint: str
+) -> None:
+    s = start(processes, monkeypatch)
+    processes.env["STREAMLEARN_FAILPOINT"] = failpoint
+    first = processes.start("trainer", "-m", "consumers.trainer")
+    assert first.wait(120) == -9, "the failpoint should have killed the trainer"
+    del processes.env["STREAMLEARN_FAILPOINT"]
+    assert open_store(s).latest_version("ctr") is not None  # it died with work done
+    processes.start("trainer-restarted", "-m", "consumers.trainer")
+    wait_until(lambda: learned_all(s), "the restarted trainer to learn every example")
+
+    final = open_store(s).get("ctr")
+    assert final.samples_seen == N and final.offsets == {0: N}
+    # With one partition the order is fixed: the weights are those of a run without a crash.
+    reference = Training(s.model, ManualClock(0.0), every_n=10**9, every_s=1e9)
+    for offset, e in enumerate(stream()):
+        reference.learn(e, 0, offset)
+    assert final.model.model[-1].weights == pytest.approx(reference.learner.model[-1].weights)
+    assert final.metrics == pytest.approx(reference.learner.metrics())
+
+
+def test_progressive_validation_equals_rivers(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = start(processes, monkeypatch)
+    processes.start("trainer", "-m", "consumers.trainer")
+    wait_until(lambda: learned_all(s), "the trainer to learn every example")
+    got = open_store(s).get("ctr").metrics
+
+    spec = s.model
+    dataset = [(example_features(spec, e), e.label) for e in stream()]
+    auc = evaluate.progressive_val_score(dataset, spec.build(), metrics.ROCAUC())
+    loss = evaluate.progressive_val_score(dataset, spec.build(), metrics.LogLoss())
+    assert got["roc_auc"] == pytest.approx(auc.get(), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(loss.get(), abs=1e-12)
+    assert math.isfinite(got["calibration"]) and got["roc_auc"] > 0.7
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server binary")
+def test_redis_down_at_checkpoint_time(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A Redis of the test's own, stopped mid-run: the trainer keeps learning, commits nothing
+    past the last complete snapshot, says so in its log and metrics, and catches up when Redis
+    is back."""
+    port = free_port()
+
+    def redis_server() -> subprocess.Popen[bytes]:
+        cmd = ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)]
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        wait_until(lambda: _answers(port), "the test's Redis to answer")
+        return server
+
+    server = redis_server()
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_PARTITIONS="1",
+        STREAMLEARN_CHECKPOINT_EVERY_N="100",
+        STREAMLEARN_CHECKPOINT_EVERY_S="1",
+        STREAMLEARN_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+    )
+    topic = s.topic("examples")
+    half = [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in stream()]
+    produce(s, half[: N // 2])
+    processes.start("trainer", "-m", "consumers.trainer")
+    wait_until(lambda: trainer_committed(s) == {0: N // 2}, "the first half to be committed")
+
+    server.terminate()
+    server.wait(10)
+    produce(s, half[N // 2 :])
+    wait_until(
+        lambda: "checkpoint of ctr incomplete" in processes.log("trainer"),
+        "the trainer to say its checkpoint is incomplete",
+    )
+    metrics_port = processes.env["STREAMLEARN_TRAINER_METRICS_PORT"]
+    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    name = "streamlearn_trainer_checkpoint_failures_total "
+    line = next(x for x in scrape.splitlines() if x.startswith(name))
+    assert float(line.removeprefix(name)) >= 1
+    assert trainer_committed(s) == {0: N // 2}  # nothing past the last complete snapshot
+
+    server = redis_server()
+    try:
+        wait_until(lambda: trainer_committed(s) == {0: N}, "the trainer to catch up")
+        hot = open_store(s).hot
+        v = hot.latest_version("ctr")
+        assert v is not None and hot.meta("ctr", v)["samples_seen"] == N
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
