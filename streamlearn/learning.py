@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from collections import deque
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from river import compose, facto, linear_model, metrics, optim, preprocessing, utils
+from river import compose, facto, linear_model, metrics, optim, preprocessing
 
 
 class _Strict(BaseModel):
@@ -141,11 +143,17 @@ class Learner:
         # River's metrics are untyped: Any keeps mypy's strictness for our own code.
         self.auc: Any = metrics.ROCAUC()
         self.log_loss: Any = metrics.LogLoss()
-        self.rolling_auc: Any = utils.Rolling(metrics.ROCAUC, window_size=spec.rolling_window)
+        # The last scores and labels; their exact AUC is computed when asked for (at each
+        # checkpoint), not updated per example as a rolling River metric would be.
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=spec.rolling_window)
         # How the final step takes a sample weight: River's learners disagree on the name, and
         # AdPredictor takes none (weighted examples then count once).
         params = inspect.signature(self.model[-1].learn_one).parameters
         self._weight_kw = next((k for k in ("w", "sample_weight") if k in params), None)
+        # Without scaling every step before the learner is stateless (one-hot with drop_zeros
+        # learns nothing, hashing and selection are pure), so the features can be transformed
+        # once for both the prediction and the update, exactly as the pipeline would.
+        self._transform_once = not spec.scale
 
     def predict_proba_one(self, x: dict[str, Any]) -> float:
         return float(self.model.predict_proba_one(x).get(True, 0.0))
@@ -153,15 +161,18 @@ class Learner:
     def learn_one(self, x: dict[str, Any], y: bool, w: float = 1.0) -> float:
         """Score ``x``, update the metrics with that score, then learn with weight ``w``.
         Returns the score."""
-        proba = self.model.predict_proba_one(x)
+        kwargs = {} if w == 1.0 or self._weight_kw is None else {self._weight_kw: w}
+        if self._transform_once:
+            features, final = self.model[0].transform_one(x), self.model[-1]
+            proba = final.predict_proba_one(features)
+            final.learn_one(features, y, **kwargs)
+        else:
+            proba = self.model.predict_proba_one(x)
+            self.model.learn_one(x, y, **kwargs)
         self.auc.update(y, proba)
         self.log_loss.update(y, proba)
-        self.rolling_auc.update(y, proba)
-        if w == 1.0 or self._weight_kw is None:
-            self.model.learn_one(x, y)
-        else:
-            self.model.learn_one(x, y, **{self._weight_kw: w})
         p = float(proba.get(True, 0.0))
+        self.recent.append((p, y))
         self.samples_seen += 1
         self.positives += int(y)
         self.predicted += p
@@ -173,10 +184,33 @@ class Learner:
         mean_p = self.predicted / n if n else 0.0
         return {
             "roc_auc": float(self.auc.get()),
-            "rolling_roc_auc": float(self.rolling_auc.get()),
+            "rolling_roc_auc": exact_auc(self.recent),
             "log_loss": float(self.log_loss.get()),
             "positive_rate": rate,
             "mean_predicted": mean_p,
             # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
             "calibration": mean_p / rate if rate else 0.0,
         }
+
+
+def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:
+    """ROC AUC of (score, label) pairs by ranks (Mann-Whitney U), ties counted half; 0 while
+    one class is missing, as River's ROCAUC reports.
+
+    >>> exact_auc([(0.9, True), (0.8, False), (0.3, True), (0.1, False)])
+    0.75
+    """
+    pairs = sorted(scored, key=lambda sy: sy[0])
+    positives = sum(1 for _, y in pairs if y)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return 0.0
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        mid_rank = (i + j + 1) / 2  # ranks i+1..j share their mean
+        rank_sum += mid_rank * sum(1 for _, y in pairs[i:j] if y)
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)

@@ -1,0 +1,171 @@
+"""The trainer's learning rate from the real broker, next to raw River on the same examples.
+
+Over one list of simulated labeled examples, in this process:
+
+* raw River: the same pipeline's ``learn_one`` on feature dicts built beforehand (the baseline
+  of the ratio);
+* raw River with progressive validation: ``predict_proba_one`` and a ROC AUC update first;
+* streamlearn in process: ``Training.learn`` (features, progressive validation with its
+  metrics, offsets), no Kafka;
+* the trainer from the real broker: the examples produced to a fresh topic, then the trainer's
+  own loop (consume, parse, learn, dead letters, checkpoints to Redis and the archive) timed
+  until it has learned them all.
+
+Then snapshot write and load (sign + archive write; read + verify + unpickle) for a logistic
+regression with one million weights. Prints figures; the last line is one JSON object. Run:
+``python bench/train.py [N]`` after ``make infra-up``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+from river import metrics
+
+from streamlearn.clock import SystemClock
+from streamlearn.events import LabeledExample
+from streamlearn.learning import ModelSpec
+from streamlearn.settings import Settings
+from streamlearn.simulation import Storefront
+from streamlearn.snapshots import ObjectSnapshotStore
+from streamlearn.training import Training, example_features
+from topics import ensure_topics
+
+
+def examples(n: int) -> list[LabeledExample]:
+    shop = Storefront(world_seed=7, traffic_seed=1)
+    out: list[LabeledExample] = []
+    while len(out) < n:
+        user, slate = shop.impressions()
+        for pos, item in enumerate(slate):
+            out.append(
+                LabeledExample(
+                    example_id=f"{len(out)}:{item.item_id}",
+                    recommendation_id=str(len(out)),
+                    user_id=user.user_id,
+                    item_id=item.item_id,
+                    position=pos,
+                    propensity=1.0,
+                    served_score=None,
+                    model_version=None,
+                    context=shop.context(user),
+                    item_features=shop.item_features(item, pos),
+                    label=shop.rng.random() < shop.probability(user, item, pos),
+                    recommendation_time=0.0,
+                )
+            )
+    return out[:n]
+
+
+def per_second(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def through_broker(data: list[LabeledExample]) -> float:
+    """Examples per second learned by the trainer's own loop from a fresh topic."""
+    from confluent_kafka import Producer
+
+    from consumers.trainer import Trainer
+    from topics import producer_config
+
+    os.environ.update(
+        {
+            "STREAMLEARN_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}.",
+            "STREAMLEARN_PARTITIONS": "1",
+            "STREAMLEARN_ARCHIVE_URL": f"file://{tempfile.mkdtemp()}",
+            "STREAMLEARN_CHECKPOINT_EVERY_N": "10000",
+        }
+    )
+    s = Settings()
+    ensure_topics(s)
+    producer = Producer(producer_config(s, **{"linger.ms": 20}))
+    for e in data:
+        producer.produce(s.topic("examples"), key=e.user_id.encode(), value=e.model_dump_json())
+        producer.poll(0)
+    producer.flush(60)
+    trainer = Trainer(s)
+    trainer.consumer.subscribe([trainer.examples], on_assign=trainer.on_assign)
+    learned = trainer.trainings[0]
+    start = None
+    while learned.samples_seen < len(data):
+        msgs = trainer.consumer.consume(num_messages=500, timeout=1.0)
+        start = start or time.perf_counter()
+        for msg in msgs:
+            trainer.handle(msg)
+        if learned.checkpoint_due():
+            trainer.checkpoint()
+    trainer.checkpoint()
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    trainer.consumer.close()
+    return len(data) / elapsed
+
+
+def million_weight_snapshot(spec: ModelSpec) -> tuple[float, float, int]:
+    training = Training(spec, SystemClock(), every_n=10**9, every_s=1e9)
+    weights = training.learner.model[-1]._weights
+    for i in range(1_000_000):
+        weights[f"item_{i}"] = 0.001 * (i % 97)
+    store = ObjectSnapshotStore(f"file://{tempfile.mkdtemp()}", b"bench-key")
+    t = time.perf_counter()
+    store.put(training.snapshot(1))
+    write_s = time.perf_counter() - t
+    t = time.perf_counter()
+    loaded = store.get(spec.name, 1)
+    load_s = time.perf_counter() - t
+    assert len(loaded.model.model[-1]._weights) == 1_000_000
+    size = len(training.snapshot(1).sign(b"bench-key"))
+    return write_s, load_s, size
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    spec = ModelSpec()
+    data = examples(n)
+    xs = [(example_features(spec, e), e.label) for e in data]
+
+    model = spec.build()
+    t = time.perf_counter()
+    for x, y in xs:
+        model.learn_one(x, y)
+    raw = time.perf_counter() - t
+
+    model, auc = spec.build(), metrics.ROCAUC()
+    t = time.perf_counter()
+    for x, y in xs:
+        auc.update(y, model.predict_proba_one(x).get(True, 0.5))
+        model.learn_one(x, y)
+    raw_pv = time.perf_counter() - t
+
+    training = Training(spec, SystemClock(), every_n=10**9, every_s=1e9)
+    t = time.perf_counter()
+    for offset, e in enumerate(data):
+        training.learn(e, 0, offset)
+    ours = time.perf_counter() - t
+
+    broker = through_broker(data)
+    write_s, load_s, size = million_weight_snapshot(spec)
+
+    figures = {
+        "examples": n,
+        "raw_river_per_s": round(per_second(n, raw)),
+        "raw_river_progressive_per_s": round(per_second(n, raw_pv)),
+        "in_process_per_s": round(per_second(n, ours)),
+        "trainer_per_s": round(broker),
+        "ratio": round(broker / per_second(n, raw), 3),
+        "ratio_in_process": round(raw / ours, 3),
+        "snapshot_write_s": round(write_s, 3),
+        "snapshot_load_s": round(load_s, 3),
+        "snapshot_bytes_1m_weights": size,
+    }
+    for key, value in figures.items():
+        print(f"{key:32} {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
