@@ -3,6 +3,7 @@ of a checkpoint, and progressive validation identical to River's own."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -105,21 +106,35 @@ def test_sigkill_at_every_step_learns_each_example_once(
     assert final.metrics == pytest.approx(reference.learner.metrics())
 
 
-def test_progressive_validation_equals_rivers(
+def test_champion_and_challengers_match_rivers_progressive_validation(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = start(processes, monkeypatch)
+    """Three specs learn from one pass, each in its own lineage, and each one's metrics are
+    exactly River's ``progressive_val_score`` for that spec on the same examples in order."""
+    challengers = [
+        {"name": "ctr-fm", "learner": {"kind": "fm", "n_factors": 4}},
+        {"name": "ctr-adp", "encoding": "hash", "learner": {"kind": "ad_predictor"}},
+    ]
+    s = start(processes, monkeypatch, STREAMLEARN_CHALLENGERS=json.dumps(challengers))
     processes.start("trainer", "-m", "consumers.trainer")
-    wait_until(lambda: learned_all(s), "the trainer to learn every example")
-    got = open_store(s).get("ctr").metrics
+    store = open_store(s)
 
-    spec = s.model
-    dataset = [(example_features(spec, e), e.label) for e in stream()]
-    auc = evaluate.progressive_val_score(dataset, spec.build(), metrics.ROCAUC())
-    loss = evaluate.progressive_val_score(dataset, spec.build(), metrics.LogLoss())
-    assert got["roc_auc"] == pytest.approx(auc.get(), abs=1e-12)
-    assert got["log_loss"] == pytest.approx(loss.get(), abs=1e-12)
-    assert math.isfinite(got["calibration"]) and got["roc_auc"] > 0.7
+    def all_learned() -> bool:
+        versions = [store.latest_version(m.name) for m in s.models]
+        return all(v is not None for v in versions) and all(
+            store.meta(m.name, v)["samples_seen"] >= N
+            for m, v in zip(s.models, versions, strict=True)
+        )
+
+    wait_until(all_learned, "every model to learn every example")
+    for spec in s.models:
+        got = store.get(spec.name).metrics
+        dataset = [(example_features(spec, e), e.label) for e in stream()]
+        auc = evaluate.progressive_val_score(dataset, spec.build(), metrics.ROCAUC())
+        loss = evaluate.progressive_val_score(dataset, spec.build(), metrics.LogLoss())
+        assert got["roc_auc"] == pytest.approx(auc.get(), abs=1e-12), spec.name
+        assert got["log_loss"] == pytest.approx(loss.get(), abs=1e-12), spec.name
+        assert math.isfinite(got["calibration"]) and got["roc_auc"] > 0.7, (spec.name, got)
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server binary")
