@@ -30,6 +30,7 @@ A bad spec fails at start-up, naming the field and why:
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import numbers
 from collections import deque
@@ -141,7 +142,7 @@ class Learner:
         self.positives = 0
         self.predicted = 0.0
         # River's metrics are untyped: Any keeps mypy's strictness for our own code.
-        self.auc: Any = metrics.ROCAUC()
+        self.auc = ThresholdAUC()
         self.log_loss: Any = metrics.LogLoss()
         # The last scores and labels; their exact AUC is computed when asked for (at each
         # checkpoint), not updated per example as a rolling River metric would be.
@@ -169,9 +170,9 @@ class Learner:
         else:
             proba = self.model.predict_proba_one(x)
             self.model.learn_one(x, y, **kwargs)
-        self.auc.update(y, proba)
-        self.log_loss.update(y, proba)
         p = float(proba.get(True, 0.0))
+        self.auc.update(y, p)
+        self.log_loss.update(y, proba)
         self.recent.append((p, y))
         self.samples_seen += 1
         self.positives += int(y)
@@ -214,3 +215,40 @@ def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:
         rank_sum += mid_rank * sum(1 for _, y in pairs[i:j] if y)
         i = j
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+class ThresholdAUC:
+    """River's ``metrics.ROCAUC`` (10 thresholds), the same figure for the same inputs, at a
+    fraction of the cost: one histogram bin per update instead of ten confusion matrices.
+
+    >>> from river import metrics
+    >>> ours, rivers = ThresholdAUC(), metrics.ROCAUC()
+    >>> for y, p in [(True, 0.9), (False, 0.4), (True, 0.35), (False, 0.1), (False, 0.8)]:
+    ...     ours.update(y, p); rivers.update(y, {True: p, False: 1 - p})
+    >>> bool(abs(ours.get() - rivers.get()) < 1e-12), round(ours.get(), 4)
+    (True, 0.75)
+    """
+
+    def __init__(self, n_thresholds: int = 10) -> None:
+        self.thresholds = [i / (n_thresholds - 1) for i in range(n_thresholds)]
+        self.thresholds[0] -= 1e-7
+        self.thresholds[-1] += 1e-7
+        # bins[k]: weight of examples whose score is above exactly the k lowest thresholds.
+        self.positives = [0.0] * (n_thresholds + 1)
+        self.negatives = [0.0] * (n_thresholds + 1)
+
+    def update(self, y: bool, p: float, w: float = 1.0) -> None:
+        (self.positives if y else self.negatives)[bisect.bisect_left(self.thresholds, p)] += w
+
+    def get(self) -> float:
+        total_pos, total_neg = sum(self.positives), sum(self.negatives)
+        tprs, fprs = [], []
+        for i in range(len(self.thresholds)):
+            # Predicted positive at threshold i: the bins above it.
+            tp, fp = sum(self.positives[i + 1 :]), sum(self.negatives[i + 1 :])
+            tprs.append(tp / total_pos if total_pos else 0.0)
+            fprs.append(fp / total_neg if total_neg else 0.0)
+        area = sum(
+            (fprs[i + 1] - fprs[i]) * (tprs[i + 1] + tprs[i]) / 2 for i in range(len(fprs) - 1)
+        )
+        return -area
