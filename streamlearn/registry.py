@@ -6,6 +6,7 @@ to the version it pointed at before. Retention deletes old versions but never an
 pinned one, nor the newest (the trainer's lineage continues from it).
 
 >>> import tempfile
+>>> from streamlearn.snapshots.base import Snapshot
 >>> from streamlearn.snapshots.objects import ObjectSnapshotStore
 >>> store = ObjectSnapshotStore(f"file://{tempfile.mkdtemp()}", b"key")
 >>> for v in (1, 2, 3):
@@ -27,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamlearn.errors import SnapshotError, SnapshotNotFound
-from streamlearn.snapshots.base import Snapshot, SnapshotStore
+from streamlearn.snapshots.base import SnapshotStore
 
 CHAMPION = "champion"
 
@@ -107,6 +108,3 @@ class Registry:
         for v in gone:
             self.store.delete(model_name, v)
         return gone
-
-    def load(self, model_name: str, version: int | str | None = None) -> Snapshot:
-        return self.store.get(model_name, self.resolve(model_name, version))

@@ -46,12 +46,6 @@ class RedisSnapshotStore:
     def next_version(self, model_name: str) -> int:
         return int(self._r.incr(f"{self._p}seq:{model_name}"))
 
-    def ensure_sequence(self, model_name: str, at_least: int) -> None:
-        """Make the next version at least ``at_least + 1`` (after Redis lost its data, say)."""
-        key = f"{self._p}seq:{model_name}"
-        if int(self._r.get(key) or 0) < at_least:
-            self._r.set(key, at_least)
-
     def put(self, snapshot: Snapshot) -> None:
         name, version = snapshot.model_name, snapshot.version
         if not self._r.set(f"{self._p}snap:{name}:{version}", snapshot.sign(self._key), nx=True):
