@@ -104,15 +104,24 @@ class Trainer:
         log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
 
-    def run(self) -> None:
+    def subscribe(self) -> None:
         self.consumer.subscribe([self.examples], on_assign=self.on_assign)
+
+    def step(self) -> int:
+        """One batch: consume, learn, checkpoint when due. Returns the records read."""
+        msgs = self.consumer.consume(num_messages=500, timeout=0.5)
+        for msg in msgs:
+            self.handle(msg)
+        self.producer.poll(0)
+        due = any(t.checkpoint_due() for t in self.trainings)
+        if due and time.monotonic() >= self.retry_at:
+            self.checkpoint()
+        return len(msgs)
+
+    def run(self) -> None:
+        self.subscribe()
         while not self.stopping:
-            for msg in self.consumer.consume(num_messages=500, timeout=0.5):
-                self.handle(msg)
-            self.producer.poll(0)
-            due = any(t.checkpoint_due() for t in self.trainings)
-            if due and time.monotonic() >= self.retry_at:
-                self.checkpoint()
+            self.step()
         if any(t.checkpoint_due() for t in self.trainings):
             self.checkpoint()
         self.consumer.close()

@@ -40,6 +40,7 @@ class Served:
 class ModelHolder:
     def __init__(self, store: SnapshotStore, model_name: str) -> None:
         self._store = store
+        self._registry = Registry(store)
         self.model_name = model_name
         self.current: Served | None = None
         self.swaps = 0
@@ -49,7 +50,7 @@ class ModelHolder:
         the one held: promote and rollback both land here. True when swapped."""
         held = self.current.version if self.current is not None else None
         try:
-            wanted = Registry(self._store).served_version(self.model_name)
+            wanted = self._registry.served_version(self.model_name)
             if wanted is None or wanted == held:
                 return False
             snapshot = self._store.get(self.model_name, wanted)

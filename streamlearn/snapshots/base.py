@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from streamlearn import __version__
-from streamlearn.errors import SignatureError
+from streamlearn.errors import SignatureError, SnapshotNotFound
 
 MAGIC = b"SLS1"
 SCHEMA_VERSION = 1
@@ -94,6 +94,42 @@ class Snapshot:
         offsets = {int(p): o for p, o in meta.pop("offsets").items()}
         model = pickle.loads(payload)  # only after the HMAC verified above
         return cls(model=model, offsets=offsets, **meta)
+
+
+class SignedBlobs:
+    """What every backend shares: versions are signed blobs, resolved and verified here; a
+    backend only lists version numbers and reads one blob."""
+
+    _key: bytes
+
+    def version_numbers(self, model_name: str) -> list[int]:
+        raise NotImplementedError
+
+    def _read(self, model_name: str, version: int) -> bytes | None:
+        raise NotImplementedError
+
+    def latest_version(self, model_name: str) -> int | None:
+        numbers = self.version_numbers(model_name)
+        return numbers[-1] if numbers else None
+
+    def _blob(self, model_name: str, version: int | None) -> bytes:
+        if version is None:
+            version = self.latest_version(model_name)
+            if version is None:
+                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+        blob = self._read(model_name, version)
+        if blob is None:
+            raise SnapshotNotFound(f"model {model_name!r} has no version {version}")
+        return blob
+
+    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+        return Snapshot.verify(self._blob(model_name, version), self._key)
+
+    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        return Snapshot.verify_meta(self._blob(model_name, version), self._key)
+
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        return [self.meta(model_name, v) for v in self.version_numbers(model_name)]
 
 
 def empty_registry() -> dict[str, Any]:

@@ -29,11 +29,11 @@ import orjson
 from obstore.exceptions import AlreadyExistsError
 from obstore.store import from_url
 
-from streamlearn.errors import SnapshotError, SnapshotNotFound
-from streamlearn.snapshots.base import Snapshot, empty_registry
+from streamlearn.errors import SnapshotError
+from streamlearn.snapshots.base import SignedBlobs, Snapshot, empty_registry
 
 
-class ObjectSnapshotStore:
+class ObjectSnapshotStore(SignedBlobs):
     def __init__(self, url: str, key: bytes, **options: Any) -> None:
         if url.startswith("file://"):
             Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ class ObjectSnapshotStore:
     def _path(model_name: str, version: int) -> str:
         return f"{model_name}/v{version:010d}.sls"
 
-    def _version_numbers(self, model_name: str) -> list[int]:
+    def version_numbers(self, model_name: str) -> list[int]:
         found = []
         for batch in obstore.list(self._store, f"{model_name}/"):
             for obj in batch:
@@ -69,28 +69,11 @@ class ObjectSnapshotStore:
         except AlreadyExistsError as exc:
             raise SnapshotError(f"{path} already exists: versions are immutable") from exc
 
-    def latest_version(self, model_name: str) -> int | None:
-        numbers = self._version_numbers(model_name)
-        return numbers[-1] if numbers else None
-
-    def _blob(self, model_name: str, version: int | None) -> bytes:
-        if version is None:
-            version = self.latest_version(model_name)
-            if version is None:
-                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+    def _read(self, model_name: str, version: int) -> bytes | None:
         try:
             return bytes(obstore.get(self._store, self._path(model_name, version)).bytes())
-        except FileNotFoundError as exc:
-            raise SnapshotNotFound(f"model {model_name!r} has no version {version}") from exc
-
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        return Snapshot.verify(self._blob(model_name, version), self._key)
-
-    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
-        return Snapshot.verify_meta(self._blob(model_name, version), self._key)
-
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        return [self.meta(model_name, v) for v in self._version_numbers(model_name)]
+        except FileNotFoundError:
+            return None
 
     def delete(self, model_name: str, version: int) -> None:
         obstore.delete(self._store, self._path(model_name, version))

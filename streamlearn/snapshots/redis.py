@@ -3,8 +3,7 @@
 Keys (under the configured prefix):
 
 * ``snap:<model>:<version>``  the signed snapshot blob (immutable)
-* ``versions:<model>``        sorted set of versions, scored by version
-* ``latest:<model>``          the newest version number
+* ``versions:<model>``        sorted set of versions, scored by version (its top is the latest)
 * ``seq:<model>``             version counter
 * ``registry:<model>``        aliases, their history and pins (JSON)
 * channel ``versions``        publishes ``<model>:<version>`` after each put, and
@@ -18,11 +17,11 @@ from typing import Any
 import orjson
 import redis
 
-from streamlearn.errors import SnapshotError, SnapshotNotFound
-from streamlearn.snapshots.base import Snapshot, empty_registry
+from streamlearn.errors import SnapshotError
+from streamlearn.snapshots.base import SignedBlobs, Snapshot, empty_registry
 
 
-class RedisSnapshotStore:
+class RedisSnapshotStore(SignedBlobs):
     def __init__(
         self, client: redis.Redis[bytes], key: bytes, prefix: str = "streamlearn."
     ) -> None:
@@ -52,44 +51,25 @@ class RedisSnapshotStore:
             raise SnapshotError(f"{name} version {version} already exists: versions are immutable")
         pipe = self._r.pipeline(transaction=True)
         pipe.zadd(f"{self._p}versions:{name}", {str(version): version})
-        pipe.set(f"{self._p}latest:{name}", version)
         pipe.publish(self.channel, f"{name}:{version}")
         pipe.execute()
 
     def latest_version(self, model_name: str) -> int | None:
-        raw = self._r.get(f"{self._p}latest:{model_name}")
-        return int(raw) if raw is not None else None
+        newest = self._r.zrange(f"{self._p}versions:{model_name}", -1, -1)
+        return int(newest[0]) if newest else None
 
-    def _blob(self, model_name: str, version: int | None) -> bytes:
-        if version is None:
-            version = self.latest_version(model_name)
-            if version is None:
-                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+    def version_numbers(self, model_name: str) -> list[int]:
+        return [int(v) for v in self._r.zrange(f"{self._p}versions:{model_name}", 0, -1)]
+
+    def _read(self, model_name: str, version: int) -> bytes | None:
         blob = self._r.get(f"{self._p}snap:{model_name}:{version}")
-        if blob is None:
-            raise SnapshotNotFound(f"model {model_name!r} has no version {version}")
-        return bytes(blob)
-
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        return Snapshot.verify(self._blob(model_name, version), self._key)
-
-    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
-        return Snapshot.verify_meta(self._blob(model_name, version), self._key)
-
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        raw = self._r.zrange(f"{self._p}versions:{model_name}", 0, -1)
-        return [self.meta(model_name, int(v)) for v in raw]
+        return None if blob is None else bytes(blob)
 
     def delete(self, model_name: str, version: int) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(f"{self._p}snap:{model_name}:{version}")
         pipe.zrem(f"{self._p}versions:{model_name}", str(version))
         pipe.execute()
-        newest = self._r.zrange(f"{self._p}versions:{model_name}", -1, -1)
-        if newest:
-            self._r.set(f"{self._p}latest:{model_name}", int(newest[0]))
-        else:
-            self._r.delete(f"{self._p}latest:{model_name}")
 
     def read_registry(self, model_name: str) -> dict[str, Any]:
         raw = self._r.get(f"{self._p}registry:{model_name}")

@@ -44,7 +44,14 @@ class TieredSnapshotStore:
         self._hot(lambda: self.hot.put(snapshot))
 
     def latest_version(self, model_name: str) -> int | None:
-        return self.archive.latest_version(model_name)
+        """Redis's latest (one call: the API asks every poll); the archive's when Redis is down
+        or has lost its data. A version only in the archive (its Redis write failed) is not the
+        latest yet: it has not counted as written."""
+        try:
+            latest = self.hot.latest_version(model_name)
+        except RedisError:
+            latest = None
+        return latest if latest is not None else self.archive.latest_version(model_name)
 
     def get(self, model_name: str, version: int | None = None) -> Snapshot:
         if version is None:
