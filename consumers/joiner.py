@@ -74,8 +74,13 @@ class TransactionalJoin:
             consumer_config(
                 settings,
                 "joiner",
-                # The same partition numbers of both inputs to one worker (co-partitioning).
-                **{"partition.assignment.strategy": "range", "session.timeout.ms": 10_000},
+                **{
+                    # The same partition numbers of both inputs to one worker (co-partitioning).
+                    "partition.assignment.strategy": "range",
+                    "session.timeout.ms": 10_000,
+                    # Reaching an input's end is what lets its silence count as idleness.
+                    "enable.partition.eof": True,
+                },
             )
         )
         self.producer = Producer(
@@ -134,11 +139,13 @@ class TransactionalJoin:
 
     def _handle(self, msg: Message) -> None:
         error = msg.error()
+        topic, p, offset = msg.topic(), msg.partition(), msg.offset()
         if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
+            if error.code() == KafkaError._PARTITION_EOF and p is not None:
+                self.joiner.on_caught_up(p, "recommendations" if topic == self.recs else "outcomes")
+            else:
                 log.warning("consume error: %s", error)
             return
-        topic, p, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and p is not None and offset is not None
         value = msg.value()
         limit = self.settings.max_record_bytes

@@ -20,9 +20,12 @@ Semantics
 * A negative is emitted for every impression without a qualifying outcome once the partition's
   watermark has passed the window's end.
 * Watermark, per partition: each input (recommendations, outcomes) has its newest event time
-  less ``allowed_lateness``; an input silent for ``idle_timeout`` of wall time advances with the
-  wall clock from there. The watermark is the least of the inputs seen, so a backlog of outcomes
-  (after a restart, say) holds windows open until it is read; it never moves back.
+  less ``allowed_lateness``; an input that has been read to its end (the reader says so with
+  :meth:`Joiner.on_caught_up`) and then stays silent for ``idle_timeout`` of wall time advances
+  with the wall clock from there. An input with records still unread is never idle, however
+  long it has been since the last one was read: after a restart, a stall of this process or a
+  slow fetch, its backlog may hold outcomes for open windows. The watermark is the least of the
+  inputs, so a backlog of outcomes holds windows open until it is read; it never moves back.
 * Out of order: an outcome naming a recommendation not seen yet waits until the watermark passes
   its event time plus ``early_grace``; then it is counted unmatched and dropped.
 * Late: a qualifying outcome after the window (by event time, or for a window already closed) is
@@ -107,21 +110,23 @@ class Joiner:
     # state the first time a partition is seen (after a restart or a rebalance), then kept up.
     _due: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
     _pending: dict[int, int] = field(default_factory=dict)
-    # When this process last saw each input of a partition advance. In memory on purpose: after
-    # a restart, the time the joiner was down must not count as the inputs being idle, or the
-    # watermark would jump past the backlog it has yet to read.
+    # When this process last saw each input of a partition advance, and since when the reader
+    # has had nothing more to read from it. In memory on purpose: after a restart, the time the
+    # joiner was down must not count as the inputs being idle, or the watermark would jump past
+    # the backlog it has yet to read.
     _advanced_at: dict[tuple[int, str], float] = field(default_factory=dict)
+    _caught_up_at: dict[tuple[int, str], float] = field(default_factory=dict)
 
     # ---- inputs -------------------------------------------------------------------------------
 
     def on_recommendation(self, rec: Recommendation, partition: int) -> list[LabeledExample]:
         self.stats.recommendations += 1
+        self._observe(partition, "r", rec.event_time)
         rid = rec.recommendation_id
         if f"r/{rid}" in self.state or f"c/{rid}" in self.state:
             self.stats.duplicate_recommendations += 1
             return []
         self.stats.impressions += len(rec.items)
-        self._observe(partition, "r", rec.event_time)
         pending: dict[str, Any] = {
             "p": partition,
             "end": rec.event_time + self.policy.window_s,
@@ -177,6 +182,11 @@ class Joiner:
         self._schedule(partition, until, f"e/{rid}")
         return []
 
+    def on_caught_up(self, partition: int, source: Literal["recommendations", "outcomes"]) -> None:
+        """The reader has read all there is of this input partition: from now until its next
+        record, silence is idleness."""
+        self._caught_up_at.setdefault((partition, source[0]), self.clock.now())
+
     def on_tick(self, partition: int) -> list[LabeledExample]:
         """Let wall time advance an idle partition's watermark, and close what it passes."""
         return self._expire(partition)
@@ -186,6 +196,7 @@ class Joiner:
         self._due.clear()
         self._pending.clear()
         self._advanced_at.clear()
+        self._caught_up_at.clear()
 
     # ---- watermark ----------------------------------------------------------------------------
 
@@ -200,11 +211,13 @@ class Joiner:
         for source in ("r", "o"):
             newest = w[source]
             wall = self._advanced_at.setdefault((partition, source), now)
+            caught_up = self._caught_up_at.get((partition, source))
+            silent = 0.0 if caught_up is None else now - max(wall, caught_up)
             if newest is not None:
-                inputs.append(newest - lateness + max(0.0, now - wall - idle))
-            elif now - wall <= idle:
+                inputs.append(newest - lateness + max(0.0, silent - idle))
+            elif silent <= idle:
                 # Not seen yet: it holds the watermark until it has been silent for as long as
-                # an idle input, as in Flink; after that it no longer counts.
+                # an idle input; after that it no longer counts.
                 inputs.append(float("-inf"))
         # ``wm`` is None until the watermark first becomes finite (JSON has no -Infinity).
         reached = float("-inf") if w["wm"] is None else w["wm"]
@@ -218,14 +231,18 @@ class Joiner:
         key = f"w/{partition}"
         w = self.state.get(key) or {"r": None, "o": None, "wm": None}
         newest = w[source]
-        if newest is not None and event_time <= newest:
+        advancing = newest is None or event_time > newest
+        if not advancing and (partition, source) not in self._caught_up_at:
             return
-        # Freeze what the watermark had reached, idle advance included, so it never moves back.
+        # A record, even an old one, ends the input's idleness: freeze what the watermark had
+        # reached, idle advance included, so that it never moves back.
         frozen = self._watermark_of(partition, w)
-        self._advanced_at[(partition, source)] = self.clock.now()
+        self._caught_up_at.pop((partition, source), None)
+        if advancing:
+            self._advanced_at[(partition, source)] = self.clock.now()
         self.state[key] = {
             **w,
-            source: event_time,
+            source: event_time if advancing else newest,
             "wm": frozen if frozen > float("-inf") else None,
         }
 

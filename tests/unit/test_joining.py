@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -67,6 +67,38 @@ def outcomes_reach(joiner: Joiner, t: float, partition: int = 0) -> None:
     joiner.on_outcome(outcome(None, "zz", t), partition)
 
 
+def caught_up(joiner: Joiner, *sources: Literal["recommendations", "outcomes"]) -> None:
+    """The reader has read partition 0 of these inputs (default: both) to their end."""
+    for source in sources or ("recommendations", "outcomes"):
+        joiner.on_caught_up(0, source)
+
+
+def test_an_input_with_a_backlog_is_never_idle(joiner: Joiner, clock: ManualClock) -> None:
+    """However long since its last record was read (a stall, a slow fetch), an input that still
+    has records to read holds the watermark: they may be outcomes for open windows."""
+    joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0 + 1)
+    caught_up(joiner, "recommendations")
+    clock.advance(100)
+    assert joiner.on_tick(0) == []
+    assert labels(joiner.on_outcome(outcome("r1", "a", T0 + 2), 0)) == [("r1:a", True)]
+    caught_up(joiner, "outcomes")
+    clock.advance(4.9)  # read to its end, but not yet silent for the idle timeout
+    assert joiner.on_tick(0) == []
+    clock.advance(100)
+    assert labels(joiner.on_tick(0)) == [("r1:b", False)]
+
+
+def test_a_record_ends_idleness(joiner: Joiner, clock: ManualClock) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0)
+    caught_up(joiner)
+    clock.advance(4)
+    outcomes_reach(joiner, T0 + 0.5)  # more to read: silence starts again from the next end
+    clock.advance(100)
+    assert joiner.on_tick(0) == []
+
+
 def test_outcome_in_window_is_a_positive_at_once(joiner: Joiner) -> None:
     assert joiner.on_recommendation(rec("r1", T0), 0) == []
     out = joiner.on_outcome(outcome("r1", "a", T0 + 4), 0)
@@ -98,7 +130,9 @@ def test_a_lagging_outcome_input_holds_windows_open(joiner: Joiner, clock: Manua
     outcomes_reach(joiner, T0 + 12)
     assert joiner.on_tick(0) == []  # nothing left open in r1: both items are positive
     assert "c/r1" in joiner.state
-    # An outcome input that falls silent stops holding the watermark after the idle timeout.
+    # An outcome input read to its end that stays silent stops holding the watermark after the
+    # idle timeout.
+    caught_up(joiner)
     clock.advance(5 + 100)
     assert labels(joiner.on_tick(0)) == [("r2:a", False), ("r2:b", False)]
 
@@ -116,6 +150,7 @@ def test_windows_are_per_partition(joiner: Joiner) -> None:
 
 def test_idle_partition_closes_windows_by_wall_clock(joiner: Joiner, clock: ManualClock) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
+    caught_up(joiner)
     clock.advance(5 + 10)  # idle timeout, then wall time up to the window's end plus lateness
     assert joiner.on_tick(0) == []
     clock.advance(1.0)
@@ -126,6 +161,7 @@ def test_idle_partition_closes_windows_by_wall_clock(joiner: Joiner, clock: Manu
 def test_watermark_never_moves_back(joiner: Joiner, clock: ManualClock) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
     outcomes_reach(joiner, T0)
+    caught_up(joiner)
     clock.advance(100)
     advanced = joiner.watermark(0)
     assert advanced is not None and advanced > T0 + 50
@@ -308,6 +344,7 @@ def test_matching_by_user_and_item_is_off_by_default(joiner: Joiner) -> None:
 def test_an_input_never_seen_holds_windows_until_idle(joiner: Joiner, clock: ManualClock) -> None:
     joiner.on_recommendation(rec("r1", T0), 0)
     assert joiner.on_recommendation(rec("r2", T0 + 50), 0) == []  # no outcome read yet
+    caught_up(joiner, "outcomes")
     clock.advance(5.5)  # the outcome input has been silent for longer than the idle timeout
     assert labels(joiner.on_tick(0)) == [("r1:a", False), ("r1:b", False)]
 
@@ -333,6 +370,7 @@ def test_downtime_is_not_idleness(clock: ManualClock) -> None:
     second = Joiner(POLICY, json.loads(json.dumps(first.state)), clock)
     assert second.on_tick(0) == []  # the backlog may hold r1's outcomes
     assert labels(second.on_outcome(outcome("r1", "b", T0 + 2), 0)) == [("r1:b", True)]
+    caught_up(second)
     clock.advance(5 + 12)  # silent past the idle timeout (in this process's time) and the end
     assert second.on_tick(0) == []  # both items are positive: nothing to emit, window closed
     assert "c/r1" in second.state
