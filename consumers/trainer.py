@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StoreUnavailable
-from streamlearn.events import DeadLetter, LabeledExample, parse
+from streamlearn.events import DeadLetter, parse_example
 from streamlearn.faults import failpoint
 from streamlearn.learning import ModelSpec
 from streamlearn.settings import Settings, get_settings
@@ -133,7 +133,7 @@ class Trainer:
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None  # set on every fetched record
         try:
-            example = parse(LabeledExample, msg.value())
+            example = parse_example(msg.value())
         except InvalidEventError as exc:
             # Dead letters are flushed before each snapshot: below every model's offsets this
             # one was sent before a restart.

@@ -18,8 +18,10 @@ streamlearn.errors.InvalidEventError: kind: Input should be 'click', 'add_to_car
 from __future__ import annotations
 
 import base64
+import sys
 from typing import Annotated, Literal, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamlearn.errors import InvalidEventError
@@ -106,6 +108,61 @@ class LabeledExample(Event):
     @staticmethod
     def id_for(recommendation_id: str, item_id: str) -> str:
         return f"{recommendation_id}:{item_id}"
+
+
+# The trainer's decoder: LabeledExample's fields and rules again, as a msgspec struct, which
+# decodes in a third of the time. It is never more lenient than the pydantic model (finite floats
+# by bounds, lengths, literals, unknown fields refused, and no coercion at all: "1" is not 1),
+# and whatever it refuses goes through the pydantic model, whose verdict and message are final.
+_MAX = sys.float_info.max
+_Finite = Annotated[float, msgspec.Meta(ge=-_MAX, le=_MAX)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_MAX)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_Features = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+        _Finite | bool | Annotated[str, msgspec.Meta(max_length=128)],
+    ],
+    msgspec.Meta(max_length=MAX_FEATURES),
+]
+
+
+class ExampleRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A :class:`LabeledExample` as the trainer decodes it (see :func:`parse_example`)."""
+
+    example_id: _Id
+    recommendation_id: _Id
+    user_id: _Id
+    item_id: _Id
+    position: int
+    propensity: _Finite
+    served_score: _Finite | None
+    model_version: str | None
+    context: _Features
+    item_features: _Features
+    label: bool
+    recommendation_time: _NonNegative
+    schema_version: Literal[1] = 1
+    outcome_kind: OutcomeKind | None = None
+    value: _Finite = 0.0
+    weight: _NonNegative = 1.0
+    correction: bool = False
+    outcome_time: _NonNegative | None = None
+
+
+_EXAMPLE = msgspec.json.Decoder(ExampleRecord)
+
+
+def parse_example(raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) -> ExampleRecord:
+    """:func:`parse` for labeled examples, three times faster on valid records, with the same
+    verdict and message on invalid ones."""
+    if raw is not None and len(raw) <= max_bytes:
+        try:
+            return _EXAMPLE.decode(raw)
+        except msgspec.DecodeError:
+            pass  # not necessarily invalid: the pydantic model may coerce what msgspec will not
+    example = parse(LabeledExample, raw, max_bytes)
+    return ExampleRecord(**example.model_dump())
 
 
 class DeadLetter(BaseModel):

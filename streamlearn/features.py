@@ -27,10 +27,6 @@ FeatureValue = float | bool | str
 Features = dict[str, float | str]
 
 
-def _put(out: Features, prefix: str, name: str, value: FeatureValue) -> None:
-    out[f"{prefix}:{name}"] = value if isinstance(value, str) else float(value)
-
-
 def impression_features(
     context: Mapping[str, FeatureValue],
     item: Mapping[str, FeatureValue],
@@ -39,16 +35,23 @@ def impression_features(
     crosses: Iterable[tuple[str, str]] = (),
     include_ids: bool = True,
 ) -> Features:
-    out: Features = {}
-    for name, value in context.items():
-        _put(out, "c", name, value)
-    for name, value in item.items():
-        _put(out, "i", name, value)
+    # Comprehensions rather than a helper per feature: this runs once per example learned.
+    out: Features = {
+        f"c:{name}": value if isinstance(value, str) else float(value)
+        for name, value in context.items()
+    }
+    out.update(
+        {
+            f"i:{name}": value if isinstance(value, str) else float(value)
+            for name, value in item.items()
+        }
+    )
     if include_ids:
         out["item"] = item_id
-    merged = {**context, **item}
     for a, b in crosses:
-        va, vb = merged.get(a), merged.get(b)
+        # The item's value wins over the context's, as in {**context, **item}.
+        va = item[a] if a in item else context.get(a)
+        vb = item[b] if b in item else context.get(b)
         if va is None or vb is None:
             continue
         if isinstance(va, str) or isinstance(vb, str):

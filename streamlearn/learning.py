@@ -34,7 +34,7 @@ import bisect
 import inspect
 import numbers
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -132,6 +132,9 @@ class ModelSpec(_Strict):
         )
 
 
+_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode"})
+
+
 class Learner:
     """One model spec learning from a stream, with progressive-validation metrics."""
 
@@ -147,14 +150,30 @@ class Learner:
         # The last scores and labels; their exact AUC is computed when asked for (at each
         # checkpoint), not updated per example as a rolling River metric would be.
         self.recent: deque[tuple[float, bool]] = deque(maxlen=spec.rolling_window)
+        self._shortcuts()
+
+    def _shortcuts(self) -> None:
+        """What ``learn_one`` would otherwise work out on every example. Not pickled: rebuilt
+        from the model and spec when a snapshot is loaded."""
+        self._final = self.model[-1]
         # How the final step takes a sample weight: River's learners disagree on the name, and
         # AdPredictor takes none (weighted examples then count once).
-        params = inspect.signature(self.model[-1].learn_one).parameters
+        params = inspect.signature(self._final.learn_one).parameters
         self._weight_kw = next((k for k in ("w", "sample_weight") if k in params), None)
         # Without scaling every step before the learner is stateless (one-hot with drop_zeros
         # learns nothing, hashing and selection are pure), so the features can be transformed
         # once for both the prediction and the update, exactly as the pipeline would.
-        self._transform_once = not spec.scale
+        self._encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if not self.spec.scale:
+            onehot = self.spec.encoding == "onehot"
+            self._encode = one_hot_union if onehot else self.model[0].transform_one
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _SHORTCUTS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._shortcuts()
 
     def predict_proba_one(self, x: dict[str, Any]) -> float:
         return float(self.model.predict_proba_one(x).get(True, 0.0))
@@ -163,8 +182,8 @@ class Learner:
         """Score ``x``, update the metrics with that score, then learn with weight ``w``.
         Returns the score."""
         kwargs = {} if w == 1.0 or self._weight_kw is None else {self._weight_kw: w}
-        if self._transform_once:
-            features, final = self.model[0].transform_one(x), self.model[-1]
+        if self._encode is not None:
+            features, final = self._encode(x), self._final
             proba = final.predict_proba_one(features)
             final.learn_one(features, y, **kwargs)
         else:
@@ -192,6 +211,21 @@ class Learner:
             # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
             "calibration": mean_p / rate if rate else 0.0,
         }
+
+
+def one_hot_union(x: dict[str, Any]) -> dict[str, Any]:
+    """What ``ModelSpec.build()[0]`` (one-hot, no scaling) makes of ``x``, in one pass instead
+    of River's union of two sub-pipelines: the numbers, then ``name_value: 1`` for each string,
+    in the same order, so the learner sums its dot products in the same order too.
+
+    >>> one_hot_union({"c:segment": "bargain", "i:price": 9.5, "item": "i7"})
+    {'i:price': 9.5, 'c:segment_bargain': 1, 'item_i7': 1}
+    """
+    out = {name: value for name, value in x.items() if not isinstance(value, str)}
+    for name, value in x.items():
+        if isinstance(value, str):
+            out[f"{name}_{value}"] = 1
+    return out
 
 
 def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:

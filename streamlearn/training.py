@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Literal
 
 from streamlearn.clock import Clock
-from streamlearn.events import LabeledExample
+from streamlearn.events import ExampleRecord, LabeledExample
 from streamlearn.features import Features, impression_features
 from streamlearn.learning import Learner, ModelSpec
 from streamlearn.snapshots.base import Snapshot
 
 
-def example_features(spec: ModelSpec, example: LabeledExample) -> Features:
+def example_features(spec: ModelSpec, example: LabeledExample | ExampleRecord) -> Features:
     return impression_features(
         example.context,
         example.item_features,
@@ -73,7 +73,7 @@ class Training:
     def samples_seen(self) -> int:
         return self.learner.samples_seen
 
-    def learn(self, example: LabeledExample, partition: int, offset: int) -> None:
+    def learn(self, example: LabeledExample | ExampleRecord, partition: int, offset: int) -> None:
         """Learn one example, unless this model has learned that record already (several models
         share one pass over the topic, each resuming from its own snapshot's offsets)."""
         if offset < self.offsets.get(partition, 0):

@@ -2,10 +2,20 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
 import pytest
 
 from streamlearn.errors import InvalidEventError
-from streamlearn.events import MAX_FEATURES, DeadLetter, Outcome, Recommendation, parse
+from streamlearn.events import (
+    MAX_FEATURES,
+    DeadLetter,
+    ExampleRecord,
+    LabeledExample,
+    Outcome,
+    Recommendation,
+    parse,
+    parse_example,
+)
 
 GOOD = (
     b'{"recommendation_id": "r1", "user_id": "u1", "event_time": 1.0,'
@@ -68,3 +78,68 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
 def test_oversized_records_are_refused_before_parsing() -> None:
     with pytest.raises(InvalidEventError, match="exceeds the limit of 1024"):
         parse(Recommendation, GOOD + b" " * 2000, max_bytes=1024)
+
+
+EXAMPLE = (
+    b'{"schema_version": 1, "example_id": "r1:a", "recommendation_id": "r1", "user_id": "u1",'
+    b' "item_id": "a", "position": 2, "propensity": 0.5, "served_score": 0.25,'
+    b' "model_version": "ctr:v3", "context": {"segment": "bargain", "mobile": true},'
+    b' "item_features": {"price": 3, "discount": 0.1}, "label": true, "outcome_kind": "click",'
+    b' "value": 0, "weight": 2.5, "correction": false, "recommendation_time": 1700000000,'
+    b' "outcome_time": 1700000001.5}'
+)
+
+
+def _pydantic_example(raw: bytes) -> dict[str, object]:
+    return parse(LabeledExample, raw).model_dump()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        EXAMPLE,
+        # What the fast decoder leaves to pydantic, which coerces it: the same result either way.
+        EXAMPLE.replace(b'"position": 2', b'"position": "2"'),
+        EXAMPLE.replace(b'"label": true', b'"label": "true"'),
+        EXAMPLE.replace(b', "outcome_time": 1700000001.5', b""),
+    ],
+)
+def test_the_trainers_decoder_reads_what_pydantic_reads(raw: bytes) -> None:
+    if raw == EXAMPLE:  # the fast path itself, not its fallback
+        msgspec.json.decode(raw, type=ExampleRecord)
+    fast = parse_example(raw)
+    assert {f: getattr(fast, f) for f in fast.__struct_fields__} == _pydantic_example(raw)
+    assert type(fast.item_features["price"]) is float  # a JSON integer feature is a float
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        EXAMPLE.replace(b'"discount": 0.1', b'"discount": NaN'),
+        EXAMPLE.replace(b'"discount": 0.1', b'"discount": 1e999'),
+        EXAMPLE.replace(b'"propensity": 0.5', b'"propensity": -Infinity'),
+        EXAMPLE.replace(b'"u1",', b'"u1", "surprise": 1,'),
+        EXAMPLE.replace(b'"schema_version": 1', b'"schema_version": 2'),
+        EXAMPLE.replace(b'"user_id": "u1"', b'"user_id": ""'),
+        EXAMPLE.replace(b'"item_id": "a"', b'"item_id": "' + b"a" * 129 + b'"'),
+        EXAMPLE.replace(b'"discount"', b'"' + b"d" * 65 + b'"'),
+        EXAMPLE.replace(b'"bargain"', b'"' + b"b" * 129 + b'"'),
+        EXAMPLE.replace(b'"weight": 2.5', b'"weight": -1'),
+        EXAMPLE.replace(b'"recommendation_time": 1700000000', b'"recommendation_time": -1'),
+        EXAMPLE.replace(b'"outcome_kind": "click"', b'"outcome_kind": "view"'),
+        EXAMPLE.replace(b'"label": true', b'"label": "perhaps"'),
+        EXAMPLE.replace(
+            b'"context": {',
+            b'"context": {' + b"".join(b'"f%d": 1, ' % i for i in range(MAX_FEATURES)),
+        ),
+        EXAMPLE.replace(b'"example_id": "r1:a", ', b""),
+        EXAMPLE[:-1],
+        b"[]",
+    ],
+)
+def test_the_trainers_decoder_refuses_what_pydantic_refuses(bad: bytes) -> None:
+    with pytest.raises(InvalidEventError) as pydantic_says:
+        parse(LabeledExample, bad)
+    with pytest.raises(InvalidEventError) as fast_says:
+        parse_example(bad)
+    assert str(fast_says.value) == str(pydantic_says.value)
