@@ -4,29 +4,96 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
-from api.routes import health, score
+from api.deps import Publisher
+from api.middleware import BodyLimit, RequestMetrics
+from api.routes import admin, health, scoring
 from streamlearn import __version__
+from streamlearn.clock import SystemClock
+from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
+from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings, get_settings
-from streamlearn.snapshots import open_store
+from streamlearn.snapshots import SnapshotStore, TieredSnapshotStore, open_store
+
+log = logging.getLogger("streamlearn.api")
+
+DESCRIPTION = """\
+Scores candidates with the champion version of the configured model, logs what it serves to
+Kafka for the joiner, and manages versions. Every response names the version that produced it.
+
+Keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scoring keys are optional (off by
+default); the admin endpoints need the admin key.
+"""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class ServingCollector(Collector):
+    """The version in use and the swap count of each live app's holder, read at each scrape.
+    One per process (Prometheus refuses a second collector of the same names)."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, ModelHolder] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        version = GaugeMetricFamily(
+            "streamlearn_api_model_version", "Version being served.", labels=["model"]
+        )
+        swaps = CounterMetricFamily(
+            "streamlearn_api_model_swaps", "Versions swapped in.", labels=["model"]
+        )
+        for name, holder in list(self.holders.items()):
+            current = holder.current
+            version.add_metric([name], current.version if current else 0)
+            swaps.add_metric([name], holder.swaps)
+        yield version
+        yield swaps
+
+
+SERVING = ServingCollector()
+REGISTRY.register(SERVING)
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: SnapshotStore | None = None,
+    publisher: Publisher | None = None,
+) -> FastAPI:
+    """The app; ``store`` and ``publisher`` default to the configured Redis + archive and Kafka."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings)
-        holder = ModelHolder(store, settings.model.name)
-        app.state.holder = holder
+        from api.publishing import EventPublisher
+
+        snapshots = store or open_store(settings)
+        events = publisher or EventPublisher(settings)
+        holder = ModelHolder(snapshots, settings.model.name)
         app.state.settings = settings
+        app.state.holder = holder
+        app.state.registry = Registry(snapshots)
+        app.state.publisher = events
+        app.state.clock = SystemClock()
+        app.state.rng = random.Random()
+        SERVING.holders[holder.model_name] = holder
+        events.start()
         await asyncio.to_thread(holder.refresh)
+        stop = threading.Event()
+        if isinstance(snapshots, TieredSnapshotStore):
+            threading.Thread(
+                target=holder.follow, args=(snapshots.hot, stop), name="notices", daemon=True
+            ).start()
 
         async def poll() -> None:
             while True:
@@ -34,13 +101,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(holder.refresh)
 
         task = asyncio.create_task(poll())
-        yield
-        task.cancel()
+        try:
+            yield
+        finally:
+            task.cancel()
+            stop.set()
+            SERVING.holders.pop(holder.model_name, None)
+            await asyncio.to_thread(events.close)
 
-    app = FastAPI(title="streamlearn", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="streamlearn",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    for error, status in (
+        (SnapshotNotFound, 404),
+        (SignatureError, 409),
+        (StoreUnavailable, 503),
+        (RedisError, 503),
+        (SnapshotError, 409),
+    ):
+        app.add_exception_handler(error, _status(status))
     app.include_router(health.router)
-    app.include_router(score.router)
+    app.include_router(scoring.router)
+    app.include_router(admin.router)
+    # Outermost first: every request is measured, the 413s included.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     return app
 
 
@@ -52,4 +141,18 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-app = create_app()
+def _status(code: int):  # type: ignore[no-untyped-def]
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        if code >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    return handler
+
+
+def __getattr__(name: str) -> FastAPI:
+    # ``uvicorn api.app:app`` builds the app from the environment on first use, not on import,
+    # so that importing this module (tests, tools) needs no configuration.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

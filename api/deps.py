@@ -1,13 +1,27 @@
-"""Dependencies the routes declare with ``Annotated``."""
+"""Dependencies the routes declare with ``Annotated``: what the app's lifespan put in its state."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import random
+from typing import Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
+from streamlearn.clock import Clock
+from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder, Served
 from streamlearn.settings import Settings
+
+
+class Publisher(Protocol):
+    """Where the API sends events: :class:`api.publishing.EventPublisher`, or a test double."""
+
+    connected: bool
+
+    def start(self) -> None: ...
+    def close(self, timeout_s: float = 10.0) -> None: ...
+    def publish(self, topic: str, key: str, value: bytes) -> bool: ...
+    def pending(self) -> int: ...
 
 
 def get_holder(request: Request) -> ModelHolder:
@@ -20,6 +34,26 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+def get_rng(request: Request) -> random.Random:
+    rng: random.Random = request.app.state.rng
+    return rng
+
+
 def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
     served = holder.current
     if served is None:
@@ -30,3 +64,7 @@ def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 ServedDep = Annotated[Served, Depends(get_served)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+RngDep = Annotated[random.Random, Depends(get_rng)]

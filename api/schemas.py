@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from streamlearn.events import MAX_SLATE, Features, Id
 
@@ -16,25 +18,58 @@ class Candidate(Body):
     features: Features = {}
 
 
-class ScoreRequest(Body):
-    user_id: Id
-    context: Features = {}
-    items: list[Candidate] = Field(min_length=1, max_length=MAX_SLATE)
+_CANDIDATES: list[JsonValue] = [
+    {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
+    {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
+]
 
+
+class ScoreRequest(Body):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
                     "user_id": "u42",
                     "context": {"segment": "family", "mobile": True},
-                    "items": [
-                        {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
-                        {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
-                    ],
+                    "items": _CANDIDATES,
                 }
             ]
         }
     )
+
+    user_id: Id
+    context: Features = {}
+    items: list[Candidate] = Field(min_length=1, max_length=MAX_SLATE)
+
+
+class RankRequest(ScoreRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "u42",
+                    "context": {"segment": "family", "mobile": True},
+                    "items": _CANDIDATES,
+                    "k": 1,
+                }
+            ]
+        }
+    )
+
+    k: int = Field(10, ge=1, le=MAX_SLATE, description="How many items to return.")
+    epsilon: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Exploration for this request: with this probability a position gets a "
+        "uniformly drawn candidate instead of the best one. Default: the server's setting.",
+    )
+
+    @model_validator(mode="after")
+    def _items_unique(self) -> RankRequest:
+        if len({c.item_id for c in self.items}) != len(self.items):
+            raise ValueError("items must not repeat an item_id")
+        return self
 
 
 class ItemScore(Body):
@@ -48,7 +83,54 @@ class ScoreResponse(Body):
     scores: list[ItemScore]
 
 
+class RankedItem(Body):
+    item_id: str
+    position: int
+    score: float
+    propensity: float = Field(description="Probability this item was placed here.")
+
+
+class RankResponse(Body):
+    recommendation_id: str = Field(description="Send it with the outcomes of this slate.")
+    model: str
+    model_version: int
+    items: list[RankedItem]
+    logged: bool = Field(
+        description="The recommendation event was queued for Kafka (false: dropped, the buffer "
+        "was full); learning depends on it."
+    )
+
+
+class OutcomesResponse(Body):
+    accepted: int
+    logged: int = Field(description="How many were queued for Kafka.")
+
+
 class Health(Body):
     status: str
     model: str
     model_version: int | None
+
+
+class Readiness(Body):
+    ready: bool
+    model_version: int | None
+    kafka_connected: bool
+    events_buffered: int
+
+
+class VersionSet(Body):
+    version: int = Field(ge=1)
+
+
+class AliasMove(Body):
+    model: str
+    alias: str
+    version: int
+
+
+class ModelSummary(Body):
+    model: str
+    aliases: dict[str, int]
+    pinned: list[int]
+    versions: list[dict[str, Any]]

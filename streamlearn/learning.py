@@ -176,6 +176,8 @@ class Learner:
         self._shortcuts()
 
     def predict_proba_one(self, x: dict[str, Any]) -> float:
+        if self._encode is not None:
+            return float(self._final.predict_proba_one(self._encode(x)).get(True, 0.0))
         return float(self.model.predict_proba_one(x).get(True, 0.0))
 
     def learn_one(self, x: dict[str, Any], y: bool, w: float = 1.0) -> float:

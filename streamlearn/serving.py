@@ -8,6 +8,7 @@ start to end and names it. When the store is unreachable the holder keeps the mo
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -17,6 +18,7 @@ from streamlearn.features import FeatureValue, impression_features
 from streamlearn.learning import Learner
 from streamlearn.registry import Registry
 from streamlearn.snapshots.base import SnapshotStore
+from streamlearn.snapshots.redis import RedisSnapshotStore
 
 log = logging.getLogger("streamlearn.serving")
 
@@ -35,6 +37,11 @@ class Served:
             context, item, item_id=item_id, crosses=spec.crosses, include_ids=spec.include_ids
         )
         return self.learner.predict_proba_one(x)
+
+    @property
+    def tag(self) -> str:
+        """How recommendation events name the version: ``<model>:v<version>``."""
+        return f"{self.model_name}:v{self.version}"
 
 
 class ModelHolder:
@@ -62,3 +69,22 @@ class ModelHolder:
         self.swaps += 1
         log.info("serving %s v%d", self.model_name, snapshot.version)
         return True
+
+    def follow(self, hot: RedisSnapshotStore, stop: threading.Event) -> None:
+        """Refresh on every Redis notice about this model until ``stop`` is set: the fast path
+        of a promotion (polling is the fallback). Reconnects with a capped backoff when Redis
+        goes away."""
+        prefix = f"{self.model_name}:"
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                for notice in hot.notices():
+                    backoff = 0.5
+                    if stop.is_set():
+                        return
+                    if notice is not None and notice.startswith(prefix):
+                        self.refresh()
+            except RedisError as exc:
+                log.warning("Redis notices unavailable (%s): polling only, retrying", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)

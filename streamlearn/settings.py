@@ -113,8 +113,31 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    max_candidates: int = Field(500, ge=1)
-    model_poll_s: float = Field(1.0, gt=0, description="How often the API looks for a new version.")
+    max_candidates: int = Field(500, ge=1, description="Candidates per rank or score request.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    model_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the API polls for a new version; the Redis notice is the fast path.",
+    )
+    explore_epsilon: float = Field(
+        0.0, ge=0, le=1, description="Default epsilon-greedy exploration of /v1/rank."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Key for the model admin endpoints; unset, they answer 403."
+    )
+    scoring_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys accepted on rank, score and outcomes; empty (the default) means open.",
+    )
+    api_buffer_max: int = Field(
+        100_000, ge=1, description="Events held while Kafka is unreachable before any is dropped."
+    )
+    api_delivery_timeout_s: float = Field(
+        300.0, gt=0, description="How long an unpublished event is retried before it counts lost."
+    )
 
     # Simulator
     sim_rate: float = Field(50.0, gt=0, description="Recommendations per second.")

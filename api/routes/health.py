@@ -1,17 +1,46 @@
+"""Liveness, readiness and Prometheus metrics."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from api.deps import HolderDep
-from api.schemas import Health
+from api.deps import HolderDep, PublisherDep
+from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz(holder: HolderDep) -> Health:
+async def healthz(holder: HolderDep) -> Health:
     """Alive. Names the version being served, if any."""
     current = holder.current
     return Health(
         status="ok", model=holder.model_name, model_version=current.version if current else None
     )
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "No model yet, or Kafka unreachable."}},
+)
+async def readyz(holder: HolderDep, publisher: PublisherDep, response: Response) -> Readiness:
+    """Ready: a model is loaded and the Kafka producer reaches the broker."""
+    current = holder.current
+    ready = current is not None and publisher.connected
+    if not ready:
+        response.status_code = 503
+    return Readiness(
+        ready=ready,
+        model_version=current.version if current else None,
+        kafka_connected=publisher.connected,
+        events_buffered=publisher.pending(),
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus text format: requests by route and status, latency, the version served, swaps,
+    events published, buffered and lost."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

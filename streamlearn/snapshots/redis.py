@@ -12,6 +12,7 @@ Keys (under the configured prefix):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -37,6 +38,18 @@ class RedisSnapshotStore(SignedBlobs):
     @property
     def channel(self) -> str:
         return f"{self._p}versions"
+
+    def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
+        """The channel's notices as they come, and None after each ``wait_s`` of silence (so a
+        follower can check whether to stop); raises RedisError when the connection fails."""
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            while True:
+                msg = pubsub.get_message(timeout=wait_s)
+                yield None if msg is None else bytes(msg["data"]).decode()
+        finally:
+            pubsub.close()
 
     def models(self) -> list[str]:
         head = f"{self._p}versions:"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,10 +36,44 @@ def store(tmp_path: Path) -> ObjectSnapshotStore:
     return ObjectSnapshotStore(f"file://{tmp_path}", b"test-key")
 
 
+class RecordingPublisher:
+    """Kafka's place in these HTTP tests (the integration tests use the broker)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.accepting = True
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def start(self) -> None:
+        pass
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        pass
+
+    def publish(self, topic: str, key: str, value: bytes) -> bool:
+        if self.accepting:
+            self.events.append((topic, key, json.loads(value)))
+        return self.accepting
+
+    def pending(self) -> int:
+        return 0
+
+
 @pytest.fixture
-def client(store: ObjectSnapshotStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setattr("api.app.open_store", lambda settings: store)
-    with TestClient(create_app(Settings(max_candidates=3, model_poll_s=3600))) as c:
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+def app_client(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher, **settings: Any
+) -> TestClient:
+    config = Settings(**{"max_candidates": 3, "model_poll_s": 3600, **settings})
+    return TestClient(create_app(config, store=store, publisher=publisher))
+
+
+@pytest.fixture
+def client(store: ObjectSnapshotStore, publisher: RecordingPublisher) -> Iterator[TestClient]:
+    with app_client(store, publisher) as c:
         yield c
 
 
@@ -125,3 +161,238 @@ def test_promote_rollback_and_a_tampered_version_in_the_served_model(
     with pytest.raises(SignatureError):
         registry.promote("ctr", 3)  # refused: it does not verify
     assert client.post("/v1/score", json=BODY).json()["model_version"] == 2
+
+
+def serving(client: TestClient, store: ObjectSnapshotStore, version: int = 1) -> ModelHolder:
+    store.put(trained(version))
+    holder: ModelHolder = client.app.state.holder  # type: ignore[attr-defined]
+    holder.refresh()
+    return holder
+
+
+RANK = {
+    "user_id": "u1",
+    "context": {"segment": "likes"},
+    "items": [
+        {"item_id": "a", "features": {"category": "b", "price": 0.5}},
+        {"item_id": "b", "features": {"category": "b", "price": 0.1}},
+        {"item_id": "c", "features": {"category": "b", "price": 0.9}},
+    ],
+    "k": 2,
+}
+
+
+def test_rank_returns_the_top_k_and_logs_exactly_what_it_served(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    serving(client, store)
+    r = client.post("/v1/rank", json=RANK)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    unranked = {k: v for k, v in RANK.items() if k != "k"}
+    scored = client.post("/v1/score", json=unranked).json()["scores"]
+    scores = {s["item_id"]: s["probability"] for s in scored}
+    best = sorted(scores, key=lambda i: -scores[i])[:2]
+    assert [i["item_id"] for i in body["items"]] == best
+    assert [i["position"] for i in body["items"]] == [0, 1]
+    assert all(i["propensity"] == 1.0 for i in body["items"])
+    assert body["model_version"] == 1 and body["logged"] is True
+    [(topic, key, event)] = publisher.events
+    assert topic.endswith("recommendations") and key == "u1"
+    assert event["recommendation_id"] == body["recommendation_id"]
+    assert event["model_version"] == "ctr:v1"
+    assert event["context"] == RANK["context"]
+    served = {i["item_id"]: i for i in event["items"]}
+    for item in body["items"]:
+        logged = served[item["item_id"]]
+        assert logged["score"] == item["score"] == scores[item["item_id"]]
+        assert logged["position"] == item["position"]
+        assert logged["propensity"] == item["propensity"]
+    request_features = {c["item_id"]: c["features"] for c in RANK["items"]}
+    assert all(i["features"] == request_features[i["item_id"]] for i in event["items"])
+
+
+def test_rank_with_exploration_logs_the_true_propensities(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    serving(client, store)
+    for _ in range(30):
+        body = client.post("/v1/rank", json={**RANK, "k": 3, "epsilon": 0.5}).json()
+        props = [i["propensity"] for i in body["items"]]
+        # Position j chooses among 3 - j candidates: the best with (1 - e) + e / m, others e / m.
+        for j, p in enumerate(props):
+            m = 3 - j
+            assert p == pytest.approx(0.5 / m) or p == pytest.approx(0.5 + 0.5 / m)
+    assert len(publisher.events) == 30
+
+
+def test_rank_says_when_its_event_was_not_logged(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    serving(client, store)
+    publisher.accepting = False  # the buffer is full
+    r = client.post("/v1/rank", json=RANK)
+    assert r.status_code == 200 and r.json()["logged"] is False
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"k": 0},
+        {"epsilon": 1.5},
+        {"items": [{"item_id": "a"}, {"item_id": "a"}]},
+        {"items": [{"item_id": f"i{n}"} for n in range(4)]},
+    ],
+)
+def test_bad_rank_requests_are_422(
+    client: TestClient, store: ObjectSnapshotStore, change: dict[str, Any]
+) -> None:
+    serving(client, store)
+    assert client.post("/v1/rank", json={**RANK, **change}).status_code == 422
+
+
+OUTCOME = {
+    "recommendation_id": "r1",
+    "user_id": "u1",
+    "item_id": "a",
+    "kind": "click",
+    "event_time": 1700000000.0,
+}
+
+
+def test_outcomes_one_or_a_batch_are_published(
+    client: TestClient, publisher: RecordingPublisher
+) -> None:
+    r = client.post("/v1/outcomes", json=OUTCOME)
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "logged": 1}
+    r = client.post("/v1/outcomes", json=[OUTCOME, {**OUTCOME, "kind": "purchase", "value": 5}])
+    assert r.status_code == 202 and r.json() == {"accepted": 2, "logged": 2}
+    assert [e[2]["kind"] for e in publisher.events] == ["click", "click", "purchase"]
+    assert all(t.endswith("outcomes") and k == "u1" for t, k, _ in publisher.events)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**OUTCOME, "kind": "view"},
+        {**OUTCOME, "value": -1},
+        {**OUTCOME, "surprise": 1},
+        [],
+        [OUTCOME] * 1001,
+    ],
+)
+def test_bad_outcomes_are_422_and_nothing_is_published(
+    client: TestClient, publisher: RecordingPublisher, bad: Any
+) -> None:
+    assert client.post("/v1/outcomes", json=bad).status_code == 422
+    assert publisher.events == []
+
+
+def test_scoring_keys_when_configured(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher, scoring_keys=["k1", "k2"], admin_key="adm") as c:
+        serving(c, store)
+        assert c.post("/v1/score", json=BODY).status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert c.post("/v1/score", json=BODY, headers=bad).status_code == 403
+        assert c.post("/v1/score", json=BODY, headers={"X-API-Key": "adm"}).status_code == 403
+        assert c.post("/v1/score", json=BODY, headers={"X-API-Key": "k2"}).status_code == 200
+        ok = {"Authorization": "Bearer k1"}
+        assert c.post("/v1/rank", json=RANK, headers=ok).status_code == 200
+        assert c.post("/v1/outcomes", json=OUTCOME, headers=ok).status_code == 202
+        assert c.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_admin_needs_the_admin_key_and_is_off_without_one(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    assert client.get("/v1/models", headers={"X-API-Key": "anything"}).status_code == 403
+    with app_client(store, publisher, admin_key="adm", scoring_keys=["k1"]) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"X-API-Key": "k1"}).status_code == 403
+        assert c.get("/v1/models", headers={"X-API-Key": "adm"}).status_code == 200
+
+
+def test_admin_promote_rollback_pin_over_http(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    admin = {"X-API-Key": "adm"}
+    with app_client(store, publisher, admin_key="adm") as c:
+        serving(c, store, 1)
+        serving(c, store, 2)
+        [model] = c.get("/v1/models", headers=admin).json()
+        assert model["model"] == "ctr" and [v["version"] for v in model["versions"]] == [1, 2]
+        assert "roc_auc" in model["versions"][0]["metrics"]
+        r = c.post("/v1/models/ctr/promote", json={"version": 1}, headers=admin)
+        assert r.status_code == 200 and r.json()["version"] == 1
+        assert c.post("/v1/score", json=BODY).json()["model_version"] == 1  # at once
+        c.post("/v1/models/ctr/promote", json={"version": 2}, headers=admin)
+        assert c.post("/v1/score", json=BODY).json()["model_version"] == 2
+        r = c.post("/v1/models/ctr/rollback", headers=admin)
+        assert r.json()["version"] == 1
+        assert c.post("/v1/score", json=BODY).json()["model_version"] == 1
+        assert c.get("/v1/models/ctr/versions/champion", headers=admin).json()["version"] == 1
+        r = c.post("/v1/models/ctr/pin", json={"version": 2}, headers=admin)
+        assert r.json()["pinned"] == [2]
+        r = c.post("/v1/models/ctr/unpin", json={"version": 2}, headers=admin)
+        assert r.json()["pinned"] == []
+        # Clear 4xx for what cannot be done.
+        assert (
+            c.post("/v1/models/ctr/promote", json={"version": 9}, headers=admin).status_code == 404
+        )
+        assert c.post("/v1/models/ctr/rollback", headers=admin).status_code == 409
+        assert c.get("/v1/models/ctr/versions/nope", headers=admin).status_code == 404
+        assert c.get("/v1/models/..%2Fetc", headers=admin).status_code in (404, 422)
+
+
+def test_oversized_bodies_are_413_whether_announced_or_streamed(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher, max_body_bytes=2048) as c:
+        serving(c, store)
+        big = b'{"user_id": "u1", "items": [{"item_id": "' + b"x" * 4000 + b'"}]}'
+        r = c.post("/v1/score", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield big[:1500]
+            yield big[1500:]
+
+        r = c.post("/v1/score", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/v1/score", json=BODY).status_code == 200
+
+
+def test_readiness_needs_a_model_and_kafka(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["ready"] is False
+    serving(client, store)
+    assert client.get("/readyz").status_code == 200
+    publisher.connected = False
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["kafka_connected"] is False
+
+
+def test_metrics_count_requests_by_route_and_status_and_name_the_version(
+    client: TestClient, store: ObjectSnapshotStore
+) -> None:
+    serving(client, store, 1)
+    serving(client, store, 2)
+
+    def count(text: str, route: str, status: int) -> float:
+        line = f'streamlearn_api_requests_total{{route="{route}",status="{status}"}} '
+        found = [ln for ln in text.splitlines() if ln.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    before = client.get("/metrics").text
+    client.post("/v1/score", json=BODY)
+    client.post("/v1/score", json={"nope": 1})
+    after = client.get("/metrics").text
+    assert count(after, "/v1/score", 200) == count(before, "/v1/score", 200) + 1
+    assert count(after, "/v1/score", 422) == count(before, "/v1/score", 422) + 1
+    assert 'streamlearn_api_model_version{model="ctr"} 2.0' in after
+    assert 'streamlearn_api_model_swaps_total{model="ctr"} 2.0' in after
+    assert "streamlearn_api_request_seconds_bucket" in after

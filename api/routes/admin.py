@@ -1,0 +1,83 @@
+"""Model admin: versions, promote, roll back, pin. Admin key only."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from api.deps import HolderDep, RegistryDep, SettingsDep
+from api.schemas import AliasMove, ModelSummary, VersionSet
+from api.security import AdminKey
+from streamlearn.registry import CHAMPION, Registry
+from streamlearn.serving import ModelHolder
+
+ModelName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$", examples=["ctr"])]
+
+router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[AdminKey])
+
+
+def _summary(registry: Registry, model: str) -> ModelSummary:
+    doc = registry.store.read_registry(model)
+    return ModelSummary(
+        model=model,
+        aliases={a: int(v) for a, v in doc["aliases"].items()},
+        pinned=[int(v) for v in doc["pins"]],
+        versions=registry.versions(model),
+    )
+
+
+async def _serve_now(holder: ModelHolder, model: str) -> None:
+    """This worker swaps before answering; the Redis notice tells the others."""
+    if model == holder.model_name:
+        await asyncio.to_thread(holder.refresh)
+
+
+@router.get("", response_model=list[ModelSummary])
+def list_models(registry: RegistryDep, settings: SettingsDep) -> list[ModelSummary]:
+    """Every configured or stored model, with its aliases, pins and versions (with metrics)."""
+    names = sorted({m.name for m in settings.models} | set(registry.store.models()))
+    return [_summary(registry, name) for name in names]
+
+
+@router.get("/{model}", response_model=ModelSummary)
+def show_model(model: ModelName, registry: RegistryDep) -> ModelSummary:
+    return _summary(registry, model)
+
+
+@router.get("/{model}/versions/{version}")
+def show_version(model: ModelName, version: str, registry: RegistryDep) -> dict[str, Any]:
+    """One version's metadata: ``version`` is a number or an alias (``champion``)."""
+    return registry.show(model, version)
+
+
+@router.post("/{model}/promote", response_model=AliasMove)
+async def promote(
+    model: ModelName, body: VersionSet, registry: RegistryDep, holder: HolderDep
+) -> AliasMove:
+    """Point the champion at ``version`` (verified first); the API serves it at once."""
+    await asyncio.to_thread(registry.promote, model, body.version)
+    await _serve_now(holder, model)
+    return AliasMove(model=model, alias=CHAMPION, version=body.version)
+
+
+@router.post("/{model}/rollback", response_model=AliasMove)
+async def rollback(model: ModelName, registry: RegistryDep, holder: HolderDep) -> AliasMove:
+    """Point the champion back at the version it named before."""
+    version = await asyncio.to_thread(registry.rollback, model)
+    await _serve_now(holder, model)
+    return AliasMove(model=model, alias=CHAMPION, version=version)
+
+
+@router.post("/{model}/pin", response_model=ModelSummary)
+def pin(model: ModelName, body: VersionSet, registry: RegistryDep) -> ModelSummary:
+    """Keep ``version`` through retention."""
+    registry.pin(model, body.version)
+    return _summary(registry, model)
+
+
+@router.post("/{model}/unpin", response_model=ModelSummary)
+def unpin(model: ModelName, body: VersionSet, registry: RegistryDep) -> ModelSummary:
+    registry.pin(model, body.version, pinned=False)
+    return _summary(registry, model)

@@ -1,0 +1,133 @@
+"""Rank, score and outcomes: what a storefront calls."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, status
+from pydantic import Field
+
+from api.deps import ClockDep, PublisherDep, RngDep, ServedDep, SettingsDep
+from api.schemas import (
+    ItemScore,
+    OutcomesResponse,
+    RankedItem,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from api.security import ScoringKey
+from streamlearn.events import Outcome, Recommendation, SlateItem
+from streamlearn.ranking import choose_slate
+from streamlearn.serving import Served
+
+router = APIRouter(prefix="/v1", tags=["scoring"], dependencies=[ScoringKey])
+
+MAX_OUTCOMES = 1000
+
+
+def _scores(body: ScoreRequest, served: Served, max_candidates: int) -> list[float]:
+    if len(body.items) > max_candidates:
+        raise HTTPException(422, detail=f"at most {max_candidates} candidates per request")
+    return [served.score(body.context, c.item_id, c.features) for c in body.items]
+
+
+# async: scoring is CPU-bound and short, so it runs on the event loop without a thread hop.
+@router.post("/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> ScoreResponse:
+    """Probability of a conversion for each candidate, from one model version. Not logged: use
+    /v1/rank for what is shown to users."""
+    scores = _scores(body, served, settings.max_candidates)
+    return ScoreResponse(
+        model=served.model_name,
+        model_version=served.version,
+        scores=[
+            ItemScore(item_id=c.item_id, probability=p)
+            for c, p in zip(body.items, scores, strict=True)
+        ],
+    )
+
+
+@router.post("/rank", response_model=RankResponse)
+async def rank(
+    body: RankRequest,
+    served: ServedDep,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    clock: ClockDep,
+    rng: RngDep,
+) -> RankResponse:
+    """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
+    exploration), and the recommendation event of what was served published to Kafka, with the
+    features, scores, positions and propensities, for the joiner to label."""
+    scores = _scores(body, served, settings.max_candidates)
+    epsilon = settings.explore_epsilon if body.epsilon is None else body.epsilon
+    slate = choose_slate(
+        [(c.item_id, p) for c, p in zip(body.items, scores, strict=True)], body.k, epsilon, rng
+    )
+    features = {c.item_id: c.features for c in body.items}
+    event = Recommendation(
+        recommendation_id=uuid.uuid4().hex,
+        user_id=body.user_id,
+        event_time=clock.now(),
+        context=body.context,
+        items=[
+            SlateItem(
+                item_id=p.item_id,
+                position=p.position,
+                score=p.score,
+                propensity=p.propensity,
+                features=features[p.item_id],
+            )
+            for p in slate
+        ],
+        model_version=served.tag,
+    )
+    logged = publisher.publish(
+        settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()
+    )
+    return RankResponse(
+        recommendation_id=event.recommendation_id,
+        model=served.model_name,
+        model_version=served.version,
+        items=[
+            RankedItem(
+                item_id=p.item_id, position=p.position, score=p.score, propensity=p.propensity
+            )
+            for p in slate
+        ],
+        logged=logged,
+    )
+
+
+@router.post("/outcomes", response_model=OutcomesResponse, status_code=status.HTTP_202_ACCEPTED)
+async def outcomes(
+    body: Annotated[
+        Outcome | Annotated[list[Outcome], Field(min_length=1, max_length=MAX_OUTCOMES)],
+        Body(
+            openapi_examples={
+                "one": {
+                    "summary": "One outcome",
+                    "value": {
+                        "recommendation_id": "5f0c2b9e8d7a4e21b3c4d5e6f7a8b9c0",
+                        "user_id": "u42",
+                        "item_id": "i7",
+                        "kind": "purchase",
+                        "value": 19.9,
+                        "event_time": 1763900000.0,
+                    },
+                },
+            }
+        ),
+    ],
+    settings: SettingsDep,
+    publisher: PublisherDep,
+) -> OutcomesResponse:
+    """Conversion outcomes (one, or an array of up to 1000), validated and published to the
+    outcomes topic, for storefronts without a Kafka producer of their own."""
+    batch = body if isinstance(body, list) else [body]
+    topic = settings.topic("outcomes")
+    logged = sum(publisher.publish(topic, o.user_id, o.model_dump_json().encode()) for o in batch)
+    return OutcomesResponse(accepted=len(batch), logged=logged)

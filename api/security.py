@@ -1,0 +1,62 @@
+"""API keys: an admin key for the model admin endpoints, optional scoring keys for the rest.
+
+A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. No key where one is
+needed: 401 (with ``WWW-Authenticate``); a key that is not the right one: 403. Keys are compared
+in constant time. The admin key is separate from the scoring keys, so a storefront that can rank
+cannot promote; with no admin key configured the admin endpoints answer 403 to everyone.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from api.deps import get_app_settings
+from streamlearn.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
+
+
+def _presented(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header: Annotated[str | None, Security(_header)],
+) -> str | None:
+    return bearer.credentials if bearer is not None else header
+
+
+def _check(presented: str | None, accepted: list[SecretStr], what: str) -> None:
+    if presented is None:
+        raise HTTPException(
+            401, detail=f"{what} key required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    given = presented.encode()
+    # Every key is compared, so the time taken does not say which one came close.
+    matches = [hmac.compare_digest(given, k.get_secret_value().encode()) for k in accepted]
+    if not any(matches):
+        raise HTTPException(403, detail=f"not a valid {what} key")
+
+
+def require_scoring_key(
+    presented: Annotated[str | None, Depends(_presented)],
+    settings: Annotated[Settings, Depends(get_app_settings)],
+) -> None:
+    if settings.scoring_keys:
+        _check(presented, settings.scoring_keys, "scoring")
+
+
+def require_admin_key(
+    presented: Annotated[str | None, Depends(_presented)],
+    settings: Annotated[Settings, Depends(get_app_settings)],
+) -> None:
+    if settings.admin_key is None:
+        raise HTTPException(403, detail="the admin API is off: no admin key is configured")
+    _check(presented, [settings.admin_key], "admin")
+
+
+ScoringKey = Depends(require_scoring_key)
+AdminKey = Depends(require_admin_key)
