@@ -50,6 +50,9 @@ class EventPublisher:
         )
         self.probe_every_s = probe_every_s
         self.connected = False
+        # Queued and not yet acknowledged or failed (len(producer) counts protocol requests too).
+        self._outstanding = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
 
@@ -75,13 +78,17 @@ class EventPublisher:
             LOST.labels(topic, "refused").inc()
             log.error("event refused by the producer: %s key=%s: %s", topic, key, exc)
             return False
+        with self._lock:
+            self._outstanding += 1
         return True
 
     def pending(self) -> int:
-        return len(self.producer)
+        return self._outstanding
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         topic = msg.topic() or "?"
+        with self._lock:
+            self._outstanding -= 1
         if err is None:
             PUBLISHED.labels(topic).inc()
             return
@@ -92,7 +99,7 @@ class EventPublisher:
         next_probe = 0.0
         while not self._stop.is_set():
             self.producer.poll(0.1)
-            BUFFERED.set(len(self.producer))
+            BUFFERED.set(self._outstanding)
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + self.probe_every_s

@@ -134,3 +134,23 @@ class ModelSummary(Body):
     aliases: dict[str, int]
     pinned: list[int]
     versions: list[dict[str, Any]]
+
+
+class Problem(Body):
+    """Every error: ``detail`` says what was wrong (a list of fields for 422)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer."""
+    why = {
+        400: "The body is not text at all (not UTF-8): there is no JSON to read.",
+        401: "No key where one is required.",
+        403: "A key that is not valid here, or the admin API is off.",
+        404: "No such model version or alias.",
+        409: "Refused: a version that fails verification, or nothing to roll back to.",
+        413: "Request body too large.",
+        503: "No model loaded yet, or the snapshot store is unreachable.",
+    }
+    return {code: {"model": Problem, "description": why[code]} for code in codes}

@@ -82,7 +82,7 @@ class ModelHolder:
                     backoff = 0.5
                     if stop.is_set():
                         return
-                    if notice is not None and notice.startswith(prefix):
+                    if notice == "" or (notice is not None and notice.startswith(prefix)):
                         self.refresh()
             except RedisError as exc:
                 log.warning("Redis notices unavailable (%s): polling only, retrying", exc)

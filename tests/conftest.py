@@ -8,6 +8,7 @@ Each test gets its own topic prefix, and so its own topics, consumer groups and 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
 from confluent_kafka import KafkaException, Producer
 from pydantic import BaseModel
 
@@ -245,3 +247,42 @@ def trainer_committed(settings: Settings) -> dict[int, int]:
         return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10) if tp.offset >= 0}
     finally:
         c.close()
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own, which it may stop and start again."""
+
+    port: int
+    dir: Path
+    server: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--save", "", "--dir", str(self.dir)]
+        self.server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        wait_until(self.answers, "the test's Redis to answer")
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if not shutil.which("redis-server"):
+        pytest.skip("needs Debian's redis-server binary (make infra-up installs it)")
+    server = PrivateRedis(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

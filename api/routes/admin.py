@@ -8,14 +8,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from api.deps import HolderDep, RegistryDep, SettingsDep
-from api.schemas import AliasMove, ModelSummary, VersionSet
+from api.schemas import AliasMove, ModelSummary, VersionSet, problems
 from api.security import AdminKey
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import ModelHolder
 
 ModelName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$", examples=["ctr"])]
 
-router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[AdminKey])
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["admin"],
+    dependencies=[AdminKey],
+    responses=problems(400, 401, 403, 404, 409, 413, 503),
+)
 
 
 def _summary(registry: Registry, model: str) -> ModelSummary:

@@ -17,13 +17,19 @@ from api.schemas import (
     RankResponse,
     ScoreRequest,
     ScoreResponse,
+    problems,
 )
 from api.security import ScoringKey
 from streamlearn.events import Outcome, Recommendation, SlateItem
 from streamlearn.ranking import choose_slate
 from streamlearn.serving import Served
 
-router = APIRouter(prefix="/v1", tags=["scoring"], dependencies=[ScoringKey])
+router = APIRouter(
+    prefix="/v1",
+    tags=["scoring"],
+    dependencies=[ScoringKey],
+    responses=problems(400, 401, 403, 413, 503),
+)
 
 MAX_OUTCOMES = 1000
 

@@ -41,13 +41,22 @@ class RedisSnapshotStore(SignedBlobs):
 
     def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
         """The channel's notices as they come, and None after each ``wait_s`` of silence (so a
-        follower can check whether to stop); raises RedisError when the connection fails."""
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        follower can check whether to stop); raises RedisError when the connection fails. The
+        first item is ``""``, once subscribed: what changed before that has no notice coming,
+        so a follower looks for itself then."""
+        pubsub = self._r.pubsub()
         try:
             pubsub.subscribe(self.channel)
+            # Subscribed once Redis confirms it, not when the command is sent.
+            while (msg := pubsub.get_message(timeout=wait_s)) is None or msg["type"] != "subscribe":
+                pass
+            yield ""
             while True:
                 msg = pubsub.get_message(timeout=wait_s)
-                yield None if msg is None else bytes(msg["data"]).decode()
+                if msg is None:
+                    yield None
+                elif msg["type"] == "message":
+                    yield bytes(msg["data"]).decode()
         finally:
             pubsub.close()
 

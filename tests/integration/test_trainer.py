@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from river import evaluate, metrics
 
 from streamlearn.clock import ManualClock
@@ -21,9 +17,9 @@ from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from streamlearn.training import Training, example_features
 from tests.conftest import (
+    PrivateRedis,
     Processes,
     configure,
-    free_port,
     produce,
     trainer_committed,
     wait_until,
@@ -137,29 +133,19 @@ def test_champion_and_challengers_match_rivers_progressive_validation(
         assert math.isfinite(got["calibration"]) and got["roc_auc"] > 0.7, (spec.name, got)
 
 
-@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server binary")
 def test_redis_down_at_checkpoint_time(
-    processes: Processes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
 ) -> None:
     """A Redis of the test's own, stopped mid-run: the trainer keeps learning, commits nothing
     past the last complete snapshot, says so in its log and metrics, and catches up when Redis
     is back."""
-    port = free_port()
-
-    def redis_server() -> subprocess.Popen[bytes]:
-        cmd = ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        wait_until(lambda: _answers(port), "the test's Redis to answer")
-        return server
-
-    server = redis_server()
     s = configure(
         processes,
         monkeypatch,
         STREAMLEARN_PARTITIONS="1",
         STREAMLEARN_CHECKPOINT_EVERY_N="100",
         STREAMLEARN_CHECKPOINT_EVERY_S="1",
-        STREAMLEARN_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        STREAMLEARN_REDIS_URL=private_redis.url,
     )
     topic = s.topic("examples")
     half = [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in stream()]
@@ -167,8 +153,7 @@ def test_redis_down_at_checkpoint_time(
     processes.start("trainer", "-m", "consumers.trainer")
     wait_until(lambda: trainer_committed(s) == {0: N // 2}, "the first half to be committed")
 
-    server.terminate()
-    server.wait(10)
+    private_redis.stop()
     produce(s, half[N // 2 :])
     wait_until(
         lambda: "checkpoint of ctr incomplete" in processes.log("trainer"),
@@ -181,19 +166,8 @@ def test_redis_down_at_checkpoint_time(
     assert float(line.removeprefix(name)) >= 1
     assert trainer_committed(s) == {0: N // 2}  # nothing past the last complete snapshot
 
-    server = redis_server()
-    try:
-        wait_until(lambda: trainer_committed(s) == {0: N}, "the trainer to catch up")
-        hot = open_store(s).hot
-        v = hot.latest_version("ctr")
-        assert v is not None and hot.meta("ctr", v)["samples_seen"] == N
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
+    private_redis.start()
+    wait_until(lambda: trainer_committed(s) == {0: N}, "the trainer to catch up")
+    hot = open_store(s).hot
+    v = hot.latest_version("ctr")
+    assert v is not None and hot.meta("ctr", v)["samples_seen"] == N
