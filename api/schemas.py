@@ -6,40 +6,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from streamlearn.events import MAX_SLATE, Features, Id
+from streamlearn.events import MAX_SLATE
+from streamlearn.serving import ScoreRequest
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Candidate(Body):
-    item_id: Id
-    features: Features = {}
-
-
 _CANDIDATES: list[JsonValue] = [
     {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
     {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
 ]
-
-
-class ScoreRequest(Body):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "user_id": "u42",
-                    "context": {"segment": "family", "mobile": True},
-                    "items": _CANDIDATES,
-                }
-            ]
-        }
-    )
-
-    user_id: Id
-    context: Features = {}
-    items: list[Candidate] = Field(min_length=1, max_length=MAX_SLATE)
 
 
 class RankRequest(ScoreRequest):

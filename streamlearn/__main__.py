@@ -6,6 +6,8 @@
     streamlearn registry rollback MODEL [--alias champion]
     streamlearn registry pin|unpin MODEL VERSION
     streamlearn registry retain MODEL --keep-last N
+    streamlearn score INPUT OUTPUT [--model M] [--version V]
+                                               score a .jsonl or .parquet file of requests
 
 Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 """
@@ -16,13 +18,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from streamlearn.errors import StreamlearnError
+from streamlearn.batch import read_rows, score_file
+from streamlearn.errors import SnapshotNotFound, StreamlearnError
 from streamlearn.registry import CHAMPION, Registry
+from streamlearn.serving import Served
 from streamlearn.settings import get_settings
 from streamlearn.snapshots import open_store
 
@@ -49,7 +55,31 @@ def _parser() -> argparse.ArgumentParser:
     keep = ops.add_parser("retain", help="delete old versions, never aliased or pinned ones")
     keep.add_argument("model")
     keep.add_argument("--keep-last", type=int, required=True)
+    score = sub.add_parser("score", help="score a file of requests offline (.jsonl, .parquet)")
+    score.add_argument("input", type=Path)
+    score.add_argument("output", type=Path, help="one row per candidate: .jsonl or .parquet")
+    score.add_argument("--model", help="default: the configured champion model")
+    score.add_argument(
+        "--version", help="a number or an alias; default: the version the API would serve"
+    )
     return parser
+
+
+def _score(registry: Registry, args: argparse.Namespace, console: Console) -> None:
+    model = args.model or get_settings().model.name
+    version = registry.resolve(model, args.version) or registry.served_version(model)
+    if version is None:
+        raise SnapshotNotFound(f"model {model!r} has no version to score with")
+    snapshot = registry.store.get(model, version)
+    served = Served(model, snapshot.version, snapshot.model)
+    total, _ = read_rows(args.input)
+    with Progress(console=console, transient=False) as bar:
+        task = bar.add_task(f"scoring with {served.tag}", total=total)
+        counts = score_file(args.input, args.output, served, lambda n: bar.advance(task, n))
+    console.print(
+        f"{counts.requests} requests, {counts.scored} candidates scored with {served.tag}, "
+        f"{counts.invalid} invalid (rows with an error) -> {args.output}"
+    )
 
 
 def _table(registry: Registry, model: str) -> Table:
@@ -76,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     registry = Registry(open_store(get_settings()))
     try:
-        if args.op == "list":
+        if args.area == "score":
+            _score(registry, args, console)
+        elif args.op == "list":
             for model in [args.model] if args.model else registry.store.models():
                 console.print(_table(registry, model))
         elif args.op == "show":

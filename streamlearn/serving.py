@@ -11,9 +11,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from streamlearn.errors import SnapshotError
+from streamlearn.events import MAX_SLATE, Features, Id
 from streamlearn.features import FeatureValue, impression_features
 from streamlearn.learning import Learner
 from streamlearn.registry import Registry
@@ -21,6 +23,38 @@ from streamlearn.snapshots.base import SnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 
 log = logging.getLogger("streamlearn.serving")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Candidate(_Request):
+    item_id: Id
+    features: Features = {}
+
+
+class ScoreRequest(_Request):
+    """Candidates for one user in one context: the body of /v1/score, and a row of a batch."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "u42",
+                    "context": {"segment": "family", "mobile": True},
+                    "items": [
+                        {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
+                        {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
+                    ],
+                }
+            ]
+        }
+    )
+
+    user_id: Id
+    context: Features = {}
+    items: list[Candidate] = Field(min_length=1, max_length=MAX_SLATE)
 
 
 @dataclass(frozen=True)
@@ -37,6 +71,9 @@ class Served:
             context, item, item_id=item_id, crosses=spec.crosses, include_ids=spec.include_ids
         )
         return self.learner.predict_proba_one(x)
+
+    def score_request(self, request: ScoreRequest) -> list[float]:
+        return [self.score(request.context, c.item_id, c.features) for c in request.items]
 
     @property
     def tag(self) -> str:

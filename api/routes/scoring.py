@@ -15,14 +15,13 @@ from api.schemas import (
     RankedItem,
     RankRequest,
     RankResponse,
-    ScoreRequest,
     ScoreResponse,
     problems,
 )
 from api.security import ScoringKey
 from streamlearn.events import Outcome, Recommendation, SlateItem
 from streamlearn.ranking import choose_slate
-from streamlearn.serving import Served
+from streamlearn.serving import ScoreRequest, Served
 
 router = APIRouter(
     prefix="/v1",
@@ -37,7 +36,7 @@ MAX_OUTCOMES = 1000
 def _scores(body: ScoreRequest, served: Served, max_candidates: int) -> list[float]:
     if len(body.items) > max_candidates:
         raise HTTPException(422, detail=f"at most {max_candidates} candidates per request")
-    return [served.score(body.context, c.item_id, c.features) for c in body.items]
+    return served.score_request(body)
 
 
 # async: scoring is CPU-bound and short, so it runs on the event loop without a thread hop.

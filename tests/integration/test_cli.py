@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from streamlearn.registry import Registry
+from streamlearn.serving import Served
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from tests.conftest import ROOT, free_port
@@ -18,9 +22,11 @@ from tests.unit.test_api import trained
 pytestmark = pytest.mark.integration
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, area: str = "registry"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamlearn", "registry", *args],
+        [sys.executable, "-m", "streamlearn", area, *args],
         env={**os.environ, **env, "COLUMNS": "200"},
         cwd=ROOT,
         capture_output=True,
@@ -69,3 +75,54 @@ def test_redis_down_is_said_and_changes_nothing(
     failed = cli(down, "promote", "ctr", "1")
     assert failed.returncode == 1 and "Redis did not answer" in failed.stdout
     assert store.archive.read_registry("ctr")["aliases"] == {}
+
+
+def test_batch_scoring_of_jsonl_and_parquet_files(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store = open_store(Settings())
+    store.put(trained(1))
+    store.put(trained(2, n=5))
+    first = Served("ctr", 1, store.get("ctr", 1).model)
+    requests = [
+        {"user_id": "u1", "context": {"segment": "likes"}, "items": [{"item_id": "a"}]},
+        {
+            "user_id": "u2",
+            "context": {"segment": "dislikes"},
+            "items": [{"item_id": "a", "features": {"p": 1.5}}, {"item_id": "b"}],
+        },
+        {"user_id": "u3", "items": []},  # invalid: no candidates
+    ]
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(b"\n".join(orjson.dumps(r) for r in requests) + b"\nnot json\n")
+
+    done = cli(env, str(source), str(tmp_path / "scores.parquet"), "--version", "1", area="score")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 requests, 3 candidates scored with ctr:v1, 2 invalid" in done.stdout
+    rows = pq.read_table(tmp_path / "scores.parquet").to_pylist()
+    scored = [
+        (r["row"], r["user_id"], r["item_id"], r["probability"]) for r in rows if not r["error"]
+    ]
+    expected = [
+        (
+            n,
+            q["user_id"],
+            c["item_id"],
+            first.score(q["context"], c["item_id"], c.get("features", {})),
+        )
+        for n, q in enumerate(requests[:2])
+        for c in q["items"]
+    ]
+    assert scored == expected
+    assert {r["model_version"] for r in rows} == {1}
+    errors = {r["row"]: r["error"] for r in rows if r["error"]}
+    assert errors.keys() == {2, 3} and "items" in errors[2] and "not JSON" in errors[3]
+
+    # Parquet in, JSON lines out, with the served version (the latest: 2) by default.
+    pq.write_table(pa.Table.from_pylist(requests[:2]), tmp_path / "requests.parquet")
+    done = cli(env, str(tmp_path / "requests.parquet"), str(tmp_path / "out.jsonl"), area="score")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert [(x["item_id"], x["model_version"]) for x in lines] == [("a", 2), ("a", 2), ("b", 2)]
