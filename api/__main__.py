@@ -1,6 +1,14 @@
+"""``python -m api``: one uvicorn worker on the configured host and port."""
+
 import uvicorn
 
 from streamlearn.settings import get_settings
 
 settings = get_settings()
-uvicorn.run("api.app:app", host=settings.api_host, port=settings.api_port, log_level="info")
+uvicorn.run(
+    "api.app:app",
+    host=settings.api_host,
+    port=settings.api_port,
+    log_level="info",
+    access_log=settings.api_access_log,
+)

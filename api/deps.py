@@ -1,4 +1,7 @@
-"""Dependencies the routes declare with ``Annotated``: what the app's lifespan put in its state."""
+"""Dependencies the routes declare with ``Annotated``: what the app's lifespan put in its state.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
+dependency per request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -24,37 +27,37 @@ class Publisher(Protocol):
     def pending(self) -> int: ...
 
 
-def get_holder(request: Request) -> ModelHolder:
+async def get_holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_clock(request: Request) -> Clock:
+async def get_clock(request: Request) -> Clock:
     clock: Clock = request.app.state.clock
     return clock
 
 
-def get_rng(request: Request) -> random.Random:
+async def get_rng(request: Request) -> random.Random:
     rng: random.Random = request.app.state.rng
     return rng
 
 
-def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
+async def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
     served = holder.current
     if served is None:
         raise HTTPException(503, detail=f"no snapshot of model {holder.model_name!r} yet")

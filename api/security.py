@@ -22,7 +22,7 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>"
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
 
 
-def _presented(
+async def _presented(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> str | None:
@@ -41,7 +41,7 @@ def _check(presented: str | None, accepted: list[SecretStr], what: str) -> None:
         raise HTTPException(403, detail=f"not a valid {what} key")
 
 
-def require_scoring_key(
+async def require_scoring_key(
     presented: Annotated[str | None, Depends(_presented)],
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:
@@ -49,7 +49,7 @@ def require_scoring_key(
         _check(presented, settings.scoring_keys, "scoring")
 
 
-def require_admin_key(
+async def require_admin_key(
     presented: Annotated[str | None, Depends(_presented)],
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:

@@ -34,11 +34,13 @@ import bisect
 import inspect
 import numbers
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from river import compose, facto, linear_model, metrics, optim, preprocessing
+
+from streamlearn.features import impression_features
 
 
 class _Strict(BaseModel):
@@ -175,6 +177,27 @@ class Learner:
         self.__dict__.update(state)
         self._shortcuts()
 
+    def score_candidates(
+        self,
+        context: Mapping[str, float | bool | str],
+        candidates: Sequence[tuple[str, Mapping[str, float | bool | str]]],
+    ) -> list[float]:
+        """The score of each candidate of one request, as ``predict_proba_one`` of its
+        features would give, the context encoded once when the encoding allows."""
+        spec = self.spec
+        if self._encode is one_hot_union:
+            final = self._final
+            encoded = one_hot_candidates(context, candidates, spec.crosses, spec.include_ids)
+            return [float(final.predict_proba_one(x).get(True, 0.0)) for x in encoded]
+        return [
+            self.predict_proba_one(
+                impression_features(
+                    context, item, item_id=i, crosses=spec.crosses, include_ids=spec.include_ids
+                )
+            )
+            for i, item in candidates
+        ]
+
     def predict_proba_one(self, x: dict[str, Any]) -> float:
         if self._encode is not None:
             return float(self._final.predict_proba_one(self._encode(x)).get(True, 0.0))
@@ -228,6 +251,44 @@ def one_hot_union(x: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str):
             out[f"{name}_{value}"] = 1
     return out
+
+
+def one_hot_candidates(
+    context: Mapping[str, float | bool | str],
+    candidates: Iterable[tuple[str, Mapping[str, float | bool | str]]],
+    crosses: Iterable[tuple[str, str]],
+    include_ids: bool,
+) -> Iterator[dict[str, Any]]:
+    """``one_hot_union(impression_features(context, item, ...))`` for each candidate of one
+    request, with the context encoded once rather than once per candidate: the same keys, values
+    and order (numbers, then one-hots, each in feature order), so the same scores to the bit."""
+    crosses = tuple(crosses)
+    numbers = {f"c:{k}": float(v) for k, v in context.items() if not isinstance(v, str)}
+    hots = {f"c:{k}_{v}": 1 for k, v in context.items() if isinstance(v, str)}
+    for item_id, item in candidates:
+        out: dict[str, Any] = dict(numbers)
+        for k, v in item.items():
+            if not isinstance(v, str):
+                out[f"i:{k}"] = float(v)
+        crossed: list[str] = []
+        for a, b in crosses:
+            va = item[a] if a in item else context.get(a)
+            vb = item[b] if b in item else context.get(b)
+            if va is None or vb is None:
+                continue
+            if isinstance(va, str) or isinstance(vb, str):
+                crossed.append(f"x:{a}&{b}_{va}&{vb}")
+            else:
+                out[f"x:{a}*{b}"] = float(va) * float(vb)
+        out.update(hots)
+        for k, v in item.items():
+            if isinstance(v, str):
+                out[f"i:{k}_{v}"] = 1
+        if include_ids:
+            out[f"item_{item_id}"] = 1
+        for key in crossed:
+            out[key] = 1
+        yield out
 
 
 def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:

@@ -73,7 +73,9 @@ class Served:
         return self.learner.predict_proba_one(x)
 
     def score_request(self, request: ScoreRequest) -> list[float]:
-        return [self.score(request.context, c.item_id, c.features) for c in request.items]
+        """Every candidate's score, exactly as :meth:`score` gives it, in less time."""
+        candidates = [(c.item_id, c.features) for c in request.items]
+        return self.learner.score_candidates(request.context, candidates)
 
     @property
     def tag(self) -> str:

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_access_log: bool = Field(
+        True, description="A log line per request (the metrics count them either way)."
+    )
     max_candidates: int = Field(500, ge=1, description="Candidates per rank or score request.")
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."

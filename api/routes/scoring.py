@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, status
+import orjson
+from fastapi import APIRouter, Body, HTTPException, Response, status
 from pydantic import Field
 
 from api.deps import ClockDep, PublisherDep, RngDep, ServedDep, SettingsDep
 from api.schemas import (
-    ItemScore,
     OutcomesResponse,
-    RankedItem,
     RankRequest,
     RankResponse,
     ScoreResponse,
@@ -39,19 +38,27 @@ def _scores(body: ScoreRequest, served: Served, max_candidates: int) -> list[flo
     return served.score_request(body)
 
 
+def _json(payload: dict[str, Any]) -> Response:
+    # The route's response_model documents the body; building it as a dict and encoding it
+    # with orjson skips FastAPI's re-validation of what this module just built.
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
 # async: scoring is CPU-bound and short, so it runs on the event loop without a thread hop.
 @router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> ScoreResponse:
+async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> Response:
     """Probability of a conversion for each candidate, from one model version. Not logged: use
     /v1/rank for what is shown to users."""
     scores = _scores(body, served, settings.max_candidates)
-    return ScoreResponse(
-        model=served.model_name,
-        model_version=served.version,
-        scores=[
-            ItemScore(item_id=c.item_id, probability=p)
-            for c, p in zip(body.items, scores, strict=True)
-        ],
+    return _json(
+        {
+            "model": served.model_name,
+            "model_version": served.version,
+            "scores": [
+                {"item_id": c.item_id, "probability": p}
+                for c, p in zip(body.items, scores, strict=True)
+            ],
+        }
     )
 
 
@@ -63,7 +70,7 @@ async def rank(
     publisher: PublisherDep,
     clock: ClockDep,
     rng: RngDep,
-) -> RankResponse:
+) -> Response:
     """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
     exploration), and the recommendation event of what was served published to Kafka, with the
     features, scores, positions and propensities, for the joiner to label."""
@@ -93,17 +100,22 @@ async def rank(
     logged = publisher.publish(
         settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()
     )
-    return RankResponse(
-        recommendation_id=event.recommendation_id,
-        model=served.model_name,
-        model_version=served.version,
-        items=[
-            RankedItem(
-                item_id=p.item_id, position=p.position, score=p.score, propensity=p.propensity
-            )
-            for p in slate
-        ],
-        logged=logged,
+    return _json(
+        {
+            "recommendation_id": event.recommendation_id,
+            "model": served.model_name,
+            "model_version": served.version,
+            "items": [
+                {
+                    "item_id": p.item_id,
+                    "position": p.position,
+                    "score": p.score,
+                    "propensity": p.propensity,
+                }
+                for p in slate
+            ],
+            "logged": logged,
+        }
     )
 
 

@@ -1,0 +1,289 @@
+"""/v1/rank under load: latency and throughput of one API worker, and zero errors across swaps.
+
+The API runs as its own process (``python -m api``: one uvicorn worker, access log off) against
+the real Kafka and Redis, serving a logistic regression trained on simulated traffic. Each
+request ranks 100 candidates (k = 10) and publishes its recommendation event. An open-loop
+client in this process sends requests at fixed rates (each on its own schedule, so a slow
+response does not hold back the next request), then at the top rate again while a new version
+is promoted every two seconds. Latency is measured by the client from send to full response, on
+the same 2-core machine as the server, the broker and Redis. Raw: the server's own time for the
+same requests, from its request-latency histogram.
+
+Run: ``python bench/serve.py`` after ``make infra-up``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+
+from streamlearn.clock import SystemClock
+from streamlearn.events import LabeledExample
+from streamlearn.learning import ModelSpec
+from streamlearn.registry import Registry
+from streamlearn.settings import Settings
+from streamlearn.simulation import Storefront
+from streamlearn.snapshots import SnapshotStore, open_store
+from streamlearn.training import Training
+from topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+RATES = (100, 250, 500)
+SECONDS = 10.0
+SWAP_EVERY_S = 2.0
+CANDIDATES = 100
+CONNECTIONS = 32
+
+
+def train_versions(store: SnapshotStore, versions: int = 2, n: int = 20_000) -> None:
+    """Versions of the champion, trained on simulated examples (each on a different slice)."""
+    shop = Storefront(world_seed=7, traffic_seed=3)
+    training = Training(ModelSpec(), SystemClock(), every_n=10**9, every_s=1e9)
+    offset = 0
+    for version in range(1, versions + 1):
+        for _ in range(n // shop.slate_size):
+            user, slate = shop.impressions()
+            for pos, item in enumerate(slate):
+                example = LabeledExample(
+                    example_id=f"{offset}",
+                    recommendation_id=f"{offset}",
+                    user_id=user.user_id,
+                    item_id=item.item_id,
+                    position=pos,
+                    propensity=1.0,
+                    served_score=None,
+                    model_version=None,
+                    context=shop.context(user),
+                    item_features=shop.item_features(item, pos),
+                    label=shop.rng.random() < shop.probability(user, item, pos),
+                    recommendation_time=0.0,
+                )
+                training.learn(example, 0, offset)
+                offset += 1
+        store.put(training.snapshot(version))
+
+
+def requests(count: int) -> list[bytes]:
+    shop = Storefront(world_seed=7, traffic_seed=11)
+    out = []
+    for _ in range(count):
+        user = shop.rng.choice(shop.users)
+        items = shop.rng.sample(shop.items, CANDIDATES)
+        body = {
+            "user_id": user.user_id,
+            "context": shop.context(user),
+            "items": [
+                {"item_id": it.item_id, "features": shop.item_features(it, 0)} for it in items
+            ],
+            "k": 10,
+        }
+        out.append(json.dumps(body).encode())
+    return out
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a bare request writer and response reader, far
+    lighter than a general client, so that the load generator is not what gets measured."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        if not status_line:
+            raise ConnectionError("closed by the server")
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+
+async def drive(
+    host: str, port: int, rate: float, seconds: float, bodies: list[bytes]
+) -> dict[str, Any]:
+    """Open loop: request i is due at ``i / rate`` whether or not earlier ones have answered,
+    and its latency runs from when it was due (no coordinated omission)."""
+    head = (
+        b"POST /v1/rank HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: "
+    )
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        pool.put_nowait(await Connection.open(host, port))
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def one(due: float, body: bytes) -> None:
+        conn = await pool.get()
+        try:
+            status, payload = await conn.post(head, body)
+            if status != 200:
+                errors.append(f"{status} {payload[:200]!r}")
+            elif b'"model_version"' not in payload:  # a response always names its version
+                errors.append(f"no version: {payload[:200]!r}")
+            else:
+                latencies.append(time.perf_counter() - due)
+            pool.put_nowait(conn)
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            errors.append(repr(exc))
+            pool.put_nowait(await Connection.open(host, port))
+
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, bodies[i % len(bodies)])))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not pool.empty():
+        pool.get_nowait().writer.close()
+    ms = sorted(x * 1000 for x in latencies)
+    return {
+        "target_rps": rate,
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(statistics.median(ms), 2) if ms else None,
+        "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2) if ms else None,
+        "max_ms": round(ms[-1], 2) if ms else None,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def server_p99_ms(url: str) -> float | None:
+    """The server's own p99 for /v1/rank, from its histogram (an upper bucket bound)."""
+    text = httpx.get(f"{url}/metrics").text
+    buckets = []
+    for line in text.splitlines():
+        if (
+            line.startswith('streamlearn_api_request_seconds_bucket{le="')
+            and 'route="/v1/rank"' in line
+        ):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.split()[-1])))
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    return next(le * 1000 for le, count in buckets if count >= 0.99 * total)
+
+
+def run(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    return uvloop.run(coroutine)
+
+
+def main() -> None:
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    port = 18000 + random.randrange(1000)
+    env = {
+        "STREAMLEARN_TOPIC_PREFIX": prefix,
+        "STREAMLEARN_ARCHIVE_URL": f"file://{tempfile.mkdtemp()}",
+        "STREAMLEARN_API_PORT": str(port),
+        "STREAMLEARN_API_ACCESS_LOG": "false",
+        "STREAMLEARN_ADMIN_KEY": "bench",
+    }
+    os.environ.update(env)
+    settings = Settings()
+    ensure_topics(settings)
+    store = open_store(settings)
+    train_versions(store)
+    url = f"http://127.0.0.1:{port}"
+    log = open(Path(tempfile.mkdtemp()) / "api.log", "wb")  # noqa: SIM115 - lives with the server
+    server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit(f"the API did not become ready; see {log.name}")
+        bodies = requests(200)
+        gc.freeze()  # the client's own full collections would be measured as latency
+        run(drive("127.0.0.1", port, 50, 2, bodies))  # warm-up: connections, caches
+        steady = []
+        for rate in RATES:
+            result = run(drive("127.0.0.1", port, rate, SECONDS, bodies))
+            steady.append(result)
+            print(
+                f"{rate:4d} rps target: {result['rps']:7.1f} rps  p50 {result['p50_ms']} ms  "
+                f"p99 {result['p99_ms']} ms  max {result['max_ms']} ms  errors {result['errors']}"
+            )
+
+        registry = Registry(store)
+        stop = threading.Event()
+        swaps = 0
+
+        def promote() -> None:
+            nonlocal swaps
+            version = 1
+            while not stop.wait(SWAP_EVERY_S):
+                registry.promote("ctr", version)
+                swaps += 1
+                version = 3 - version
+
+        swapper = threading.Thread(target=promote)
+        swapper.start()
+        try:
+            during = run(drive("127.0.0.1", port, RATES[-1], 2 * SECONDS, bodies))
+        finally:
+            stop.set()
+            swapper.join()
+        print(
+            f"{RATES[-1]:4d} rps with {swaps} promotions: {during['rps']} rps  "
+            f"p50 {during['p50_ms']} ms  p99 {during['p99_ms']} ms  errors {during['errors']}"
+        )
+        top = steady[-1]
+        figures = {
+            "candidates": CANDIDATES,
+            "rps": top["rps"],
+            "target_rps": top["target_rps"],
+            "rank_p50_ms": top["p50_ms"],
+            "rank_p99_ms": top["p99_ms"],
+            "errors": sum(r["errors"] for r in steady),
+            "by_rate": {
+                str(r["target_rps"]): {k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in steady
+            },
+            "swaps": swaps,
+            "rps_during_swaps": during["rps"],
+            "rank_p99_ms_during_swaps": during["p99_ms"],
+            "errors_during_swaps": during["errors"],
+            "server_p99_ms_bucket": server_p99_ms(url),
+            "goal_p99_ms_at_500_rps": 10,
+        }
+        print(json.dumps(figures))
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Scoring a request's candidates together gives each the score it gets alone, to the bit."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from streamlearn.clock import ManualClock
+from streamlearn.features import impression_features
+from streamlearn.learning import ModelSpec, one_hot_candidates, one_hot_union
+from streamlearn.serving import Candidate, ScoreRequest, Served
+from streamlearn.training import Training
+from tests.unit.test_training import example
+
+
+def _value(rng: random.Random) -> float | bool | str:
+    return rng.choice([rng.uniform(-3, 3), rng.random() < 0.5, rng.choice("abcde")])
+
+
+def _request(rng: random.Random) -> ScoreRequest:
+    names = ["segment", "category", "price", "mobile", "age", "brand"]
+    context = {n: _value(rng) for n in rng.sample(names, rng.randrange(0, 4))}
+    items = [
+        Candidate(
+            item_id=f"i{n}", features={k: _value(rng) for k in rng.sample(names, rng.randrange(4))}
+        )
+        for n in range(rng.randrange(1, 30))
+    ]
+    return ScoreRequest(user_id="u", context=context, items=items)
+
+
+CROSSES = (("segment", "category"), ("price", "age"), ("mobile", "brand"))
+
+
+def test_the_fused_encoding_is_the_pipelines_in_the_same_order() -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        r = _request(rng)
+        candidates = [(c.item_id, c.features) for c in r.items]
+        fused = list(one_hot_candidates(r.context, candidates, CROSSES, True))
+        for (item_id, item), got in zip(candidates, fused, strict=True):
+            x = impression_features(r.context, item, item_id=item_id, crosses=CROSSES)
+            assert list(got.items()) == list(one_hot_union(x).items())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(crosses=CROSSES),
+        ModelSpec(crosses=CROSSES, encoding="hash"),
+        ModelSpec(crosses=CROSSES, scale=True),
+        ModelSpec(crosses=CROSSES, learner={"kind": "fm", "n_factors": 4}),
+    ],
+    ids=["onehot", "hash", "scaled", "fm"],
+)
+def test_a_request_scores_as_its_candidates_one_by_one(spec: ModelSpec) -> None:
+    t = Training(spec, ManualClock(0.0), every_n=10**6, every_s=1e9)
+    for i in range(200):
+        t.learn(example(i % 3 == 0, random.Random(i).choice(["likes", "dislikes"])), 0, i)
+    served = Served("ctr", 1, t.learner)
+    rng = random.Random(2)
+    for _ in range(50):
+        r = _request(rng)
+        alone: list[Any] = [served.score(r.context, c.item_id, c.features) for c in r.items]
+        assert served.score_request(r) == alone
