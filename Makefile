@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install infra-up infra-down infra-status topics run test test-unit test-integration lint format typecheck check clean
+.PHONY: help install infra-up infra-down infra-status topics run test test-unit test-integration bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test-unit: install ## Unit tests and doctests only: no broker needed
 
 test-integration: install infra-up ## Integration tests against the real Kafka and Redis
 	$(PY) -m pytest -m integration
+
+bench: install infra-up ## Every benchmark in bench/, each ending with one JSON line of figures
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check .

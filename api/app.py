@@ -8,7 +8,7 @@ import gc
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -146,7 +146,7 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def _status(code: int):  # type: ignore[no-untyped-def]
+def _status(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         if code >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc)
@@ -155,9 +155,5 @@ def _status(code: int):  # type: ignore[no-untyped-def]
     return handler
 
 
-def __getattr__(name: str) -> FastAPI:
-    # ``uvicorn api.app:app`` builds the app from the environment on first use, not on import,
-    # so that importing this module (tests, tools) needs no configuration.
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)
+# Built from the environment; nothing connects until the app starts.
+app = create_app()

@@ -13,8 +13,8 @@ REQUESTS = Counter(
 )
 LATENCY = Histogram(
     "streamlearn_api_request_seconds",
-    "HTTP request latency by route.",
-    ["route"],
+    "HTTP request latency by route and status.",
+    ["route", "status"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
@@ -77,7 +77,7 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             REQUESTS.labels(path, str(status)).inc()
-            LATENCY.labels(path).observe(time.perf_counter() - start)
+            LATENCY.labels(path, str(status)).observe(time.perf_counter() - start)
 
 
 async def _reply(send: Send, status: int, detail: str) -> None:

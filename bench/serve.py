@@ -177,13 +177,14 @@ async def drive(
 
 
 def server_p99_ms(url: str) -> float | None:
-    """The server's own p99 for /v1/rank, from its histogram (an upper bucket bound)."""
+    """The server's own p99 for /v1/rank (answered 200), from its histogram: the upper bound
+    of the bucket it falls in."""
     text = httpx.get(f"{url}/metrics").text
     buckets = []
     for line in text.splitlines():
         if (
             line.startswith('streamlearn_api_request_seconds_bucket{le="')
-            and 'route="/v1/rank"' in line
+            and 'route="/v1/rank",status="200"' in line
         ):
             le = line.split('le="')[1].split('"')[0]
             buckets.append((float(le), float(line.split()[-1])))
