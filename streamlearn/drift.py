@@ -1,0 +1,145 @@
+"""Drift: has the world moved away from what the served model knows?
+
+* **Concept drift**, on the served model's per-example log loss, with River's detectors (ADWIN,
+  or Page-Hinkley watching for increases). Only a rise of the loss counts: the fall that follows
+  as the model relearns is recovery, not drift. The alarm value is 1 from a detection until
+  ``recovery_examples`` have passed without another.
+* **Data drift**, per feature and on the prediction, as the population stability index of the
+  current window against a reference window (the one taken when the version was promoted).
+  Numbers are binned at the reference's deciles, categories are the reference's most common ones
+  plus "other". PSI = sum over bins of (current - reference) x ln(current / reference), with
+  shares floored at ``1e-4``; the usual reading is < 0.1 stable, 0.1-0.25 moderate, > 0.25 a
+  shift.
+
+>>> round(psi({"a": 50, "b": 50}, {"a": 50, "b": 50}), 6)
+0.0
+>>> round(psi({"a": 90, "b": 10}, {"a": 50, "b": 50}), 3)
+0.879
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from river import drift
+
+OTHER = "(other)"
+FLOOR = 1e-4
+
+
+def psi(reference: Mapping[str, float], current: Mapping[str, float]) -> float:
+    """Population stability index of two histograms over the same bins (counts or shares)."""
+    bins = set(reference) | set(current)
+    ref_total = sum(reference.values()) or 1.0
+    cur_total = sum(current.values()) or 1.0
+    total = 0.0
+    for b in bins:
+        r = max(reference.get(b, 0.0) / ref_total, FLOOR)
+        c = max(current.get(b, 0.0) / cur_total, FLOOR)
+        total += (c - r) * math.log(c / r)
+    return total
+
+
+@dataclass
+class FeatureProfile:
+    """How one feature was distributed in the reference window, and the bins to compare in."""
+
+    kind: Literal["number", "category"]
+    edges: list[float] = field(default_factory=list)  # numbers: upper edges of all but the last
+    categories: list[str] = field(default_factory=list)
+    reference: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, values: list[Any], bins: int = 10, top: int = 20) -> FeatureProfile:
+        numbers = [float(v) for v in values if isinstance(v, int | float)]
+        if numbers and len(numbers) >= len(values) / 2:
+            ordered = sorted(numbers)
+            cuts = (
+                {ordered[int(len(ordered) * q / bins)] for q in range(1, bins)}
+                if ordered
+                else set()
+            )
+            profile = cls("number", edges=sorted(cuts))
+        else:
+            common = Counter(str(v) for v in values).most_common(top)
+            profile = cls("category", categories=[c for c, _ in common])
+        profile.reference = dict(Counter(profile.bin(v) for v in values))
+        return profile
+
+    def bin(self, value: Any) -> str:
+        if self.kind == "number":
+            if not isinstance(value, int | float):
+                return OTHER
+            return f"b{bisect.bisect_left(self.edges, float(value))}"
+        text = str(value)
+        return text if text in self.categories else OTHER
+
+    def psi(self, values: Iterable[Any]) -> float:
+        return psi(self.reference, Counter(self.bin(v) for v in values))
+
+
+@dataclass
+class DataDrift:
+    """Reference profiles of every feature (and the prediction), and the PSI of a window."""
+
+    profiles: dict[str, FeatureProfile]
+
+    @classmethod
+    def reference(cls, rows: list[Mapping[str, Any]]) -> DataDrift:
+        """Profiles of each feature seen in ``rows`` (feature name -> value dicts)."""
+        names = sorted({name for row in rows for name in row})
+        return cls({n: FeatureProfile.of([r[n] for r in rows if n in r]) for n in names})
+
+    def psi_by_feature(self, rows: list[Mapping[str, Any]]) -> dict[str, float]:
+        return {
+            name: profile.psi(r[name] for r in rows if name in r)
+            for name, profile in self.profiles.items()
+        }
+
+
+class ConceptDrift:
+    """A drift detector on the served model's loss; ``value`` is 1 while the alarm should be on."""
+
+    def __init__(
+        self,
+        detector: Literal["adwin", "page_hinkley"] = "adwin",
+        recovery_examples: int = 2000,
+        adwin_delta: float = 0.002,
+        ph_delta: float = 0.05,
+        ph_threshold: float = 50.0,
+    ) -> None:
+        # ADWIN's delta is a confidence; Page-Hinkley's is the rise of the loss (in nats) that
+        # is tolerated, and its threshold the evidence needed: River's defaults (0.005, 50) are
+        # for unit-scale signals and false-alarm on a stable log loss.
+        self.detector: Any = (
+            drift.ADWIN(delta=adwin_delta)
+            if detector == "adwin"
+            else drift.PageHinkley(delta=ph_delta, threshold=ph_threshold, mode="up")
+        )
+        self.recovery_examples = recovery_examples
+        self.detections = 0
+        self._quiet = recovery_examples  # examples since the last detection
+        self._mean = 0.0
+
+    def update(self, loss: float) -> bool:
+        """Feed one example's loss; True when this one completes a detection of a rise."""
+        before = self._mean
+        self.detector.update(loss)
+        self._quiet += 1
+        estimation = getattr(self.detector, "estimation", None)
+        self._mean = float(estimation) if estimation is not None else before
+        rose = estimation is None or self._mean > before  # ADWIN also flags falls
+        if self.detector.drift_detected and rose:
+            self.detections += 1
+            self._quiet = 0
+            return True
+        return False
+
+    @property
+    def value(self) -> float:
+        return 1.0 if self._quiet < self.recovery_examples else 0.0
