@@ -1,0 +1,184 @@
+"""Alert delivery through the Redis outbox to a webhook receiver started here, which checks
+every signature: an outage, then 500s and a 429, lose nothing and repeat nothing; a refusal goes
+to the dead list; a restart mid-incident neither pages again nor forgets the resolve."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import redis
+
+from streamlearn.alerting import Alarms, Alert, Rule
+from streamlearn.clock import ManualClock
+from streamlearn.outbox import Courier, Outbox
+from streamlearn.webhooks import Webhook, verify
+from tests.conftest import Infra, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRET = "receiver-secret"
+RULE = Rule(name="auc-floor", metric="rolling_auc", window="5m", bad="below", threshold=0.6)
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: answers from ``script`` (then 200), keeps what it accepted."""
+
+    port: int
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    accepted: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    bad_signatures: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if not verify(SECRET.encode(), dict(self.headers.items()), raw, time.time()):
+                    receiver.bad_signatures += 1
+                status, extra = receiver.script.pop(0) if receiver.script else (200, {})
+                receiver.answered.append(status)
+                if status == 200:
+                    receiver.accepted.append(
+                        (self.headers["X-Streamlearn-Delivery"], json.loads(raw))
+                    )
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def outbox(infra: Infra) -> Outbox:
+    return Outbox(redis.Redis.from_url(infra.redis_url), f"t{uuid.uuid4().hex[:8]}.")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    yield r
+    r.stop()
+
+
+def courier(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, threading.Thread]:
+    hook = Webhook(name="oncall", url=f"http://127.0.0.1:{port}/hook", secret=SECRET)
+    c = Courier(outbox, hook, lambda a: f"http://dash/{a.model}", base_s=0.05, cap_s=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=c.run, args=(stop,))
+    thread.start()
+    return c, stop, thread
+
+
+def incidents(book: Alarms, clock: ManualClock, outbox: Outbox, values: list[float]) -> list[Alert]:
+    """Values for two models in turn; every change of state recorded as the monitor does."""
+    made = []
+    for v in values:
+        clock.advance(10)
+        for model in ("ctr", "other"):
+            alerts = book.observe(model, "rolling_auc", "5m", v, f"{model}:v1")
+            outbox.record(book.dump(), alerts, ["oncall"])
+            made += alerts
+    return made
+
+
+def test_an_outage_then_errors_lose_nothing_and_repeat_nothing(
+    outbox: Outbox, receiver: Receiver
+) -> None:
+    clock = ManualClock(0.0)
+    book = Alarms([RULE], clock)
+    _, stop, thread = courier(outbox, receiver.port)
+    try:
+        # The receiver is down (nothing listens) while two incidents fire and resolve.
+        made = incidents(book, clock, outbox, [0.5, 0.7, 0.4, 0.8])
+        assert len(made) == 8
+        wait_until(lambda: outbox.pending("oncall") == 8, "the alerts queued")
+        receiver.script = [(500, {}), (503, {}), (429, {"Retry-After": "1"})]
+        receiver.start()
+        wait_until(lambda: outbox.pending("oncall") == 0, "every alert delivered")
+    finally:
+        stop.set()
+        thread.join()
+    assert receiver.answered[:3] == [500, 503, 429]
+    assert receiver.bad_signatures == 0
+    ids = [d for d, _ in receiver.accepted]
+    assert len(ids) == len(set(ids)) == 8  # none twice
+    assert [(p["dedup_key"], p["sequence"], p["status"]) for _, p in receiver.accepted] == [
+        (a.dedup_key, a.sequence, a.status) for a in made
+    ]  # in the order they were made
+    assert all(p["link"] == f"http://dash/{p['model']}" for _, p in receiver.accepted)
+
+
+def test_a_refusal_goes_to_the_dead_list_and_the_rest_still_arrives(
+    outbox: Outbox, receiver: Receiver
+) -> None:
+    clock = ManualClock(0.0)
+    book = Alarms([RULE], clock)
+    receiver.script = [(400, {})]
+    receiver.start()
+    made = incidents(book, clock, outbox, [0.5, 0.7])
+    _, stop, thread = courier(outbox, receiver.port)
+    try:
+        wait_until(lambda: outbox.pending("oncall") == 0, "the queue emptied")
+    finally:
+        stop.set()
+        thread.join()
+    dead = [Alert.model_validate_json(x) for x in outbox._r.lrange(outbox.dead("oncall"), 0, -1)]
+    assert dead == made[:1]
+    assert [(p["dedup_key"], p["sequence"]) for _, p in receiver.accepted] == [
+        (a.dedup_key, a.sequence) for a in made[1:]
+    ]
+
+
+def test_a_restart_mid_incident_does_not_page_again_and_still_resolves(
+    outbox: Outbox, receiver: Receiver
+) -> None:
+    clock = ManualClock(0.0)
+    receiver.start()
+    first = Alarms([RULE], clock)
+    _, stop, thread = courier(outbox, receiver.port)
+    incidents(first, clock, outbox, [0.5, 0.5])
+    wait_until(lambda: len(receiver.accepted) == 2, "the two pages")
+    stop.set()
+    thread.join()
+
+    # A new monitor: its alarms from Redis, a new courier, the incident still going on.
+    again = Alarms([RULE], clock)
+    again.load(outbox.state())
+    _, stop, thread = courier(outbox, receiver.port)
+    try:
+        assert incidents(again, clock, outbox, [0.5, 0.5]) == []
+        resolved = incidents(again, clock, outbox, [0.9])
+        wait_until(lambda: len(receiver.accepted) == 4, "the two resolves")
+    finally:
+        stop.set()
+        thread.join()
+    statuses = [(p["dedup_key"], p["status"]) for _, p in receiver.accepted]
+    assert statuses == [
+        ("ctr/auc-floor/5m", "firing"),
+        ("other/auc-floor/5m", "firing"),
+        ("ctr/auc-floor/5m", "resolved"),
+        ("other/auc-floor/5m", "resolved"),
+    ]
+    assert [a.sequence for a in resolved] == [2, 2]
