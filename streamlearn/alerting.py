@@ -1,6 +1,6 @@
 """Alert rules and alarms: when a metric's value makes a page, and when it stops.
 
-A :class:`Rule` watches one metric (``rolling_auc``, ``psi:<feature>``, ``label_rate``...) in one
+A :class:`Rule` watches one metric (``roc_auc``, ``psi:<feature>``, ``label_rate``...) in one
 window and says which side of a threshold is bad. An :class:`Alarms` book keeps, per stable dedup
 key ``model/rule/window``, the state of that alarm and turns observed values into alerts:
 
@@ -18,15 +18,15 @@ forgets to resolve it.
 
 >>> from streamlearn.clock import ManualClock
 >>> clock = ManualClock(0.0)
->>> rule = Rule(name="auc-floor", metric="rolling_auc", window="5m", bad="below",
+>>> rule = Rule(name="auc-floor", metric="roc_auc", window="5m", bad="below",
 ...             threshold=0.6, clear_threshold=0.65, for_s=60, clear_for_s=60)
 >>> book = Alarms([rule], clock)
->>> book.observe("ctr", "rolling_auc", "5m", 0.55, version="ctr:v3")
+>>> book.observe("ctr", "roc_auc", "5m", 0.55, version="ctr:v3")
 []
 >>> clock.advance(61)
->>> [(a.status, a.dedup_key) for a in book.observe("ctr", "rolling_auc", "5m", 0.52)]
+>>> [(a.status, a.dedup_key) for a in book.observe("ctr", "roc_auc", "5m", 0.52)]
 [('firing', 'ctr/auc-floor/5m')]
->>> book.observe("ctr", "rolling_auc", "5m", 0.62)  # better, but not past the clear threshold
+>>> book.observe("ctr", "roc_auc", "5m", 0.62)  # better, but not past the clear threshold
 []
 """
 
@@ -49,8 +49,10 @@ class Rule(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     metric: str = Field(
-        description="What to watch: rolling_auc, log_loss, calibration, concept_drift, "
-        "psi:<feature>, psi:prediction, label_rate, outcome_rate, watermark_lag_s..."
+        description="What to watch: roc_auc, log_loss, calibration, conversion_rate, "
+        "concept_drift, psi:<feature>, psi:prediction, label_rate, outcome_rate, "
+        "watermark_lag_s... A trailing * matches many (psi:* is every feature's PSI), each "
+        "its own alarm."
     )
     window: str = Field("5m", description="The metric's window (5m, 1h, 1d) or 'stream'.")
     bad: Literal["above", "below"] = Field(description="Which side of the threshold is bad.")
@@ -71,6 +73,11 @@ class Rule(BaseModel):
                 f"(bad is {self.bad})"
             )
         return self
+
+    def matches(self, metric: str) -> bool:
+        if self.metric.endswith("*"):
+            return metric.startswith(self.metric[:-1])
+        return metric == self.metric
 
     def is_bad(self, value: float) -> bool:
         return value > self.threshold if self.bad == "above" else value < self.threshold
@@ -125,8 +132,8 @@ class Alarms:
         """A new value of ``metric`` over ``window`` for ``model``: the alerts it makes."""
         out = []
         for rule in self.rules:
-            if rule.metric == metric and rule.window == window:
-                alert = self._step(rule, model, value, version)
+            if rule.matches(metric) and rule.window == window:
+                alert = self._step(rule, model, metric, value, version)
                 if alert is not None:
                     out.append(alert)
         return out
@@ -134,8 +141,11 @@ class Alarms:
     def firing(self) -> list[str]:
         return sorted(k for k, s in self.states.items() if s.status in ("firing", "clearing"))
 
-    def _step(self, rule: Rule, model: str, value: float, version: str | None) -> Alert | None:
-        key = f"{model}/{rule.name}/{rule.window}"
+    def _step(
+        self, rule: Rule, model: str, metric: str, value: float, version: str | None
+    ) -> Alert | None:
+        name = rule.name if metric == rule.metric else f"{rule.name}:{metric}"
+        key = f"{model}/{name}/{rule.window}"
         s = self.states.setdefault(key, _State())
         now = self.clock.now()
         if version is not None:
@@ -151,10 +161,10 @@ class Alarms:
             s.status, s.since = "clearing", now
         if s.status == "pending" and now - s.since >= rule.for_s:
             s.status, s.since, s.fired_at = "firing", now, now
-            return self._alert(key, s, rule, model, value, "firing")
+            return self._alert(key, s, rule, model, metric, value, "firing")
         if s.status == "clearing" and now - s.since >= rule.clear_for_s:
             s.status, s.since = "ok", now
-            return self._alert(key, s, rule, model, value, "resolved")
+            return self._alert(key, s, rule, model, metric, value, "resolved")
         return None
 
     def _alert(
@@ -163,15 +173,16 @@ class Alarms:
         s: _State,
         rule: Rule,
         model: str,
+        metric: str,
         value: float,
         status: Literal["firing", "resolved"],
     ) -> Alert:
         s.sequence += 1
         side = "above" if rule.bad == "above" else "below"
         summary = (
-            f"{model}: {rule.metric} over {rule.window} is {value:.4g}, {side} {rule.threshold:g}"
+            f"{model}: {metric} over {rule.window} is {value:.4g}, {side} {rule.threshold:g}"
             if status == "firing"
-            else f"{model}: {rule.metric} over {rule.window} is back at {value:.4g}"
+            else f"{model}: {metric} over {rule.window} is back at {value:.4g}"
         )
         return Alert(
             dedup_key=key,
@@ -180,7 +191,7 @@ class Alarms:
             rule=rule.name,
             model=model,
             window=rule.window,
-            metric=rule.metric,
+            metric=metric,
             severity=rule.severity,
             value=value,
             threshold=rule.threshold,

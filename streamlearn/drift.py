@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,12 +90,12 @@ class DataDrift:
     profiles: dict[str, FeatureProfile]
 
     @classmethod
-    def reference(cls, rows: list[Mapping[str, Any]]) -> DataDrift:
+    def reference(cls, rows: Sequence[Mapping[str, Any]]) -> DataDrift:
         """Profiles of each feature seen in ``rows`` (feature name -> value dicts)."""
         names = sorted({name for row in rows for name in row})
         return cls({n: FeatureProfile.of([r[n] for r in rows if n in r]) for n in names})
 
-    def psi_by_feature(self, rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    def psi_by_feature(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {
             name: profile.psi(r[name] for r in rows if name in r)
             for name, profile in self.profiles.items()

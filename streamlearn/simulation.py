@@ -76,6 +76,7 @@ class Storefront:
         self.mean_delay_s = mean_delay_s
         self.cart_share = cart_share
         self.rng = random.Random(traffic_seed)
+        self.price_factor = 1.0
 
     def probability(self, user: User, item: Item, position: int) -> float:
         z = (
@@ -91,9 +92,17 @@ class Storefront:
     def context(user: User) -> dict[str, float | bool | str]:
         return {"segment": user.segment, "mobile": user.mobile}
 
-    @staticmethod
-    def item_features(item: Item, position: int) -> dict[str, float | bool | str]:
-        return {"category": item.category, "price": item.price / 100.0, "position": float(position)}
+    def item_features(self, item: Item, position: int) -> dict[str, float | bool | str]:
+        price = item.price * self.price_factor / 100.0
+        return {"category": item.category, "price": price, "position": float(position)}
+
+    def flip(self) -> None:
+        """A concept change: every segment's taste for every category turns to its opposite."""
+        self.taste = {s: {c: -w for c, w in t.items()} for s, t in self.taste.items()}
+
+    def shift_prices(self, factor: float) -> None:
+        """A data change: every price as served is multiplied by ``factor`` (tastes unchanged)."""
+        self.price_factor = factor
 
     def impressions(self) -> tuple[User, list[Item]]:
         user = self.rng.choice(self.users)

@@ -101,3 +101,13 @@ def test_a_restart_mid_incident_neither_pages_again_nor_forgets_to_resolve() -> 
 def test_a_clear_threshold_on_the_bad_side_is_refused_at_start_up() -> None:
     with pytest.raises(ValidationError, match="must be on the good side"):
         Rule(name="r", metric="log_loss", bad="above", threshold=0.5, clear_threshold=0.6)
+
+
+def test_a_wildcard_rule_makes_an_alarm_per_feature_that_names_it() -> None:
+    clock = ManualClock(0.0)
+    rule = Rule(name="feature-drift", metric="psi:*", window="stream", bad="above", threshold=0.25)
+    book = Alarms([rule], clock)
+    assert book.observe("ctr", "psi:i:category", "stream", 0.05) == []
+    [alert] = book.observe("ctr", "psi:i:price", "stream", 0.9)
+    assert alert.dedup_key == "ctr/feature-drift:psi:i:price/stream"
+    assert alert.metric == "psi:i:price" and "psi:i:price" in alert.summary

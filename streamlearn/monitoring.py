@@ -1,0 +1,230 @@
+"""What the monitor computes from the labeled examples and the joiner's reports, without Kafka.
+
+Per served model version (``LabeledExample.model_version``, ``<model>:v<n>``), from the score
+that was served and the label that came:
+
+* rolling metrics in each event-time window (``5m``, ``1h``, ``1d`` by default): ROC AUC, log
+  loss, calibration (mean predicted over observed rate), conversion rate, prediction mean and
+  count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
+* concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`), as ``concept_drift`` in
+  window ``stream``;
+* data drift: the first ``reference_size`` examples a version served are its reference; from then
+  on every ``drift_every`` examples the PSI of each feature and of the prediction over the last
+  ``drift_window`` examples, as ``psi:<feature>`` and ``psi:prediction`` in window ``stream``.
+
+From the joiner's reports (counter deltas between two reports of a worker), for model ``join``:
+``label_rate`` (positives per labeled example), ``outcome_rate`` and ``positive_rate`` per second,
+``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition).
+
+Every value goes through the :class:`~streamlearn.alerting.Alarms` book, which turns them into
+alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from streamlearn.alerting import Alarms, Alert
+from streamlearn.drift import ConceptDrift, DataDrift
+from streamlearn.events import JoinReport
+from streamlearn.learning import exact_auc
+
+WINDOWS = {"5m": 300.0, "1h": 3600.0, "1d": 86400.0}
+JOIN = "join"
+
+
+class Example(Protocol):
+    """The fields of a labeled example the monitor reads."""
+
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def served_score(self) -> float | None: ...
+    @property
+    def label(self) -> bool: ...
+    @property
+    def recommendation_time(self) -> float: ...
+    @property
+    def context(self) -> Mapping[str, float | bool | str]: ...
+    @property
+    def item_features(self) -> Mapping[str, float | bool | str]: ...
+
+
+def log_loss(p: float, y: bool) -> float:
+    p = min(max(p, 1e-15), 1 - 1e-15)
+    return -math.log(p if y else 1 - p)
+
+
+@dataclass
+class Rolling:
+    """(event time, score, label) of the last ``span`` seconds of event time."""
+
+    span: float
+    max_examples: int
+    items: deque[tuple[float, float, bool]] = field(default_factory=deque)
+
+    def add(self, t: float, p: float, y: bool) -> None:
+        self.items.append((t, p, y))
+        newest = max(t, self.items[-1][0])
+        while self.items and (
+            self.items[0][0] < newest - self.span or len(self.items) > self.max_examples
+        ):
+            self.items.popleft()
+
+    def metrics(self) -> dict[str, float]:
+        n = len(self.items)
+        if not n:
+            return {"count": 0.0}
+        positives = sum(1 for _, _, y in self.items if y)
+        mean_p = sum(p for _, p, _ in self.items) / n
+        rate = positives / n
+        return {
+            "count": float(n),
+            "roc_auc": exact_auc((p, y) for _, p, y in self.items),
+            "log_loss": sum(log_loss(p, y) for _, p, y in self.items) / n,
+            "conversion_rate": rate,
+            "prediction_mean": mean_p,
+            "calibration": mean_p / rate if rate else 0.0,
+        }
+
+
+@dataclass
+class _Version:
+    windows: dict[str, Rolling]
+    concept: ConceptDrift
+    reference: list[dict[str, Any]] = field(default_factory=list)
+    drift: DataDrift | None = None
+    recent: deque[dict[str, Any]] = field(default_factory=deque)
+    seen: int = 0
+    psi: dict[str, float] = field(default_factory=dict)
+
+
+class Monitor:
+    def __init__(
+        self,
+        alarms: Alarms,
+        windows: Mapping[str, float] = WINDOWS,
+        max_examples: int = 50_000,
+        reference_size: int = 2000,
+        drift_window: int = 2000,
+        drift_every: int = 500,
+        detector: Literal["adwin", "page_hinkley"] = "adwin",
+        recovery_examples: int = 2000,
+    ) -> None:
+        self.alarms = alarms
+        self.windows = dict(windows)
+        self.max_examples = max_examples
+        self.reference_size = reference_size
+        self.drift_window = drift_window
+        self.drift_every = drift_every
+        self.detector = detector
+        self.recovery_examples = recovery_examples
+        self.versions: dict[str, _Version] = {}
+        self.unscored = 0
+        self.join: dict[str, float] = {}
+        self._last_reports: dict[str, JoinReport] = {}
+
+    # ---- examples -----------------------------------------------------------------------------
+
+    def on_example(self, e: Example) -> list[Alert]:
+        """Update with one example; the alerts of the stream-wide signals it moves."""
+        if e.served_score is None:
+            self.unscored += 1  # nothing to judge the served model by
+            return []
+        tag = e.model_version or "unversioned"
+        v = self.versions.get(tag)
+        if v is None:
+            v = self.versions[tag] = _Version(
+                {w: Rolling(span, self.max_examples) for w, span in self.windows.items()},
+                ConceptDrift(self.detector, self.recovery_examples),
+            )
+        p, y, t = e.served_score, e.label, e.recommendation_time
+        for rolling in v.windows.values():
+            rolling.add(t, p, y)
+        v.seen += 1
+        model = tag.split(":")[0]
+        alerts = []
+        v.concept.update(log_loss(p, y))
+        alerts += self.alarms.observe(model, "concept_drift", "stream", v.concept.value, tag)
+        row = {**_prefixed("c", e.context), **_prefixed("i", e.item_features), "prediction": p}
+        if v.drift is None:
+            v.reference.append(row)
+            if len(v.reference) >= self.reference_size:
+                v.drift, v.reference = DataDrift.reference(v.reference), []
+        else:
+            v.recent.append(row)
+            while len(v.recent) > self.drift_window:
+                v.recent.popleft()
+            if v.seen % self.drift_every == 0 and len(v.recent) >= self.drift_window:
+                v.psi = v.drift.psi_by_feature(list(v.recent))
+                for feature, value in v.psi.items():
+                    alerts += self.alarms.observe(model, f"psi:{feature}", "stream", value, tag)
+        return alerts
+
+    def evaluate(self) -> list[Alert]:
+        """The rolling metrics of every version and window through the rules."""
+        alerts = []
+        for tag, v in self.versions.items():
+            model = tag.split(":")[0]
+            for window, rolling in v.windows.items():
+                metrics = rolling.metrics()
+                if metrics["count"] < 50:  # too few to judge
+                    continue
+                for name, value in metrics.items():
+                    alerts += self.alarms.observe(model, name, window, value, tag)
+        return alerts
+
+    # ---- the join -----------------------------------------------------------------------------
+
+    def on_join_report(self, report: JoinReport) -> list[Alert]:
+        last = self._last_reports.get(report.worker)
+        self._last_reports[report.worker] = report
+        lags = [h.watermark_lag_s for h in report.partitions.values() if h.watermark_lag_s]
+        self.join["watermark_lag_s"] = max(lags, default=0.0)
+        self.join["pending_windows"] = float(
+            sum(h.pending_impressions for h in report.partitions.values())
+        )
+        if report.coverage is not None:
+            self.join["coverage"] = report.coverage
+        if last is not None and report.at > last.at:
+            d = {k: report.counters.get(k, 0) - last.counters.get(k, 0) for k in report.counters}
+            dt = report.at - last.at
+            labeled = d.get("positives", 0) + d.get("negatives", 0)
+            self.join["outcome_rate"] = d.get("outcomes", 0) / dt
+            self.join["positive_rate"] = d.get("positives", 0) / dt
+            if labeled:
+                self.join["label_rate"] = d.get("positives", 0) / labeled
+            if d.get("outcomes", 0):
+                self.join["late_share"] = d.get("late_outcomes", 0) / d["outcomes"]
+        alerts = []
+        for name, value in self.join.items():
+            alerts += self.alarms.observe(JOIN, name, "stream", value)
+        return alerts
+
+    # ---- what is published --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure, for Redis (the API and the dashboard read it) and Prometheus."""
+        return {
+            "versions": {
+                tag: {
+                    "seen": v.seen,
+                    "windows": {w: r.metrics() for w, r in v.windows.items()},
+                    "concept_drift": v.concept.value,
+                    "drift_detections": v.concept.detections,
+                    "psi": v.psi,
+                }
+                for tag, v in self.versions.items()
+            },
+            "join": dict(self.join),
+            "unscored_examples": self.unscored,
+            "firing": self.alarms.firing(),
+        }
+
+
+def _prefixed(prefix: str, features: Mapping[str, float | bool | str]) -> dict[str, Any]:
+    return {f"{prefix}:{k}": (float(v) if isinstance(v, bool) else v) for k, v in features.items()}

@@ -1,0 +1,145 @@
+"""The monitor's figures and alarms on simulated traffic served by a model that keeps learning:
+a flip of the hidden preferences, a shift of one feature, outcomes that stop."""
+
+from __future__ import annotations
+
+from streamlearn.alerting import Alarms, Rule
+from streamlearn.clock import ManualClock
+from streamlearn.events import JoinReport, LabeledExample, PartitionHealth
+from streamlearn.learning import Learner, ModelSpec
+from streamlearn.monitoring import Monitor
+from streamlearn.simulation import Storefront
+from streamlearn.training import example_features
+
+RULES = [
+    Rule(name="concept-drift", metric="concept_drift", window="stream", bad="above", threshold=0.5),
+    Rule(
+        name="feature-drift",
+        metric="psi:*",
+        window="stream",
+        bad="above",
+        threshold=0.25,
+        clear_threshold=0.1,
+    ),
+    Rule(name="auc-floor", metric="roc_auc", window="5m", bad="below", threshold=0.55),
+    Rule(
+        name="outcomes-stopped",
+        metric="outcome_rate",
+        window="stream",
+        bad="below",
+        threshold=0.01,
+        for_s=20,
+    ),
+]
+
+
+class Deployed:
+    """A storefront served by a model that learns from every example right after serving it:
+    the served score is the model's prediction before it learns."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.shop = Storefront(world_seed=7, traffic_seed=5)
+        self.learner = Learner(ModelSpec())
+        self.clock = clock
+        self.n = 0
+
+    def examples(self, count: int) -> list[LabeledExample]:
+        out = []
+        while len(out) < count:
+            user, slate = self.shop.impressions()
+            for pos, item in enumerate(slate):
+                self.clock.advance(0.05)
+                self.n += 1
+                e = LabeledExample(
+                    example_id=f"{self.n}",
+                    recommendation_id=f"{self.n}",
+                    user_id=user.user_id,
+                    item_id=item.item_id,
+                    position=pos,
+                    propensity=1.0,
+                    served_score=0.5,
+                    model_version="ctr:v1",
+                    context=self.shop.context(user),
+                    item_features=self.shop.item_features(item, pos),
+                    label=self.shop.rng.random() < self.shop.probability(user, item, pos),
+                    recommendation_time=self.clock.now(),
+                )
+                score = self.learner.learn_one(example_features(ModelSpec(), e), e.label)
+                out.append(e.model_copy(update={"served_score": score}))
+        return out
+
+
+def run(monitor: Monitor, examples: list[LabeledExample]) -> list[tuple[int, str, str]]:
+    """(example index, status, dedup key) of every alert."""
+    out = []
+    for i, e in enumerate(examples):
+        out += [(i, a.status, a.dedup_key) for a in monitor.on_example(e)]
+        if i % 500 == 0:
+            out += [(i, a.status, a.dedup_key) for a in monitor.evaluate()]
+    return out
+
+
+def test_a_flip_of_preferences_fires_concept_drift_within_a_bound_then_resolves() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock), recovery_examples=3000)
+    world = Deployed(clock)
+    assert run(monitor, world.examples(15_000)) == []  # learning, then steady: no alarm
+    world.shop.flip()
+    after = run(monitor, world.examples(30_000))
+    drift = [(i, s) for i, s, k in after if k == "ctr/concept-drift/stream"]
+    assert drift[0][1] == "firing" and drift[0][0] < 1500, drift
+    assert drift[-1][1] == "resolved" and len(drift) == 2, drift  # once each way
+    moved = {k for _, _, k in after if "feature-drift" in k}
+    assert moved <= {"ctr/feature-drift:psi:prediction/stream"}, moved  # the inputs did not move
+
+
+def test_a_price_shift_raises_a_data_drift_alarm_naming_the_feature() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock))
+    world = Deployed(clock)
+    assert run(monitor, world.examples(8000)) == []
+    world.shop.shift_prices(3.0)
+    after = run(monitor, world.examples(4000))
+    fired = {k for _, s, k in after if s == "firing"}
+    assert "ctr/feature-drift:psi:i:price/stream" in fired
+    assert not {k for k in fired if "psi:i:category" in k or "psi:c:" in k}
+    assert monitor.snapshot()["versions"]["ctr:v1"]["psi"]["i:price"] > 0.25
+
+
+def test_the_rolling_metrics_and_their_windows() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock))
+    run(monitor, Deployed(clock).examples(12_000))  # 10 minutes of event time
+    windows = monitor.snapshot()["versions"]["ctr:v1"]["windows"]
+    assert windows["5m"]["count"] < windows["1h"]["count"] == 12_000
+    for w in ("5m", "1h"):
+        m = windows[w]
+        assert 0.6 < m["roc_auc"] < 1 and 0 < m["log_loss"] < 0.7
+        assert abs(m["calibration"] - 1) < 0.25
+        assert abs(m["prediction_mean"] - m["conversion_rate"]) < 0.1
+
+
+def report(at: float, outcomes: int, positives: int) -> JoinReport:
+    return JoinReport(
+        worker="w1",
+        at=at,
+        counters={"outcomes": outcomes, "positives": positives, "negatives": 10 * positives},
+        coverage=0.9,
+        partitions={0: PartitionHealth(pending_impressions=5, watermark=at - 3, watermark_lag_s=3)},
+    )
+
+
+def test_outcomes_that_stop_raise_a_join_health_alarm() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock))
+    outcomes = positives = 0
+    alerts = []
+    for step in range(30):
+        clock.advance(5)
+        if step < 10:
+            outcomes, positives = outcomes + 50, positives + 20
+        alerts += monitor.on_join_report(report(clock.now(), outcomes, positives))
+    assert [(a.status, a.dedup_key) for a in alerts] == [("firing", "join/outcomes-stopped/stream")]
+    assert alerts[0].at - (1_700_000_000.0 + 5 * 11) >= 20  # after it had lasted for_s
+    join = monitor.snapshot()["join"]
+    assert join["outcome_rate"] == 0 and join["watermark_lag_s"] == 3 and join["coverage"] == 0.9
