@@ -21,10 +21,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
-import orjson
 import redis
 from prometheus_client import Counter
 
@@ -57,21 +55,20 @@ class Outbox:
 
     @property
     def state_key(self) -> str:
-        return f"{self._p}alarms"
+        return f"{self._p}monitor-state"
 
-    def record(self, state: dict[str, Any], alerts: list[Alert], webhooks: list[str]) -> None:
-        """Save the alarm state and queue its new alerts for every webhook, atomically."""
+    def record(self, state: bytes, alerts: list[Alert], webhooks: list[str]) -> None:
+        """Save the state that made the alerts and queue them for every webhook, atomically."""
         pipe = self._r.pipeline(transaction=True)
-        pipe.set(self.state_key, orjson.dumps(state))
+        pipe.set(self.state_key, state)
         if alerts:
             raw = [a.model_dump_json() for a in alerts]
             for w in webhooks:
                 pipe.rpush(self.queue(w), *raw)
         pipe.execute()
 
-    def state(self) -> dict[str, Any]:
-        raw = self._r.get(self.state_key)
-        return {} if raw is None else dict(orjson.loads(raw))
+    def state(self) -> bytes | None:
+        return self._r.get(self.state_key)
 
     def head(self, webhook: str) -> Alert | None:
         raw = self._r.lindex(self.queue(webhook), 0)

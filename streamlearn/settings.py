@@ -24,10 +24,64 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from streamlearn.alerting import Rule
 from streamlearn.errors import ConfigError
 from streamlearn.learning import ModelSpec
+from streamlearn.webhooks import Webhook
 
 OutcomeKindName = Literal["click", "add_to_cart", "purchase"]
+
+
+DEFAULT_RULES = (
+    # The served model's loss rose (River's detector) and has not settled yet.
+    Rule(
+        name="concept-drift",
+        metric="concept_drift",
+        window="stream",
+        bad="above",
+        threshold=0.5,
+        severity="critical",
+    ),
+    Rule(
+        name="auc-floor",
+        metric="roc_auc",
+        window="5m",
+        bad="below",
+        threshold=0.55,
+        clear_threshold=0.6,
+        for_s=60,
+        clear_for_s=60,
+    ),
+    # Any feature, or the prediction, far from the version's reference (PSI).
+    Rule(
+        name="data-drift",
+        metric="psi:*",
+        window="stream",
+        bad="above",
+        threshold=0.25,
+        clear_threshold=0.1,
+        severity="warning",
+    ),
+    Rule(
+        name="outcomes-stopped",
+        metric="outcome_rate",
+        window="stream",
+        bad="below",
+        threshold=0.001,
+        for_s=60,
+        clear_for_s=30,
+        severity="critical",
+    ),
+    Rule(
+        name="watermark-stalled",
+        metric="watermark_lag_s",
+        window="stream",
+        bad="above",
+        threshold=300,
+        clear_threshold=120,
+        for_s=60,
+    ),
+)
 
 
 class Settings(BaseSettings):
@@ -140,6 +194,31 @@ class Settings(BaseSettings):
     )
     api_delivery_timeout_s: float = Field(
         300.0, gt=0, description="How long an unpublished event is retried before it counts lost."
+    )
+
+    # Monitor and alerts
+    monitor_rules: list[Rule] = Field(
+        default_factory=lambda: list(DEFAULT_RULES),
+        description="Alerting rules (metric, window, threshold, clear threshold, for how long).",
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list, description="Where alerts go besides the alerts topic."
+    )
+    monitor_evaluate_s: float = Field(
+        5.0, gt=0, description="How often rolling metrics are evaluated and published."
+    )
+    monitor_reference_size: int = Field(
+        2000, ge=100, description="A version's first examples: its data-drift reference."
+    )
+    monitor_recovery_examples: int = Field(
+        2000, ge=1, description="Examples without a new detection before concept drift clears."
+    )
+    monitor_metrics_port: int = Field(
+        9110, ge=0, description="Prometheus endpoint of the monitor (0: off)."
+    )
+    alert_link: str = Field(
+        "http://127.0.0.1:8000/docs",
+        description="Where an alert's link points; {model} and {version} are filled in.",
     )
 
     # Simulator

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
+from streamlearn.alerting import Alert
 from streamlearn.errors import InfraError
 from streamlearn.events import DeadLetter, JoinReport, LabeledExample, Outcome, Recommendation
 from streamlearn.settings import Settings
@@ -48,6 +49,9 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
             {"retention.ms": str(30 * DAY_MS)},
         ),
         "joiner_stats": TopicSpec(settings.topic("joiner-stats"), "worker", JoinReport, 1, week),
+        "alerts": TopicSpec(
+            settings.topic("alerts"), "dedup key", Alert, 1, {"retention.ms": str(30 * DAY_MS)}
+        ),
         # The join state's changes, written in the joiner's transactions.
         "joiner_state": TopicSpec(
             settings.topic("joiner-changelog"),

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 import pytest
 import redis
 
@@ -98,7 +99,7 @@ def incidents(book: Alarms, clock: ManualClock, outbox: Outbox, values: list[flo
         clock.advance(10)
         for model in ("ctr", "other"):
             alerts = book.observe(model, "rolling_auc", "5m", v, f"{model}:v1")
-            outbox.record(book.dump(), alerts, ["oncall"])
+            outbox.record(orjson.dumps(book.dump()), alerts, ["oncall"])
             made += alerts
     return made
 
@@ -165,7 +166,9 @@ def test_a_restart_mid_incident_does_not_page_again_and_still_resolves(
 
     # A new monitor: its alarms from Redis, a new courier, the incident still going on.
     again = Alarms([RULE], clock)
-    again.load(outbox.state())
+    saved = outbox.state()
+    assert saved is not None
+    again.load(orjson.loads(saved))
     _, stop, thread = courier(outbox, receiver.port)
     try:
         assert incidents(again, clock, outbox, [0.5, 0.5]) == []

@@ -1,0 +1,206 @@
+"""The monitor process: labeled examples and joiner reports in; figures, alarms and pages out.
+
+Wiring around :class:`streamlearn.monitoring.Monitor`:
+
+* reads the examples and joiner-stats topics (group ``<prefix>monitor``);
+* every ``MONITOR_EVALUATE_S`` evaluates the rolling metrics, writes every figure to Redis
+  (``<prefix>monitor``, JSON, for the API and the dashboard) and to Prometheus;
+* whenever alerts are made, and at each evaluation, saves its whole state (the monitor, the
+  alarms, the input offsets; pickled and HMAC-signed) and queues the alerts for every webhook in
+  one Redis transaction, then publishes them to the alerts topic; couriers (one thread per
+  webhook) deliver the queues;
+* on start, restores that state and seeks to its offsets: a restart neither repeats a page nor
+  forgets an open alarm, and every example counts once in the figures.
+
+Run: ``python -m consumers.monitor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+from types import FrameType
+
+import orjson
+import redis
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from prometheus_client import Gauge, start_http_server
+
+from streamlearn.alerting import Alarms, Alert
+from streamlearn.clock import SystemClock
+from streamlearn.errors import InvalidEventError, SnapshotError
+from streamlearn.events import JoinReport, parse, parse_example
+from streamlearn.monitoring import Monitor
+from streamlearn.outbox import Courier, Outbox
+from streamlearn.settings import Settings, get_settings
+from topics import consumer_config, declared, producer_config
+
+log = logging.getLogger("streamlearn.monitor")
+
+FIGURE = Gauge(
+    "streamlearn_monitor_metric",
+    "Rolling metrics of each served version and window, and the stream-wide signals.",
+    ["model_version", "window", "metric"],
+)
+JOIN_FIGURE = Gauge(
+    "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
+)
+FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
+
+
+class MonitorProcess:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        spec = declared(settings)
+        self.examples = spec["examples"].name
+        self.stats = spec["joiner_stats"].name
+        self.alerts_topic = spec["alerts"].name
+        self.key = settings.snapshot_hmac_key.get_secret_value().encode()
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.outbox = Outbox(self.redis, settings.topic_prefix)
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.monitor = self._restore() or Monitor(
+            Alarms(settings.monitor_rules, SystemClock()),
+            reference_size=settings.monitor_reference_size,
+            recovery_examples=settings.monitor_recovery_examples,
+        )
+        # The rules come from today's configuration, whatever the saved state had.
+        self.monitor.alarms.rules = list(settings.monitor_rules)
+        self.consumer = Consumer(consumer_config(settings, "monitor"))
+        self.producer = Producer(producer_config(settings))
+        self.stopping = False
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _restore(self) -> Monitor | None:
+        blob = self.outbox.state()
+        if blob is None:
+            return None
+        mac, payload = blob[:32], blob[32:]
+        if not hmac.compare_digest(mac, hmac.new(self.key, payload, hashlib.sha256).digest()):
+            raise SnapshotError("the monitor's saved state fails verification: refusing it")
+        state = pickle.loads(payload)
+        self.offsets = state["offsets"]
+        monitor: Monitor = state["monitor"]
+        log.info(
+            "restored: %d alarms firing, offsets %s", len(monitor.alarms.firing()), self.offsets
+        )
+        return monitor
+
+    def _save(self, alerts: list[Alert]) -> None:
+        payload = pickle.dumps({"monitor": self.monitor, "offsets": dict(self.offsets)})
+        mac = hmac.new(self.key, payload, hashlib.sha256).digest()
+        self.outbox.record(mac + payload, alerts, [w.name for w in self.settings.webhooks])
+        for a in alerts:
+            self.producer.produce(
+                self.alerts_topic, a.model_dump_json().encode(), a.dedup_key.encode()
+            )
+            log.warning("alert %s %s: %s", a.status, a.dedup_key, a.summary)
+        self.producer.poll(0)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            tp.offset = self.offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(assigned)
+
+    def run(self) -> None:
+        s = self.settings
+        stop = threading.Event()
+        couriers = []
+
+        def link(alert: Alert) -> str:
+            return s.alert_link.format(model=alert.model, version=alert.model_version or "")
+
+        for hook in s.webhooks:
+            courier = Courier(self.outbox, hook, link)
+            thread = threading.Thread(target=courier.run, args=(stop,), name=f"courier-{hook.name}")
+            thread.start()
+            couriers.append(thread)
+        self.consumer.subscribe([self.examples, self.stats], on_assign=self._on_assign)
+        last_eval = time.monotonic()
+        try:
+            while not self.stopping:
+                alerts: list[Alert] = []
+                for msg in self.consumer.consume(500, timeout=0.5):
+                    alerts += self._handle(msg)
+                if alerts:
+                    self._save(alerts)
+                if time.monotonic() - last_eval >= s.monitor_evaluate_s:
+                    last_eval = time.monotonic()
+                    self._save(self.monitor.evaluate())
+                    self._publish()
+        finally:
+            self._save([])
+            stop.set()
+            for thread in couriers:
+                thread.join()
+            self.consumer.close()
+            self.producer.flush(10)
+
+    def _handle(self, msg: Message) -> list[Alert]:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", error)
+            return []
+        topic, p, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and p is not None and offset is not None
+        self.offsets[(topic, p)] = offset + 1
+        try:
+            if topic == self.examples:
+                return self.monitor.on_example(parse_example(msg.value()))
+            return self.monitor.on_join_report(parse(JoinReport, msg.value()))
+        except InvalidEventError as exc:  # the joiner wrote it: log it, it is not ours to fix
+            log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
+            return []
+
+    def _publish(self) -> None:
+        snapshot = self.monitor.snapshot()
+        snapshot["at"] = time.time()
+        self.redis.set(f"{self.settings.topic_prefix}monitor", orjson.dumps(snapshot))
+        for tag, v in snapshot["versions"].items():
+            for window, metrics in v["windows"].items():
+                for name, value in metrics.items():
+                    FIGURE.labels(tag, window, name).set(value)
+            FIGURE.labels(tag, "stream", "concept_drift").set(v["concept_drift"])
+            for feature, value in v["psi"].items():
+                FIGURE.labels(tag, "stream", f"psi:{feature}").set(value)
+        for name, value in snapshot["join"].items():
+            JOIN_FIGURE.labels(name).set(value)
+        FIRING.set(len(snapshot["firing"]))
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = get_settings()
+    process = MonitorProcess(settings)
+    signal.signal(signal.SIGTERM, process.stop)
+    signal.signal(signal.SIGINT, process.stop)
+    if settings.monitor_metrics_port:
+        start_http_server(settings.monitor_metrics_port, addr="127.0.0.1")
+    process.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The monitor as its own process on the real broker and Redis, paging a receiver started here:
+a flip of the hidden preferences pages once and resolves once, across a SIGKILL of the monitor
+mid-incident; a shift of the prices raises a data-drift alarm naming the feature."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from streamlearn.clock import ManualClock
+from streamlearn.settings import Settings
+from tests.conftest import Processes, configure, free_port, produce, wait_until
+from tests.integration.test_alert_delivery import SECRET, Receiver
+from tests.unit.test_monitoring import Deployed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    yield r
+    r.stop()
+
+
+def send(s: Settings, world: Deployed, n: int) -> None:
+    topic = s.topic("examples")
+    produce(
+        s, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in world.examples(n)]
+    )
+
+
+def pages(receiver: Receiver, key_part: str) -> list[str]:
+    return [p["status"] for _, p in receiver.accepted if key_part in str(p["dedup_key"])]
+
+
+def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_feature(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    hook = {"name": "oncall", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_PARTITIONS="1",
+        STREAMLEARN_MONITOR_EVALUATE_S="1",
+        STREAMLEARN_MONITOR_REFERENCE_SIZE="2000",
+        STREAMLEARN_MONITOR_RECOVERY_EXAMPLES="3000",
+        STREAMLEARN_WEBHOOKS=json.dumps([hook]),
+        STREAMLEARN_MONITOR_METRICS_PORT="0",
+    )
+    world = Deployed(ManualClock(1_700_000_000.0))
+    send(s, world, 15_000)  # learned and steady
+    world.shop.flip()
+    send(s, world, 3_000)  # the concept changes: the served model's loss rises
+    processes.start("monitor", "-m", "consumers.monitor")
+    receiver.script = [(500, {})]  # the receiver comes up failing, then recovers
+    receiver.start()
+    wait_until(lambda: pages(receiver, "concept-drift") == ["firing"], "the concept-drift page")
+
+    first = processes.running["monitor"]
+    first.send_signal(signal.SIGKILL)  # mid-incident
+    first.wait()
+    processes.start("monitor-restarted", "-m", "consumers.monitor")
+    send(s, world, 27_000)  # the model relearns; the loss settles
+    wait_until(
+        lambda: pages(receiver, "concept-drift") == ["firing", "resolved"],
+        "the resolve, after the restart",
+    )
+    world.shop.shift_prices(3.0)
+    send(s, world, 4_000)
+    wait_until(lambda: pages(receiver, "psi:i:price") == ["firing"], "the price-drift page")
+
+    assert receiver.bad_signatures == 0
+    assert pages(receiver, "concept-drift") == ["firing", "resolved"]  # none twice
+    ids = [d for d, _ in receiver.accepted]
+    assert len(ids) == len(set(ids))
+    fired = next(p for _, p in receiver.accepted if "psi:i:price" in str(p["dedup_key"]))
+    assert fired["metric"] == "psi:i:price" and fired["model_version"] == "ctr:v1"
+    assert not [p for _, p in receiver.accepted if "psi:i:category" in str(p["dedup_key"])]
+    assert "restored: 1 alarms firing" in processes.log("monitor-restarted")
