@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds to run")
     parser.add_argument("--count", type=int, default=None, help="recommendations to produce")
     parser.add_argument("--drain", type=float, default=None, help="seconds to finish outcomes")
+    parser.add_argument(
+        "--outcomes-until",
+        type=float,
+        default=None,
+        help="stop sending outcomes after this many seconds (recommendations go on): the "
+        "outage of a storefront's conversion feed",
+    )
     args = parser.parse_args(argv)
     s = get_settings()
     topics = declared(s)
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         nonlocal outs
         while pending and pending[0][0] <= now:
             _, _, outcome = heapq.heappop(pending)
+            if args.outcomes_until is not None and now - start >= args.outcomes_until:
+                continue
             producer.produce(
                 outcomes_topic,
                 key=outcome.user_id.encode(),

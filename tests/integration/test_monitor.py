@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -81,3 +82,41 @@ def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_fea
     assert fired["metric"] == "psi:i:price" and fired["model_version"] == "ctr:v1"
     assert not [p for _, p in receiver.accepted if "psi:i:category" in str(p["dedup_key"])]
     assert "restored: 1 alarms firing" in processes.log("monitor-restarted")
+
+
+def test_outcomes_that_stop_raise_a_join_health_alarm(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    """The real joiner and simulator; the storefront's outcomes stop after 12 s."""
+    hook = {"name": "oncall", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
+    rule = {
+        "name": "outcomes-stopped",
+        "metric": "outcome_rate",
+        "window": "stream",
+        "bad": "below",
+        "threshold": 0.001,
+        "for_s": 4,
+    }
+    configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_MONITOR_RULES=json.dumps([rule]),
+        STREAMLEARN_WEBHOOKS=json.dumps([hook]),
+        STREAMLEARN_MONITOR_EVALUATE_S="1",
+        STREAMLEARN_MONITOR_METRICS_PORT="0",
+        STREAMLEARN_JOINER_STATS_S="1",
+        STREAMLEARN_SIM_RATE="20",
+        STREAMLEARN_SIM_MEAN_DELAY_S="0.5",
+    )
+    receiver.start()
+    processes.start("joiner", "-m", "consumers.joiner")
+    processes.start("monitor", "-m", "consumers.monitor")
+    wait_until(lambda: "assigned partitions" in processes.log("joiner"), "the joiner to start")
+    started = time.time()
+    processes.start(
+        "simulator", "-m", "consumers.simulator", "--duration", "60", "--outcomes-until", "12"
+    )
+    wait_until(lambda: pages(receiver, "join/outcomes-stopped") == ["firing"], "the join page")
+    page = next(p for _, p in receiver.accepted if p["dedup_key"] == "join/outcomes-stopped/stream")
+    assert float(str(page["at"])) >= started + 12 + 4  # not before the outcomes had stopped
+    assert page["severity"] == "error" and page["value"] == 0
