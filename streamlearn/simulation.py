@@ -26,7 +26,10 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from streamlearn.events import Outcome, Recommendation, SlateItem
+from streamlearn.clock import ManualClock
+from streamlearn.events import LabeledExample, Outcome, Recommendation, SlateItem
+from streamlearn.learning import Learner, ModelSpec
+from streamlearn.training import example_features
 
 SEGMENTS = ("bargain", "premium", "family", "student", "gamer")
 CATEGORIES = ("toys", "books", "garden", "audio", "games", "kitchen", "sports", "fashion")
@@ -154,3 +157,41 @@ class Storefront:
                 "event_time": at,
             }
         )
+
+
+class Deployed:
+    """Labeled examples as the loop makes them, without Kafka: a storefront served by a model
+    that learns from every example right after serving it (the served score is the model's
+    prediction before it learns), one impression every 50 ms of the clock's time. For the
+    monitor's tests and benchmark: ``shop.flip()`` and ``shop.shift_prices()`` inject changes."""
+
+    def __init__(self, clock: ManualClock, traffic_seed: int = 5) -> None:
+        self.shop = Storefront(world_seed=7, traffic_seed=traffic_seed)
+        self.learner = Learner(ModelSpec())
+        self.clock = clock
+        self.n = 0
+
+    def examples(self, count: int) -> list[LabeledExample]:
+        out: list[LabeledExample] = []
+        while len(out) < count:
+            user, slate = self.shop.impressions()
+            for pos, item in enumerate(slate):
+                self.clock.advance(0.05)
+                self.n += 1
+                e = LabeledExample(
+                    example_id=f"{self.n}",
+                    recommendation_id=f"{self.n}",
+                    user_id=user.user_id,
+                    item_id=item.item_id,
+                    position=pos,
+                    propensity=1.0,
+                    served_score=0.5,
+                    model_version="ctr:v1",
+                    context=self.shop.context(user),
+                    item_features=self.shop.item_features(item, pos),
+                    label=self.shop.rng.random() < self.shop.probability(user, item, pos),
+                    recommendation_time=self.clock.now(),
+                )
+                score = self.learner.learn_one(example_features(ModelSpec(), e), e.label)
+                out.append(e.model_copy(update={"served_score": score}))
+        return out

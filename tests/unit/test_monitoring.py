@@ -6,10 +6,8 @@ from __future__ import annotations
 from streamlearn.alerting import Alarms, Rule
 from streamlearn.clock import ManualClock
 from streamlearn.events import JoinReport, LabeledExample, PartitionHealth
-from streamlearn.learning import Learner, ModelSpec
 from streamlearn.monitoring import Monitor
-from streamlearn.simulation import Storefront
-from streamlearn.training import example_features
+from streamlearn.simulation import Deployed
 
 RULES = [
     Rule(name="concept-drift", metric="concept_drift", window="stream", bad="above", threshold=0.5),
@@ -31,42 +29,6 @@ RULES = [
         for_s=20,
     ),
 ]
-
-
-class Deployed:
-    """A storefront served by a model that learns from every example right after serving it:
-    the served score is the model's prediction before it learns."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        self.shop = Storefront(world_seed=7, traffic_seed=5)
-        self.learner = Learner(ModelSpec())
-        self.clock = clock
-        self.n = 0
-
-    def examples(self, count: int) -> list[LabeledExample]:
-        out = []
-        while len(out) < count:
-            user, slate = self.shop.impressions()
-            for pos, item in enumerate(slate):
-                self.clock.advance(0.05)
-                self.n += 1
-                e = LabeledExample(
-                    example_id=f"{self.n}",
-                    recommendation_id=f"{self.n}",
-                    user_id=user.user_id,
-                    item_id=item.item_id,
-                    position=pos,
-                    propensity=1.0,
-                    served_score=0.5,
-                    model_version="ctr:v1",
-                    context=self.shop.context(user),
-                    item_features=self.shop.item_features(item, pos),
-                    label=self.shop.rng.random() < self.shop.probability(user, item, pos),
-                    recommendation_time=self.clock.now(),
-                )
-                score = self.learner.learn_one(example_features(ModelSpec(), e), e.label)
-                out.append(e.model_copy(update={"served_score": score}))
-        return out
 
 
 def run(monitor: Monitor, examples: list[LabeledExample]) -> list[tuple[int, str, str]]:
