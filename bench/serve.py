@@ -33,12 +33,11 @@ from typing import Any
 import httpx
 import uvloop
 
-from streamlearn.clock import SystemClock
-from streamlearn.events import LabeledExample
+from streamlearn.clock import ManualClock, SystemClock
 from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry
 from streamlearn.settings import Settings
-from streamlearn.simulation import Storefront
+from streamlearn.simulation import Deployed, Storefront
 from streamlearn.snapshots import SnapshotStore, open_store
 from streamlearn.training import Training
 from topics import ensure_topics
@@ -53,29 +52,13 @@ CONNECTIONS = 32
 
 def train_versions(store: SnapshotStore, versions: int = 2, n: int = 20_000) -> None:
     """Versions of the champion, trained on simulated examples (each on a different slice)."""
-    shop = Storefront(world_seed=7, traffic_seed=3)
+    world = Deployed(ManualClock(0.0), traffic_seed=3)
     training = Training(ModelSpec(), SystemClock(), every_n=10**9, every_s=1e9)
     offset = 0
     for version in range(1, versions + 1):
-        for _ in range(n // shop.slate_size):
-            user, slate = shop.impressions()
-            for pos, item in enumerate(slate):
-                example = LabeledExample(
-                    example_id=f"{offset}",
-                    recommendation_id=f"{offset}",
-                    user_id=user.user_id,
-                    item_id=item.item_id,
-                    position=pos,
-                    propensity=1.0,
-                    served_score=None,
-                    model_version=None,
-                    context=shop.context(user),
-                    item_features=shop.item_features(item, pos),
-                    label=shop.rng.random() < shop.probability(user, item, pos),
-                    recommendation_time=0.0,
-                )
-                training.learn(example, 0, offset)
-                offset += 1
+        for example in world.examples(n):
+            training.learn(example, 0, offset)
+            offset += 1
         store.put(training.snapshot(version))
 
 
