@@ -1,7 +1,7 @@
 """The main job: the whole loop with a simulated storefront, and a live line of progress.
 
-Creates the topics, starts the joiner, trainer, API and simulator as separate processes (their
-logs go to ``$STREAMLEARN_HOME/logs``), and prints what flows, read from the topics and the
+Creates the topics, starts the joiner, trainer, monitor, API and simulator as separate processes
+(their logs go to ``$STREAMLEARN_HOME/logs``), and prints what flows, read from the topics and the
 snapshot store alone: recommendations, outcomes, joined examples, dead letters, the model version
 and its rolling AUC. Ctrl-C stops everything.
 
@@ -34,6 +34,7 @@ from topics import declared, end_offsets, ensure_topics
 PROCESSES = {
     "joiner": ["-m", "consumers.joiner"],
     "trainer": ["-m", "consumers.trainer"],
+    "monitor": ["-m", "consumers.monitor"],
     "api": ["-m", "api"],
     "simulator": ["-m", "consumers.simulator"],
 }

@@ -39,13 +39,16 @@ from confluent_kafka import (
 )
 from prometheus_client import Gauge, start_http_server
 
+from streamlearn.actions import auto_rollback
 from streamlearn.alerting import Alarms, Alert
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotError
 from streamlearn.events import JoinReport, parse, parse_example
-from streamlearn.monitoring import Monitor
+from streamlearn.monitoring import JOIN, Monitor
 from streamlearn.outbox import Courier, Outbox
+from streamlearn.registry import Registry
 from streamlearn.settings import Settings, get_settings
+from streamlearn.snapshots import open_store
 from topics import consumer_config, declared, producer_config
 
 log = logging.getLogger("streamlearn.monitor")
@@ -138,6 +141,7 @@ class MonitorProcess:
                 alerts: list[Alert] = []
                 for msg in self.consumer.consume(500, timeout=0.5):
                     alerts += self._handle(msg)
+                alerts += self._act(alerts)
                 if alerts:
                     self._save(alerts)
                 if time.monotonic() - last_eval >= s.monitor_evaluate_s:
@@ -168,6 +172,17 @@ class MonitorProcess:
         except InvalidEventError as exc:  # the joiner wrote it: log it, it is not ours to fix
             log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
             return []
+
+    def _act(self, alerts: list[Alert]) -> list[Alert]:
+        """The automatic actions the alerts call for, as alerts themselves."""
+        s = self.settings
+        if s.auto_action != "rollback":
+            return []
+        out = []
+        for a in alerts:
+            if a.status == "firing" and a.rule in s.auto_action_rules and a.model != JOIN:
+                out += auto_rollback(a, Registry(open_store(s)), SystemClock())
+        return out
 
     def _publish(self) -> None:
         snapshot = self.monitor.snapshot()

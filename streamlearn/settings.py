@@ -216,6 +216,14 @@ class Settings(BaseSettings):
     monitor_metrics_port: int = Field(
         9110, ge=0, description="Prometheus endpoint of the monitor (0: off)."
     )
+    auto_action: Literal["off", "rollback"] = Field(
+        "off",
+        description="rollback: when an alarm of AUTO_ACTION_RULES fires, point the model's "
+        "champion back at its previous version (and say so in an alert).",
+    )
+    auto_action_rules: list[str] = Field(
+        default_factory=lambda: ["concept-drift"], description="The rules that trigger it."
+    )
     alert_link: str = Field(
         "http://127.0.0.1:8000/docs",
         description="Where an alert's link points; {model} and {version} are filled in.",

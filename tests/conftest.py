@@ -84,6 +84,7 @@ def env(infra: Infra, tmp_path: Path) -> dict[str, str]:
         "STREAMLEARN_API_PORT": str(free_port()),
         "STREAMLEARN_JOINER_METRICS_PORT": str(free_port()),
         "STREAMLEARN_TRAINER_METRICS_PORT": str(free_port()),
+        "STREAMLEARN_MONITOR_METRICS_PORT": str(free_port()),
     }
 
 

@@ -1,0 +1,50 @@
+"""Automatic actions on alarms (off by default): roll the champion back when an alarm fires.
+
+An action is itself an alert, so on-call hears of it like anything else: an ``info`` alert of
+rule ``auto-rollback`` (or ``warning`` when it could not be done), fired and resolved at once
+since it is over when it is announced, with its own dedup key per model and alarm.
+"""
+
+from __future__ import annotations
+
+from streamlearn.alerting import Alert, Severity
+from streamlearn.clock import Clock
+from streamlearn.errors import SnapshotError
+from streamlearn.registry import CHAMPION, Registry
+
+
+def auto_rollback(alert: Alert, registry: Registry, clock: Clock) -> list[Alert]:
+    """Roll ``alert.model``'s champion back to the version it named before; the alerts that
+    say so (or say why not)."""
+    before = registry.served_version(alert.model)
+    try:
+        after = registry.rollback(alert.model)
+        summary = (
+            f"{alert.model}: champion rolled back from v{before} to v{after} "
+            f"after {alert.dedup_key} fired"
+        )
+        severity: Severity = "info"
+        value = float(after)
+    except SnapshotError as exc:
+        summary = f"{alert.model}: could not roll back after {alert.dedup_key} fired: {exc}"
+        severity = "warning"
+        value = float(before or 0)
+    now = clock.now()
+    fired = Alert(
+        dedup_key=f"{alert.model}/auto-rollback/{alert.rule}",
+        # Continues from the alarm's own sequence, so it only grows for this key.
+        sequence=2 * alert.sequence - 1,
+        status="firing",
+        rule="auto-rollback",
+        model=alert.model,
+        window=alert.window,
+        metric=f"{CHAMPION}_version",
+        severity=severity,
+        value=value,
+        threshold=float(before or 0),
+        model_version=alert.model_version,
+        started_at=now,
+        at=now,
+        summary=summary,
+    )
+    return [fired, fired.model_copy(update={"status": "resolved", "sequence": fired.sequence + 1})]
