@@ -73,6 +73,15 @@ DEFAULT_RULES = (
         severity="critical",
     ),
     Rule(
+        name="positives-stopped",
+        metric="positive_rate",
+        window="stream",
+        bad="below",
+        threshold=0.0001,
+        for_s=120,
+        clear_for_s=30,
+    ),
+    Rule(
         name="watermark-stalled",
         metric="watermark_lag_s",
         window="stream",
