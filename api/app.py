@@ -10,6 +10,7 @@ import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,7 +21,7 @@ from redis.exceptions import RedisError
 
 from api.deps import Publisher
 from api.middleware import BodyLimit, RequestMetrics
-from api.routes import admin, health, scoring
+from api.routes import admin, dashboard, health, scoring
 from streamlearn import __version__
 from streamlearn.clock import SystemClock
 from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
@@ -87,6 +88,9 @@ def create_app(
         app.state.publisher = events
         app.state.clock = SystemClock()
         app.state.rng = random.Random()
+        app.state.redis = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         SERVING.holders[holder.model_name] = holder
         events.start()
         await asyncio.to_thread(holder.refresh)
@@ -132,6 +136,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(scoring.router)
     app.include_router(admin.router)
+    app.include_router(dashboard.router)
     # Outermost first: every request is measured, the 413s included.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -4,7 +4,8 @@ Wiring around :class:`streamlearn.monitoring.Monitor`:
 
 * reads the examples and joiner-stats topics (group ``<prefix>monitor``);
 * every ``MONITOR_EVALUATE_S`` evaluates the rolling metrics, writes every figure to Redis
-  (``<prefix>monitor``, JSON, for the API and the dashboard) and to Prometheus;
+  (``<prefix>monitor``, JSON, for the API and the dashboard; and a point of each to the stream
+  ``<prefix>monitor-history``, the dashboard's charts) and to Prometheus;
 * whenever alerts are made, and at each evaluation, saves its whole state (the monitor, the
   alarms, the input offsets; pickled and HMAC-signed) and queues the alerts for every webhook in
   one Redis transaction, then publishes them to the alerts topic; couriers (one thread per
@@ -44,7 +45,7 @@ from streamlearn.alerting import Alarms, Alert
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotError
 from streamlearn.events import JoinReport, parse, parse_example
-from streamlearn.monitoring import JOIN, Monitor
+from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
 from streamlearn.registry import Registry
 from streamlearn.settings import Settings, get_settings
@@ -61,6 +62,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
+HISTORY_POINTS = 20_000
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
 
@@ -187,7 +189,17 @@ class MonitorProcess:
     def _publish(self) -> None:
         snapshot = self.monitor.snapshot()
         snapshot["at"] = time.time()
-        self.redis.set(f"{self.settings.topic_prefix}monitor", orjson.dumps(snapshot))
+        prefix = self.settings.topic_prefix
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{prefix}monitor", orjson.dumps(snapshot))
+        # A day and more at one point per evaluation: what the dashboard charts.
+        pipe.xadd(
+            f"{prefix}monitor-history",
+            {"point": orjson.dumps(history_point(snapshot))},
+            maxlen=HISTORY_POINTS,
+            approximate=True,
+        )
+        pipe.execute()
         for tag, v in snapshot["versions"].items():
             for window, metrics in v["windows"].items():
                 for name, value in metrics.items():

@@ -13,7 +13,8 @@ that was served and the label that came:
   ``drift_window`` examples, as ``psi:<feature>`` and ``psi:prediction`` in window ``stream``.
 
 From the joiner's reports (counter deltas between two reports of a worker), for model ``join``:
-``label_rate`` (positives per labeled example), ``outcome_rate`` and ``positive_rate`` per second,
+``label_rate`` (positives per labeled example), ``outcome_rate``, ``positive_rate``,
+``recommendation_rate`` and ``example_rate`` per second,
 ``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition).
 
 Every value goes through the :class:`~streamlearn.alerting.Alarms` book, which turns them into
@@ -195,6 +196,8 @@ class Monitor:
             dt = report.at - last.at
             labeled = d.get("positives", 0) + d.get("negatives", 0)
             self.join["outcome_rate"] = d.get("outcomes", 0) / dt
+            self.join["recommendation_rate"] = d.get("recommendations", 0) / dt
+            self.join["example_rate"] = labeled / dt
             self.join["positive_rate"] = d.get("positives", 0) / dt
             if labeled:
                 self.join["label_rate"] = d.get("positives", 0) / labeled
@@ -224,6 +227,24 @@ class Monitor:
             "unscored_examples": self.unscored,
             "firing": self.alarms.firing(),
         }
+
+
+def history_point(snapshot: Mapping[str, Any], window: str = "5m") -> dict[str, Any]:
+    """The part of a snapshot the dashboard charts over time: each version's figures in one
+    window, the join's, and the alarms firing."""
+    return {
+        "at": snapshot.get("at"),
+        "versions": {
+            tag: {
+                **v["windows"].get(window, {}),
+                "seen": v["seen"],
+                "concept_drift": v["concept_drift"],
+            }
+            for tag, v in snapshot["versions"].items()
+        },
+        "join": snapshot["join"],
+        "firing": snapshot["firing"],
+    }
 
 
 def _prefixed(prefix: str, features: Mapping[str, float | bool | str]) -> dict[str, Any]:

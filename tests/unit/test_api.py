@@ -396,3 +396,40 @@ def test_metrics_count_requests_by_route_and_status_and_name_the_version(
     assert 'streamlearn_api_model_version{model="ctr"} 2.0' in after
     assert 'streamlearn_api_model_swaps_total{model="ctr"} 2.0' in after
     assert "streamlearn_api_request_seconds_bucket" in after
+
+
+class MonitorRedis:
+    """What /v1/monitor reads from Redis: the latest figures and the history stream."""
+
+    def __init__(self, current: dict[str, Any] | None, points: int) -> None:
+        self.current = current
+        self.entries = [
+            (f"{i}-0".encode(), {b"point": json.dumps({"at": i, "versions": {}}).encode()})
+            for i in range(points)
+        ]
+
+    def get(self, key: str) -> bytes | None:
+        assert key.endswith("monitor")
+        return None if self.current is None else json.dumps(self.current).encode()
+
+    def xrange(self, key: str, start: str, end: str) -> list[Any]:
+        assert key.endswith("monitor-history") and end == "+"
+        return self.entries
+
+
+def test_the_dashboard_page_and_the_figures_it_polls(
+    client: TestClient, store: ObjectSnapshotStore
+) -> None:
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/v1/monitor" in page.text and "promote" in page.text
+    client.app.state.redis = MonitorRedis(None, 0)  # type: ignore[attr-defined]
+    empty = client.get("/v1/monitor").json()
+    assert empty["current"] is None and empty["history"] == []
+    serving(client, store, 3)
+    client.app.state.redis = MonitorRedis({"firing": ["ctr/auc-floor/5m"]}, 1000)  # type: ignore[attr-defined]
+    got = client.get("/v1/monitor", params={"points": 100}).json()
+    assert got["current"]["firing"] == ["ctr/auc-floor/5m"]
+    assert len(got["history"]) == 100 and got["history"][1]["at"] == 10  # evenly thinned
+    assert got["served"] == {"model": "ctr", "version": 3, "swaps": 1}
+    assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
