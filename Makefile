@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install infra-up infra-down infra-status topics run test test-unit test-integration bench lint format typecheck check clean
+.PHONY: help install infra-up infra-down infra-status browser topics run test test-unit test-integration bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ topics: install ## Create the declared topics (idempotent)
 run: install infra-up ## The main job: the whole loop with a simulated storefront, live progress
 	$(PY) -m consumers.loop
 
-test: install infra-up check ## Lint, type-check, then every test (unit, doctests, integration)
+browser: ## Install Debian's Chromium and ChromeDriver (the dashboard's browser test), if missing
+	bash infra/infra.sh browser
+
+test: install infra-up browser check ## Lint, type-check, then every test (unit, doctests, integration)
 	$(PY) -m pytest
 
 test-unit: install ## Unit tests and doctests only: no broker needed

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, cmd in PROCESSES.items():
         with open(logs / f"{name}.log", "ab") as out:
             procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
-    console.print(f"logs in {logs}; API on http://{s.api_host}:{s.api_port} (docs at /docs)")
+    api = f"http://{s.api_host}:{s.api_port}"
+    console.print(f"logs in {logs}; dashboard at {api}/dashboard, API docs at {api}/docs")
     store = open_store(s)
     names = {role: t.name for role, t in declared(s).items()}
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamlearn-probe"})

@@ -63,6 +63,7 @@ JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
 HISTORY_POINTS = 20_000
+RECENT_ALERTS = 50
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
 
@@ -109,6 +110,12 @@ class MonitorProcess:
         payload = pickle.dumps({"monitor": self.monitor, "offsets": dict(self.offsets)})
         mac = hmac.new(self.key, payload, hashlib.sha256).digest()
         self.outbox.record(mac + payload, alerts, [w.name for w in self.settings.webhooks])
+        if alerts:  # the dashboard's list of recent alerts, newest first
+            recent = f"{self.settings.topic_prefix}alerts-recent"
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(recent, *[a.model_dump_json() for a in alerts])
+            pipe.ltrim(recent, 0, RECENT_ALERTS - 1)
+            pipe.execute()
         for a in alerts:
             self.producer.produce(
                 self.alerts_topic, a.model_dump_json().encode(), a.dedup_key.encode()

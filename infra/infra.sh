@@ -145,5 +145,7 @@ case ${1:-} in
   down) stop_pidfile kafka "$kafka_data/pid"; stop_pidfile redis "$redis_dir/pid" ;;
   status) status ;;
   fetch) fetch_kafka ;;
-  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+  browser) # the dashboard's browser test drives Debian's Chromium through its ChromeDriver
+    { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver ;;
+  *) echo "usage: $0 up|down|status|fetch|browser" >&2; exit 2 ;;
 esac

@@ -416,6 +416,10 @@ class MonitorRedis:
         assert key.endswith("monitor-history") and end == "+"
         return self.entries
 
+    def lrange(self, key: str, start: int, end: int) -> list[bytes]:
+        assert key.endswith("alerts-recent")
+        return [b'{"status": "resolved"}'] if self.current else []
+
 
 def test_the_dashboard_page_and_the_figures_it_polls(
     client: TestClient, store: ObjectSnapshotStore
@@ -432,4 +436,6 @@ def test_the_dashboard_page_and_the_figures_it_polls(
     assert got["current"]["firing"] == ["ctr/auc-floor/5m"]
     assert len(got["history"]) == 100 and got["history"][1]["at"] == 10  # evenly thinned
     assert got["served"] == {"model": "ctr", "version": 3, "swaps": 1}
+    assert got["recent_alerts"] == [{"status": "resolved"}]
+    assert got["api_requests_total"] >= 3  # this test's own requests count
     assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
