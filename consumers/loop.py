@@ -36,13 +36,20 @@ PROCESSES = {
     "trainer": ["-m", "consumers.trainer"],
     "monitor": ["-m", "consumers.monitor"],
     "api": ["-m", "api"],
-    "simulator": ["-m", "consumers.simulator"],
+    # A storefront that asks /v1/rank for its slates, so the served scores reach the monitor.
+    "simulator": ["-m", "consumers.simulator", "--via-api"],
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    parser.add_argument(
+        "--flip-at",
+        type=float,
+        default=None,
+        help="S seconds in, the simulated customers' preferences flip: watch the drift alarm",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a supervisor: stop children too
     s = get_settings()
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in PROCESSES.items():
+        if name == "simulator" and args.flip_at is not None:
+            cmd = [*cmd, "--flip-at", str(args.flip_at)]
         with open(logs / f"{name}.log", "ab") as out:
             procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
     api = f"http://{s.api_host}:{s.api_port}"

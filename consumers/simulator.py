@@ -1,8 +1,15 @@
 """The storefront simulator process: produces recommendations now and their outcomes later.
 
-Run: ``python -m consumers.simulator [--duration S] [--count N]``. Outcomes are produced when
-their event time comes; after the run it keeps producing the ones still due within ``--drain``
-seconds, so the ground truth on the topics is complete.
+Run: ``python -m consumers.simulator [--duration S] [--count N] [--via-api] [--flip-at S]``.
+Outcomes are produced when their event time comes; after the run it keeps producing the ones
+still due within ``--drain`` seconds, so the ground truth on the topics is complete.
+
+With ``--via-api`` it is a storefront that lets streamlearn choose: each slate comes from
+``POST /v1/rank`` over 20 candidates, and the API publishes the recommendation event, with the
+scores it served, so the monitor can judge the served model. Until a model is served (or when
+the API does not answer) it draws the slate itself and publishes the event, unscored.
+``--flip-at S`` turns every hidden preference to its opposite S seconds in: a concept change to
+watch the drift alarm fire, and resolve as the model relearns.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import signal
 import time
 
+import httpx
 from confluent_kafka import Producer
 
 from streamlearn.events import Outcome
@@ -29,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds to run")
     parser.add_argument("--count", type=int, default=None, help="recommendations to produce")
     parser.add_argument("--drain", type=float, default=None, help="seconds to finish outcomes")
+    parser.add_argument("--via-api", action="store_true", help="slates from POST /v1/rank")
+    parser.add_argument(
+        "--flip-at", type=float, default=None, help="seconds in: the hidden preferences flip"
+    )
     parser.add_argument(
         "--outcomes-until",
         type=float,
@@ -73,6 +85,27 @@ def main(argv: list[str] | None = None) -> None:
             )
             outs += 1
 
+    api = (
+        httpx.Client(base_url=f"http://{s.api_host}:{s.api_port}", timeout=2)
+        if args.via_api
+        else None
+    )
+    flipped = False
+
+    def ranked(now: float) -> list[Outcome] | None:
+        """A slate from the API, and what the user will do; None when the API cannot rank."""
+        assert api is not None
+        user, body = shop.rank_request(candidates=20, k=s.sim_slate_size)
+        try:
+            r = api.post("/v1/rank", json=body)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        answer = r.json()
+        slate = [shop.item(i["item_id"]) for i in answer["items"]]
+        return shop.respond(answer["recommendation_id"], user, slate, now)
+
     start = time.time()
     next_at = start
     while not stopping:
@@ -81,11 +114,17 @@ def main(argv: list[str] | None = None) -> None:
             break
         if args.count is not None and recs >= args.count:
             break
+        if args.flip_at is not None and not flipped and now - start >= args.flip_at:
+            shop.flip()
+            flipped = True
+            log.info("the hidden preferences flipped (a concept change)")
         while next_at <= now:
-            rec, outcomes = shop.recommend(now)
-            producer.produce(
-                recs_topic, key=rec.user_id.encode(), value=rec.model_dump_json().encode()
-            )
+            outcomes = ranked(now) if api is not None else None
+            if outcomes is None:
+                rec, outcomes = shop.recommend(now)
+                producer.produce(
+                    recs_topic, key=rec.user_id.encode(), value=rec.model_dump_json().encode()
+                )
             recs += 1
             for o in outcomes:
                 seq += 1

@@ -75,6 +75,7 @@ class Storefront:
             for i in range(n_items)
         ]
         self.appeal = {it.item_id: world.gauss(0.0, 0.6) for it in self.items}
+        self._by_id = {it.item_id: it for it in self.items}
         self.slate_size = slate_size
         self.mean_delay_s = mean_delay_s
         self.cart_share = cart_share
@@ -132,6 +133,29 @@ class Storefront:
             ],
             model_version=None,
         )
+        return rec, self.respond(rid, user, slate, now)
+
+    def rank_request(self, candidates: int, k: int) -> tuple[User, dict[str, object]]:
+        """A user and the body of a ``POST /v1/rank`` for ``candidates`` random items, as a
+        storefront that lets streamlearn choose the slate would send it."""
+        user = self.rng.choice(self.users)
+        items = self.rng.sample(self.items, min(candidates, len(self.items)))
+        body = {
+            "user_id": user.user_id,
+            "context": self.context(user),
+            "items": [
+                {"item_id": it.item_id, "features": self.item_features(it, 0)} for it in items
+            ],
+            "k": k,
+        }
+        return user, body
+
+    def item(self, item_id: str) -> Item:
+        return self._by_id[item_id]
+
+    def respond(self, rid: str, user: User, slate: list[Item], now: float) -> list[Outcome]:
+        """What ``user`` will do, shown ``slate`` in this order at ``now``: outcomes in the
+        future, from the hidden preferences."""
         outcomes: list[Outcome] = []
         for pos, it in enumerate(slate):
             if self.rng.random() >= self.probability(user, it, pos):
@@ -141,7 +165,7 @@ class Storefront:
             if self.rng.random() < self.cart_share:
                 later = at + self.rng.expovariate(1.0 / self.mean_delay_s)
                 outcomes.append(self._outcome(rid, user, it, "add_to_cart", later, it.price))
-        return rec, outcomes
+        return outcomes
 
     def _outcome(
         self, rid: str, user: User, item: Item, kind: str, at: float, value: float = 0.0
