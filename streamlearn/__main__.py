@@ -8,6 +8,12 @@
     streamlearn registry retain MODEL --keep-last N
     streamlearn score INPUT OUTPUT [--model M] [--version V]
                                                score a .jsonl or .parquet file of requests
+    streamlearn infra up|down|status           the local Kafka and Redis (infra/infra.sh)
+    streamlearn topics                         create the declared topics (idempotent)
+    streamlearn run joiner|trainer|monitor|api|simulator|loop [ARGS...]
+                                               one process in the foreground
+    streamlearn simulate [ARGS...]             storefront traffic (run simulator --help)
+    streamlearn replay FILE                    historical events from a JSON-lines file
 
 Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 """
@@ -15,6 +21,7 @@ Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,7 +69,39 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--version", help="a number or an alias; default: the version the API would serve"
     )
+    infra = sub.add_parser("infra", help="the local Kafka and Redis")
+    infra.add_argument("action", choices=["up", "down", "status"])
+    sub.add_parser("topics", help="create the declared topics that are missing")
+    run = sub.add_parser("run", help="run one process in the foreground")
+    run.add_argument("process", choices=sorted(PROCESSES))
+    run.add_argument("args", nargs=argparse.REMAINDER)
+    sim = sub.add_parser("simulate", help="simulated storefront traffic")
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    replay = sub.add_parser("replay", help="historical events from a JSON-lines file")
+    replay.add_argument("file")
     return parser
+
+
+PROCESSES = {
+    "joiner": "consumers.joiner",
+    "trainer": "consumers.trainer",
+    "monitor": "consumers.monitor",
+    "api": "api",
+    "simulator": "consumers.simulator",
+    "loop": "consumers.loop",
+}
+
+
+def _process(module: str, args: list[str]) -> int:
+    """Run a process's module in the foreground, with this command's environment."""
+    return subprocess.call([sys.executable, "-m", module, *args])
+
+
+def _infra(action: str) -> int:
+    script = Path(__file__).resolve().parent.parent / "infra" / "infra.sh"
+    if not script.exists():
+        raise StreamlearnError(f"{script} not found: run from a checkout (pip install -e .)")
+    return subprocess.call(["bash", str(script), action])
 
 
 def _score(registry: Registry, args: argparse.Namespace, console: Console) -> None:
@@ -104,6 +143,24 @@ def _table(registry: Registry, model: str) -> Table:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
+    try:
+        if args.area == "infra":
+            return _infra(args.action)
+        if args.area == "topics":
+            from topics import ensure_topics
+
+            created = ensure_topics(get_settings())
+            console.print(f"created {len(created)} topics: {created}")
+            return 0
+        if args.area == "run":
+            return _process(PROCESSES[args.process], args.args)
+        if args.area == "simulate":
+            return _process("consumers.simulator", args.args)
+        if args.area == "replay":
+            return _process("consumers.replay", [args.file])
+    except StreamlearnError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
     registry = Registry(open_store(get_settings()))
     try:
         if args.area == "score":

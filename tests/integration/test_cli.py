@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamlearn.events import Outcome, Recommendation
 from streamlearn.registry import Registry
 from streamlearn.serving import Served
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, letters, records
 from tests.unit.test_api import trained
 
 pytestmark = pytest.mark.integration
@@ -126,3 +127,34 @@ def test_batch_scoring_of_jsonl_and_parquet_files(
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert [(x["item_id"], x["model_version"]) for x in lines] == [("a", 2), ("a", 2), ("b", 2)]
+
+
+def test_replay_puts_each_event_on_its_topic_and_a_bad_line_in_the_dead_letters(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    rec = {
+        "recommendation_id": "r1",
+        "user_id": "u1",
+        "event_time": 1.0,
+        "items": [{"item_id": "a", "position": 0}],
+    }
+    out = {
+        "recommendation_id": "r1",
+        "user_id": "u1",
+        "item_id": "a",
+        "kind": "click",
+        "event_time": 2.0,
+    }
+    history = tmp_path / "history.jsonl"
+    lines = [orjson.dumps(rec), orjson.dumps(out), b'{"user_id": "u2", "kind": "view"}', b""]
+    history.write_bytes(b"\n".join(lines))
+    done = cli(env, str(history), area="replay")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 recommendations, 1 outcomes, 1 to the dead-letter topic" in done.stdout
+    assert [r.recommendation_id for r in records(s, "recommendations", Recommendation)] == ["r1"]
+    assert [o.kind for o in records(s, "outcomes", Outcome)] == ["click"]
+    [letter] = letters(s)
+    assert letter.source_topic == str(history) and letter.offset == 3 and "item_id" in letter.reason
