@@ -331,7 +331,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, join.stop)
     if settings.joiner_metrics_port:
         REGISTRY.register(JoinCollector(join.joiner, lambda: set(join.partitions)))
-        start_http_server(settings.joiner_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.joiner_metrics_port, addr=settings.metrics_host)
     join.run()
 
 

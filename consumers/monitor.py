@@ -232,7 +232,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, process.stop)
     signal.signal(signal.SIGINT, process.stop)
     if settings.monitor_metrics_port:
-        start_http_server(settings.monitor_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.monitor_metrics_port, addr=settings.metrics_host)
     process.run()
 
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=None, help="recommendations to produce")
     parser.add_argument("--drain", type=float, default=None, help="seconds to finish outcomes")
     parser.add_argument("--via-api", action="store_true", help="slates from POST /v1/rank")
+    parser.add_argument("--api", default=None, help="the API's URL (default: API_HOST:API_PORT)")
     parser.add_argument(
         "--flip-at", type=float, default=None, help="seconds in: the hidden preferences flip"
     )
@@ -85,11 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             outs += 1
 
-    api = (
-        httpx.Client(base_url=f"http://{s.api_host}:{s.api_port}", timeout=2)
-        if args.via_api
-        else None
-    )
+    url = args.api or f"http://{s.api_host}:{s.api_port}"
+    api = httpx.Client(base_url=url, timeout=2) if args.via_api else None
     flipped = False
 
     def ranked(now: float) -> list[Outcome] | None:

@@ -213,7 +213,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
     if settings.trainer_metrics_port:
-        start_http_server(settings.trainer_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.trainer_metrics_port, addr=settings.metrics_host)
     trainer = Trainer(settings)
     signal.signal(signal.SIGTERM, trainer.stop)
     signal.signal(signal.SIGINT, trainer.stop)

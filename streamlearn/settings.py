@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         0.1, gt=0, description="How often the joiner commits a transaction (as Kafka Streams)."
     )
     joiner_stats_s: float = Field(5.0, gt=0, description="How often join stats are published.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Where the processes' Prometheus endpoints listen (0.0.0.0 "
+        "for a Prometheus in another container).",
+    )
     joiner_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
     )
