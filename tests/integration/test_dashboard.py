@@ -48,7 +48,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1400,1100",
+        "--window-size=1400,1400",
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
@@ -111,9 +111,12 @@ def test_the_dashboard_fills_follows_promote_and_rollback_and_shows_a_drift(
     send(3_000)
     wait_until(lambda: "concept-drift" in text(browser, "alarms"), "the drift alarm on screen")
     send(27_000)
-    wait_until(lambda: "none firing" in text(browser, "alarms"), "the alarm to resolve on screen")
-    recent = text(browser, "alarms")
-    assert "resolved ctr/concept-drift/stream" in recent and "firing ctr/concept-drift" in recent
+    wait_until(
+        lambda: "resolved ctr/concept-drift/stream" in text(browser, "alarms"),
+        "the resolve among the recent alerts",
+    )
+    wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open on screen")
+    assert "firing ctr/concept-drift/stream" in text(browser, "alarms")  # and its page before
     wait_until(lambda: "API requests" in text(browser, "requests-legend"), "the request rate")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
