@@ -6,7 +6,8 @@ dependency per request for what is an attribute read."""
 from __future__ import annotations
 
 import random
-from typing import Annotated, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
@@ -27,34 +28,17 @@ class Publisher(Protocol):
     def pending(self) -> int: ...
 
 
-async def get_holder(request: Request) -> ModelHolder:
-    holder: ModelHolder = request.app.state.holder
-    return holder
+def _state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that reads ``app.state.<name>``, set by the app's lifespan."""
+
+    async def read(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return read
 
 
-async def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_publisher(request: Request) -> Publisher:
-    publisher: Publisher = request.app.state.publisher
-    return publisher
-
-
-async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
-
-
-async def get_clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.clock
-    return clock
-
-
-async def get_rng(request: Request) -> random.Random:
-    rng: random.Random = request.app.state.rng
-    return rng
+get_holder = _state("holder")
+get_app_settings = _state("settings")
 
 
 async def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
@@ -67,7 +51,7 @@ async def get_served(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Ser
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 ServedDep = Annotated[Served, Depends(get_served)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-ClockDep = Annotated[Clock, Depends(get_clock)]
-RngDep = Annotated[random.Random, Depends(get_rng)]
+PublisherDep = Annotated[Publisher, Depends(_state("publisher"))]
+RegistryDep = Annotated[Registry, Depends(_state("registry"))]
+ClockDep = Annotated[Clock, Depends(_state("clock"))]
+RngDep = Annotated[random.Random, Depends(_state("rng"))]

@@ -49,13 +49,22 @@ def impression_features(
     if include_ids:
         out["item"] = item_id
     for a, b in crosses:
-        # The item's value wins over the context's, as in {**context, **item}.
-        va = item[a] if a in item else context.get(a)
-        vb = item[b] if b in item else context.get(b)
-        if va is None or vb is None:
-            continue
-        if isinstance(va, str) or isinstance(vb, str):
-            out[f"x:{a}&{b}"] = f"{va}&{vb}"
-        else:
-            out[f"x:{a}*{b}"] = float(va) * float(vb)
+        feature = cross(context, item, a, b)
+        if feature is not None:
+            out[feature[0]] = feature[1]
     return out
+
+
+def cross(
+    context: Mapping[str, FeatureValue], item: Mapping[str, FeatureValue], a: str, b: str
+) -> tuple[str, float | str] | None:
+    """The cross of features ``a`` and ``b`` (the item's value wins over the context's), or None
+    when either is missing: two strings, or a string and a number, join as a category
+    ``x:a&b = "va&vb"``; two numbers multiply, ``x:a*b``."""
+    va = item[a] if a in item else context.get(a)
+    vb = item[b] if b in item else context.get(b)
+    if va is None or vb is None:
+        return None
+    if isinstance(va, str) or isinstance(vb, str):
+        return f"x:{a}&{b}", f"{va}&{vb}"
+    return f"x:{a}*{b}", float(va) * float(vb)

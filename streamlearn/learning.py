@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from river import compose, facto, linear_model, metrics, optim, preprocessing
 
-from streamlearn.features import impression_features
+from streamlearn.features import cross, impression_features
 
 
 class _Strict(BaseModel):
@@ -272,14 +272,14 @@ def one_hot_candidates(
                 out[f"i:{k}"] = float(v)
         crossed: list[str] = []
         for a, b in crosses:
-            va = item[a] if a in item else context.get(a)
-            vb = item[b] if b in item else context.get(b)
-            if va is None or vb is None:
+            feature = cross(context, item, a, b)
+            if feature is None:
                 continue
-            if isinstance(va, str) or isinstance(vb, str):
-                crossed.append(f"x:{a}&{b}_{va}&{vb}")
+            name, value = feature
+            if isinstance(value, str):
+                crossed.append(f"{name}_{value}")
             else:
-                out[f"x:{a}*{b}"] = float(va) * float(vb)
+                out[name] = value
         out.update(hots)
         for k, v in item.items():
             if isinstance(v, str):
