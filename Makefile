@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install infra-up infra-down infra-status browser topics run test test-unit test-integration bench lint format typecheck check clean
+.PHONY: help install infra-up infra-down infra-reset infra-status browser topics run test test-unit test-integration bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ infra-up: ## Start Kafka (KRaft, JARs from Maven Central) and Redis on 127.0.0.1
 
 infra-down: ## Stop the Kafka and Redis that infra-up started
 	bash infra/infra.sh down
+
+infra-reset: ## Stop Kafka and delete its log directory: every topic and committed offset
+	bash infra/infra.sh reset
 
 infra-status: ## Say whether Kafka and Redis answer
 	bash infra/infra.sh status

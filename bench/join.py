@@ -15,6 +15,7 @@ Prints figures; the last line is one JSON object. Run: ``python bench/join.py [N
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -32,7 +33,7 @@ from streamlearn.events import Outcome, Recommendation
 from streamlearn.joining import Joiner, JoinPolicy, JoinState
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
-from topics import ensure_topics, producer_config
+from topics import delete_namespace, ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_S = 5.0
@@ -136,6 +137,7 @@ def main() -> None:
     os.environ.update(env)
     s = Settings()
     ensure_topics(s)
+    atexit.register(delete_namespace, s)  # a bench's topics are throwaway
     recs, outs = events(n)
     impressions = sum(len(r.items) for r in recs)
     producer = Producer(producer_config(s, **{"linger.ms": 20}))

@@ -13,6 +13,7 @@ Run: ``python bench/monitor.py`` after ``make infra-up``. The last line is one J
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from confluent_kafka import Consumer, Producer
 from streamlearn.clock import ManualClock
 from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed
-from topics import ensure_topics, producer_config
+from topics import delete_namespace, ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 30_000
@@ -46,6 +47,7 @@ def fresh(**extra: str) -> Settings:
     )
     s = Settings()
     ensure_topics(s)
+    atexit.register(delete_namespace, s)  # a bench's topics are throwaway
     return s
 
 

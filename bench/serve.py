@@ -15,6 +15,7 @@ Run: ``python bench/serve.py`` after ``make infra-up``. The last line is one JSO
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import json
 import os
@@ -40,7 +41,7 @@ from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed, Storefront
 from streamlearn.snapshots import SnapshotStore, open_store
 from streamlearn.training import Training
-from topics import ensure_topics
+from topics import delete_namespace, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (100, 250, 500)
@@ -194,6 +195,7 @@ def main() -> None:
     os.environ.update(env)
     settings = Settings()
     ensure_topics(settings)
+    atexit.register(delete_namespace, settings)  # a bench's topics are throwaway
     store = open_store(settings)
     train_versions(store)
     url = f"http://127.0.0.1:{port}"

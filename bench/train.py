@@ -18,6 +18,7 @@ last line is one JSON object. Run: ``python bench/train.py [N]`` after ``make in
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import ObjectSnapshotStore
 from streamlearn.training import Training, example_features
-from topics import ensure_topics
+from topics import delete_namespace, ensure_topics
 
 
 def examples(n: int) -> list[LabeledExample]:
@@ -86,6 +87,7 @@ def through_broker(data: list[LabeledExample]) -> float:
     )
     s = Settings()
     ensure_topics(s)
+    atexit.register(delete_namespace, s)  # a bench's topics are throwaway
     producer = Producer(producer_config(s, **{"linger.ms": 20}))
     for e in data:
         producer.produce(s.topic("examples"), key=e.user_id.encode(), value=e.model_dump_json())

@@ -63,13 +63,30 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
     }
 
 
+def _topic_names(admin: AdminClient, settings: Settings, timeout: float) -> set[str]:
+    try:
+        return set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise InfraError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+
+
+def _settle(futures: dict[str, Any], verb: str, harmless: int) -> list[str]:
+    """Wait for per-topic admin futures; returns the names done, ignoring the harmless error."""
+    done = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            done.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != harmless:
+                raise InfraError(f"could not {verb} topic {name}: {exc}") from exc
+    return done
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the declared topics that do not exist yet; returns the names created."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise InfraError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+    existing = _topic_names(admin, settings, timeout)
     wanted = [
         NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
         for t in declared(settings).values()
@@ -77,15 +94,26 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ]
     if not wanted:
         return []
-    created = []
-    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            future.result()
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise InfraError(f"could not create topic {name}: {exc}") from exc
-    return created
+    futures = admin.create_topics(wanted, request_timeout=timeout)
+    return _settle(futures, "create", KafkaError.TOPIC_ALREADY_EXISTS)
+
+
+def delete_namespace(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete every topic under ``settings.topic_prefix`` (internal ones too); returns their names.
+
+    For throwaway namespaces (tests, benches): with an empty prefix it refuses, so that it can
+    never delete a shared broker's topics.
+    """
+    if not settings.topic_prefix:
+        raise InfraError("refusing to delete topics without a topic prefix")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = sorted(
+        t for t in _topic_names(admin, settings, timeout) if t.startswith(settings.topic_prefix)
+    )
+    if not names:
+        return []
+    futures = admin.delete_topics(names, operation_timeout=timeout)
+    return _settle(futures, "delete", KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 def producer_config(settings: Settings, **extra: object) -> dict[str, object]:
