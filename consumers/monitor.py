@@ -39,24 +39,30 @@ from confluent_kafka import (
     TopicPartition,
 )
 from prometheus_client import Gauge, start_http_server
+from redis.exceptions import RedisError
 
 from streamlearn.actions import auto_rollback
 from streamlearn.alerting import Alarms, Alert
 from streamlearn.clock import SystemClock
-from streamlearn.errors import InvalidEventError, SnapshotError
+from streamlearn.errors import InvalidEventError, SnapshotError, SnapshotNotFound, StreamlearnError
 from streamlearn.events import JoinReport, parse, parse_example
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
-from streamlearn.registry import Registry
+from streamlearn.registry import CHAMPION, Registry
 from streamlearn.settings import Settings, get_settings
 from streamlearn.snapshots import open_store
 from topics import consumer_config, declared, producer_config
 
 log = logging.getLogger("streamlearn.monitor")
 
+MODEL_FIGURE = Gauge(
+    "streamlearn_monitor_model_metric",
+    "Rolling metrics of each model's served stream and window, and its drift signals.",
+    ["model", "window", "metric"],
+)
 FIGURE = Gauge(
     "streamlearn_monitor_metric",
-    "Rolling metrics of each served version and window, and the stream-wide signals.",
+    "Rolling metrics of each recently served version and window.",
     ["model_version", "window", "metric"],
 )
 JOIN_FIGURE = Gauge(
@@ -76,11 +82,14 @@ class MonitorProcess:
         self.alerts_topic = spec["alerts"].name
         self.key = settings.snapshot_hmac_key.get_secret_value().encode()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.registry = Registry(open_store(settings))
+        self._exported: set[tuple[str, str, str]] = set()
         self.outbox = Outbox(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
         self.monitor = self._restore() or Monitor(
             Alarms(settings.monitor_rules, SystemClock()),
             reference_size=settings.monitor_reference_size,
+            max_versions=settings.monitor_max_versions,
             recovery_examples=settings.monitor_recovery_examples,
         )
         # The rules come from today's configuration, whatever the saved state had.
@@ -99,8 +108,11 @@ class MonitorProcess:
         if not hmac.compare_digest(mac, hmac.new(self.key, payload, hashlib.sha256).digest()):
             raise SnapshotError("the monitor's saved state fails verification: refusing it")
         state = pickle.loads(payload)
-        self.offsets = state["offsets"]
         monitor: Monitor = state["monitor"]
+        if not hasattr(monitor, "streams"):  # saved by a streamlearn that judged per version
+            log.warning("the saved state is from an older streamlearn: starting afresh")
+            return None
+        self.offsets = state["offsets"]
         log.info(
             "restored: %d alarms firing, offsets %s", len(monitor.alarms.firing()), self.offsets
         )
@@ -155,6 +167,7 @@ class MonitorProcess:
                     self._save(alerts)
                 if time.monotonic() - last_eval >= s.monitor_evaluate_s:
                     last_eval = time.monotonic()
+                    self._follow_champions()
                     self._save(self.monitor.evaluate())
                     self._publish()
         finally:
@@ -190,7 +203,7 @@ class MonitorProcess:
         out = []
         for a in alerts:
             if a.status == "firing" and a.rule in s.auto_action_rules and a.model != JOIN:
-                out += auto_rollback(a, Registry(open_store(s)), SystemClock())
+                out += auto_rollback(a, self.registry, SystemClock())
         return out
 
     def _publish(self) -> None:
@@ -207,16 +220,37 @@ class MonitorProcess:
             approximate=True,
         )
         pipe.execute()
+        for model, m in snapshot["models"].items():
+            for window, metrics in m["windows"].items():
+                for name, value in metrics.items():
+                    MODEL_FIGURE.labels(model, window, name).set(value)
+            MODEL_FIGURE.labels(model, "stream", "concept_drift").set(m["concept_drift"])
+            for feature, value in m["psi"].items():
+                MODEL_FIGURE.labels(model, "stream", f"psi:{feature}").set(value)
+        exported = set()
         for tag, v in snapshot["versions"].items():
             for window, metrics in v["windows"].items():
                 for name, value in metrics.items():
                     FIGURE.labels(tag, window, name).set(value)
-            FIGURE.labels(tag, "stream", "concept_drift").set(v["concept_drift"])
-            for feature, value in v["psi"].items():
-                FIGURE.labels(tag, "stream", f"psi:{feature}").set(value)
+                    exported.add((tag, window, name))
+        for labels in self._exported - exported:  # versions no longer kept
+            FIGURE.remove(*labels)
+        self._exported = exported
         for name, value in snapshot["join"].items():
             JOIN_FIGURE.labels(name).set(value)
         FIRING.set(len(snapshot["firing"]))
+
+    def _follow_champions(self) -> None:
+        """Tell the monitor where each model's champion points: a move restarts drift."""
+        for model in list(self.monitor.streams):
+            try:
+                champion = self.registry.resolve(model, CHAMPION)
+            except SnapshotNotFound:
+                champion = None  # no alias: the API serves the newest version
+            except (StreamlearnError, RedisError) as exc:
+                log.warning("could not read %s's champion: %s", model, exc)
+                continue
+            self.monitor.on_champion(model, champion)
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -1,16 +1,25 @@
 """What the monitor computes from the labeled examples and the joiner's reports, without Kafka.
 
-Per served model version (``LabeledExample.model_version``, ``<model>:v<n>``), from the score
-that was served and the label that came:
+Per model, over its served stream whatever version served each example (``LabeledExample.
+model_version``, ``<model>:v<n>``), from the score that was served and the label that came; this
+is what the alarms judge, so a trainer that publishes a version every few seconds neither resets
+nor splits them:
 
 * rolling metrics in each event-time window (``5m``, ``1h``, ``1d`` by default): ROC AUC, log
   loss, calibration (mean predicted over observed rate), conversion rate, prediction mean and
   count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
 * concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`), as ``concept_drift`` in
   window ``stream``;
-* data drift: the first ``reference_size`` examples a version served are its reference; from then
-  on every ``drift_every`` examples the PSI of each feature and of the prediction over the last
+* data drift: the first ``reference_size`` examples are the reference; from then on every
+  ``drift_every`` examples the PSI of each feature and of the prediction over the last
   ``drift_window`` examples, as ``psi:<feature>`` and ``psi:prediction`` in window ``stream``.
+
+When the registry's champion moves (a promotion or a rollback, :meth:`Monitor.on_champion`), the
+drift detectors and the reference start again at the new champion's first example: the reference
+is the window taken when the version was promoted, and a new model's different loss is no drift.
+
+The same rolling metrics per served version, for the charts and Prometheus only: the
+``max_versions`` most recently served are kept.
 
 From the joiner's reports (counter deltas between two reports of a worker), for model ``join``:
 ``label_rate`` (positives per labeled example), ``outcome_rate``, ``positive_rate``,
@@ -96,12 +105,27 @@ class Rolling:
 @dataclass
 class _Version:
     windows: dict[str, Rolling]
+    seen: int = 0
+    last_at: float = 0.0  # event time of its newest example
+
+
+@dataclass
+class _Stream:
+    """A model's served stream, whichever version served each example."""
+
+    windows: dict[str, Rolling]
     concept: ConceptDrift
+    version: str = ""  # the newest example's version tag
     reference: list[dict[str, Any]] = field(default_factory=list)
     drift: DataDrift | None = None
     recent: deque[dict[str, Any]] = field(default_factory=deque)
     seen: int = 0
     psi: dict[str, float] = field(default_factory=dict)
+    rebaseline_at: str | None = None  # a new champion's tag: drift restarts at its first example
+
+    def restart_drift(self, concept: ConceptDrift) -> None:
+        self.concept, self.drift, self.rebaseline_at = concept, None, None
+        self.reference, self.recent, self.psi = [], deque(), {}
 
 
 class Monitor:
@@ -115,6 +139,7 @@ class Monitor:
         drift_every: int = 500,
         detector: Literal["adwin", "page_hinkley"] = "adwin",
         recovery_examples: int = 2000,
+        max_versions: int = 20,
     ) -> None:
         self.alarms = alarms
         self.windows = dict(windows)
@@ -124,10 +149,16 @@ class Monitor:
         self.drift_every = drift_every
         self.detector = detector
         self.recovery_examples = recovery_examples
+        self.max_versions = max_versions
+        self.streams: dict[str, _Stream] = {}
         self.versions: dict[str, _Version] = {}
+        self.champions: dict[str, int | None] = {}
         self.unscored = 0
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
+
+    def _rolling(self) -> dict[str, Rolling]:
+        return {w: Rolling(span, self.max_examples) for w, span in self.windows.items()}
 
     # ---- examples -----------------------------------------------------------------------------
 
@@ -137,46 +168,71 @@ class Monitor:
             self.unscored += 1  # nothing to judge the served model by
             return []
         tag = e.model_version or "unversioned"
-        v = self.versions.get(tag)
-        if v is None:
-            v = self.versions[tag] = _Version(
-                {w: Rolling(span, self.max_examples) for w, span in self.windows.items()},
-                ConceptDrift(self.detector, self.recovery_examples),
-            )
-        p, y, t = e.served_score, e.label, e.recommendation_time
-        for rolling in v.windows.values():
-            rolling.add(t, p, y)
-        v.seen += 1
         model = tag.split(":")[0]
+        p, y, t = e.served_score, e.label, e.recommendation_time
+        self._by_version(tag, p, y, t)
+        st = self.streams.get(model)
+        if st is None:
+            st = self.streams[model] = _Stream(self._rolling(), self._concept())
+        if st.rebaseline_at == tag:
+            st.restart_drift(self._concept())
+        st.version = tag
+        st.seen += 1
+        for rolling in st.windows.values():
+            rolling.add(t, p, y)
         alerts = []
-        v.concept.update(log_loss(p, y))
-        alerts += self.alarms.observe(model, "concept_drift", "stream", v.concept.value, tag)
+        st.concept.update(log_loss(p, y))
+        alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tag)
         row = {**_prefixed("c", e.context), **_prefixed("i", e.item_features), "prediction": p}
-        if v.drift is None:
-            v.reference.append(row)
-            if len(v.reference) >= self.reference_size:
-                v.drift, v.reference = DataDrift.reference(v.reference), []
+        if st.drift is None:
+            st.reference.append(row)
+            if len(st.reference) >= self.reference_size:
+                st.drift, st.reference = DataDrift.reference(st.reference), []
         else:
-            v.recent.append(row)
-            while len(v.recent) > self.drift_window:
-                v.recent.popleft()
-            if v.seen % self.drift_every == 0 and len(v.recent) >= self.drift_window:
-                v.psi = v.drift.psi_by_feature(list(v.recent))
-                for feature, value in v.psi.items():
+            st.recent.append(row)
+            while len(st.recent) > self.drift_window:
+                st.recent.popleft()
+            if st.seen % self.drift_every == 0 and len(st.recent) >= self.drift_window:
+                st.psi = st.drift.psi_by_feature(list(st.recent))
+                for feature, value in st.psi.items():
                     alerts += self.alarms.observe(model, f"psi:{feature}", "stream", value, tag)
         return alerts
 
+    def _concept(self) -> ConceptDrift:
+        return ConceptDrift(self.detector, self.recovery_examples)
+
+    def _by_version(self, tag: str, p: float, y: bool, t: float) -> None:
+        v = self.versions.get(tag)
+        if v is None:
+            if len(self.versions) >= self.max_versions:  # the one served longest ago goes
+                del self.versions[min(self.versions, key=lambda k: self.versions[k].last_at)]
+            v = self.versions[tag] = _Version(self._rolling())
+        for rolling in v.windows.values():
+            rolling.add(t, p, y)
+        v.seen += 1
+        v.last_at = max(v.last_at, t)
+
+    def on_champion(self, model: str, version: int | None) -> None:
+        """The registry's champion of ``model`` as read now; a move restarts drift detection."""
+        before = self.champions.get(model, version)  # the first reading is no move
+        self.champions[model] = version
+        st = self.streams.get(model)
+        if version is None or version == before or st is None:
+            return
+        st.rebaseline_at = f"{model}:v{version}"
+        if st.version == st.rebaseline_at:  # its examples are already coming
+            st.restart_drift(self._concept())
+
     def evaluate(self) -> list[Alert]:
-        """The rolling metrics of every version and window through the rules."""
+        """The rolling metrics of every model and window through the rules."""
         alerts = []
-        for tag, v in self.versions.items():
-            model = tag.split(":")[0]
-            for window, rolling in v.windows.items():
+        for model, st in self.streams.items():
+            for window, rolling in st.windows.items():
                 metrics = rolling.metrics()
                 if metrics["count"] < 50:  # too few to judge
                     continue
                 for name, value in metrics.items():
-                    alerts += self.alarms.observe(model, name, window, value, tag)
+                    alerts += self.alarms.observe(model, name, window, value, st.version)
         return alerts
 
     # ---- the join -----------------------------------------------------------------------------
@@ -213,14 +269,19 @@ class Monitor:
     def snapshot(self) -> dict[str, Any]:
         """Every figure, for Redis (the API and the dashboard read it) and Prometheus."""
         return {
-            "versions": {
-                tag: {
-                    "seen": v.seen,
-                    "windows": {w: r.metrics() for w, r in v.windows.items()},
-                    "concept_drift": v.concept.value,
-                    "drift_detections": v.concept.detections,
-                    "psi": v.psi,
+            "models": {
+                model: {
+                    "version": st.version,
+                    "seen": st.seen,
+                    "windows": {w: r.metrics() for w, r in st.windows.items()},
+                    "concept_drift": st.concept.value,
+                    "drift_detections": st.concept.detections,
+                    "psi": st.psi,
                 }
+                for model, st in self.streams.items()
+            },
+            "versions": {
+                tag: {"seen": v.seen, "windows": {w: r.metrics() for w, r in v.windows.items()}}
                 for tag, v in self.versions.items()
             },
             "join": dict(self.join),
@@ -230,16 +291,20 @@ class Monitor:
 
 
 def history_point(snapshot: Mapping[str, Any], window: str = "5m") -> dict[str, Any]:
-    """The part of a snapshot the dashboard charts over time: each version's figures in one
-    window, the join's, and the alarms firing."""
+    """The part of a snapshot the dashboard charts over time: each model's and version's figures
+    in one window, the join's, and the alarms firing."""
     return {
         "at": snapshot.get("at"),
-        "versions": {
-            tag: {
-                **v["windows"].get(window, {}),
-                "seen": v["seen"],
-                "concept_drift": v["concept_drift"],
+        "models": {
+            model: {
+                **m["windows"].get(window, {}),
+                "seen": m["seen"],
+                "concept_drift": m["concept_drift"],
             }
+            for model, m in snapshot["models"].items()
+        },
+        "versions": {
+            tag: {**v["windows"].get(window, {}), "seen": v["seen"]}
             for tag, v in snapshot["versions"].items()
         },
         "join": snapshot["join"],

@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     monitor_recovery_examples: int = Field(
         2000, ge=1, description="Examples without a new detection before concept drift clears."
     )
+    monitor_max_versions: int = Field(
+        20, ge=1, description="Served versions whose own rolling metrics are kept (newest)."
+    )
     monitor_metrics_port: int = Field(
         9110, ge=0, description="Prometheus endpoint of the monitor (0: off)."
     )

@@ -187,12 +187,17 @@ class Deployed:
     """Labeled examples as the loop makes them, without Kafka: a storefront served by a model
     that learns from every example right after serving it (the served score is the model's
     prediction before it learns), one impression every 50 ms of the clock's time. For the
-    monitor's tests and benchmark: ``shop.flip()`` and ``shop.shift_prices()`` inject changes."""
+    monitor's tests and benchmark: ``shop.flip()`` and ``shop.shift_prices()`` inject changes.
+    With ``version_every`` the served version changes every so many impressions, as when the API
+    follows a trainer that checkpoints often."""
 
-    def __init__(self, clock: ManualClock, traffic_seed: int = 5) -> None:
+    def __init__(
+        self, clock: ManualClock, traffic_seed: int = 5, version_every: int | None = None
+    ) -> None:
         self.shop = Storefront(world_seed=7, traffic_seed=traffic_seed)
         self.learner = Learner(ModelSpec())
         self.clock = clock
+        self.version_every = version_every
         self.n = 0
 
     def examples(self, count: int) -> list[LabeledExample]:
@@ -210,7 +215,9 @@ class Deployed:
                     position=pos,
                     propensity=1.0,
                     served_score=0.5,
-                    model_version="ctr:v1",
+                    model_version=f"ctr:v{1 + self.n // self.version_every}"
+                    if self.version_every
+                    else "ctr:v1",
                     context=self.shop.context(user),
                     item_features=self.shop.item_features(item, pos),
                     label=self.shop.rng.random() < self.shop.probability(user, item, pos),

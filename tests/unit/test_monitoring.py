@@ -65,20 +65,61 @@ def test_a_price_shift_raises_a_data_drift_alarm_naming_the_feature() -> None:
     fired = {k for _, s, k in after if s == "firing"}
     assert "ctr/feature-drift:psi:i:price/stream" in fired
     assert not {k for k in fired if "psi:i:category" in k or "psi:c:" in k}
-    assert monitor.snapshot()["versions"]["ctr:v1"]["psi"]["i:price"] > 0.25
+    assert monitor.snapshot()["models"]["ctr"]["psi"]["i:price"] > 0.25
 
 
 def test_the_rolling_metrics_and_their_windows() -> None:
     clock = ManualClock(1_700_000_000.0)
     monitor = Monitor(Alarms(RULES, clock))
     run(monitor, Deployed(clock).examples(12_000))  # 10 minutes of event time
-    windows = monitor.snapshot()["versions"]["ctr:v1"]["windows"]
+    snapshot = monitor.snapshot()
+    windows = snapshot["models"]["ctr"]["windows"]
     assert windows["5m"]["count"] < windows["1h"]["count"] == 12_000
+    assert snapshot["versions"]["ctr:v1"]["windows"] == windows  # one version served them all
     for w in ("5m", "1h"):
         m = windows[w]
         assert 0.6 < m["roc_auc"] < 1 and 0 < m["log_loss"] < 0.7
         assert abs(m["calibration"] - 1) < 0.25
         assert abs(m["prediction_mean"] - m["conversion_rate"]) < 0.1
+
+
+def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> None:
+    # As in the loop: the API follows a trainer that checkpoints every ~10 s (2,000 examples).
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock), recovery_examples=3000, max_versions=5)
+    world = Deployed(clock, version_every=2000)
+    assert run(monitor, world.examples(15_000)) == []  # no flapping between versions
+    world.shop.flip()
+    after = run(monitor, world.examples(30_000))
+    drift = [(i, s) for i, s, k in after if k == "ctr/concept-drift/stream"]
+    assert [s for _, s in drift] == ["firing", "resolved"] and drift[0][0] < 1500, drift
+    snapshot = monitor.snapshot()
+    assert sorted(snapshot["versions"], key=lambda t: int(t.split("v")[1])) == [
+        f"ctr:v{v}" for v in range(19, 24)
+    ]  # the five most recently served
+    assert snapshot["models"]["ctr"]["version"] == "ctr:v23"
+    assert snapshot["models"]["ctr"]["seen"] == 45_000
+
+
+def test_a_promotion_restarts_drift_detection_at_the_new_champions_first_example() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(Alarms(RULES, clock))
+    world = Deployed(clock)
+    run(monitor, world.examples(8000))
+    monitor.on_champion("ctr", None)  # first reading: no alias set
+    world.shop.shift_prices(3.0)
+    shifted = world.examples(4000)
+    assert {k for _, s, k in run(monitor, shifted) if s == "firing"} >= {
+        "ctr/feature-drift:psi:i:price/stream"
+    }
+    monitor.on_champion("ctr", 2)  # promoted; its examples have not come yet
+    run(monitor, world.examples(1000))  # still v1's: nothing restarts
+    assert monitor.snapshot()["models"]["ctr"]["psi"]["i:price"] > 0.25
+    promoted = [e.model_copy(update={"model_version": "ctr:v2"}) for e in world.examples(4000)]
+    after = run(monitor, promoted)
+    # The reference is now taken from v2's first examples, at the shifted prices: it resolves.
+    assert ("resolved", "ctr/feature-drift:psi:i:price/stream") in {(s, k) for _, s, k in after}
+    assert monitor.snapshot()["models"]["ctr"]["psi"]["i:price"] < 0.1
 
 
 def report(at: float, outcomes: int, positives: int) -> JoinReport:
