@@ -1,10 +1,12 @@
-"""The dashboard in headless Chromium (Debian's, through its ChromeDriver) against a running
-API and monitor on the real broker and Redis: the charts fill, promote and rollback buttons move
-the served version, and a drift fires and resolves on screen. The screenshot taken after the
-resolve is kept in ``test-artifacts/dashboard.png``."""
+"""The dashboard in headless Chromium (Debian's, through its ChromeDriver) on the real broker and
+Redis: the charts fill, promote and rollback buttons move the served version, and a drift fires
+and resolves on screen. Once against an API and monitor fed with known examples, once against the
+whole running loop. The screenshots taken after the resolve are kept in ``test-artifacts/``
+(``dashboard.png``, ``dashboard-loop.png``)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -129,3 +132,96 @@ def _served(base: str) -> int | None:
     except (httpx.HTTPError, KeyError, ValueError):
         return None
     return int(version) if version is not None else None
+
+
+FLIP_AT_S = 75.0
+
+
+def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_the_buttons(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, browser: WebDriver, tmp_path: Path
+) -> None:
+    """The README's main job (``consumers.loop``: joiner, trainer, monitor, API and a storefront
+    that ranks through the API), with the preferences flipped 75 s in."""
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_HOME=str(tmp_path),  # the loop's process logs
+        STREAMLEARN_PARTITIONS="1",
+        STREAMLEARN_ADMIN_KEY=ADMIN,
+        STREAMLEARN_ATTRIBUTION_WINDOW_S="5",
+        STREAMLEARN_SIM_MEAN_DELAY_S="1",
+        STREAMLEARN_MONITOR_EVALUATE_S="1",
+    )
+    processes.start("loop", "-m", "consumers.loop", "--flip-at", str(FLIP_AT_S))
+    base = f"http://127.0.0.1:{s.api_port}"
+    wait_until(lambda: _served(base) is not None, "the API to serve the trainer's first version")
+
+    browser.get(f"{base}/dashboard")
+    wait_until(lambda: "ctr served" in text(browser, "auc-legend"), "the AUC chart to fill")
+    wait_until(
+        lambda: bool(re.search(r"ctr:v\d+", text(browser, "auc-legend"))), "a version's line"
+    )
+    wait_until(lambda: _served_auc(base) > 0.6, "the served model to learn (5 min AUC > 0.6)")
+    wait_until(lambda: "example_rate" in text(browser, "throughput-legend"), "the join's rates")
+
+    # The flip: the served loss rises, the alarm fires; the trainer relearns and it resolves.
+    wait_until(
+        lambda: "firing ctr/concept-drift/stream" in text(browser, "alarms"),
+        "the drift alarm on screen",
+        timeout=600,
+    )
+    wait_until(
+        lambda: "resolved ctr/concept-drift/stream" in text(browser, "alarms"),
+        "the resolve among the recent alerts",
+        timeout=600,
+    )
+    wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open on screen")
+    wait_until(lambda: _served_auc(base) > 0.6, "the relearned model's AUC on the 5 min chart")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard-loop.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    # Promote two of the trainer's versions from the page, then roll back to the first.
+    browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
+    wait_until(lambda: len(_listed(browser)) >= 3, "the versions table")
+    older, newer = _listed(browser)[-1], _listed(browser)[0]
+    for version in (older, newer):
+        promote_on_page(browser, base, version)
+    wait_until(lambda: _click(browser, "#rollback"), "click")
+    wait_until(lambda: _served(base) == older, f"the API to serve v{older} again")
+    wait_until(
+        lambda: f"rolled back to v{older}" in text(browser, "admin-status"), "the page to say so"
+    )
+    assert processes.running["loop"].poll() is None, processes.log("loop")
+
+
+def promote_on_page(driver: WebDriver, base: str, version: int) -> None:
+    button = f'button.promote[data-version="{version}"]'
+    wait_until(lambda: _click(driver, button), f"the promote button of v{version}")
+    wait_until(lambda: _served(base) == version, f"the API to serve the promoted v{version}")
+    wait_until(lambda: f"serving: ctr v{version}" in text(driver, "served"), "the page to follow")
+
+
+def _listed(driver: WebDriver) -> list[int]:
+    """The versions in the page's table, newest first."""
+    try:
+        buttons = driver.find_elements(By.CSS_SELECTOR, "button.promote")
+        return [int(b.get_attribute("data-version") or 0) for b in buttons]
+    except StaleElementReferenceException:  # the table was redrawn meanwhile
+        return []
+
+
+def _click(driver: WebDriver, selector: str) -> bool:
+    try:
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
+
+
+def _served_auc(base: str) -> float:
+    try:
+        current = httpx.get(f"{base}/v1/monitor?minutes=1&points=10", timeout=2).json()["current"]
+        return float(current["models"]["ctr"]["windows"]["5m"]["roc_auc"])
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return 0.0
