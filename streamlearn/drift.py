@@ -103,7 +103,16 @@ class DataDrift:
 
 
 class ConceptDrift:
-    """A drift detector on the served model's loss; ``value`` is 1 while the alarm should be on."""
+    """A drift detector on the served model's loss; ``value`` is 1 while the alarm should be on.
+
+    The alarm is on from a detected rise until the loss is back: no new rise for
+    ``recovery_examples`` examples and a recent mean of the loss (an exponential average over
+    about ``recovery_examples``) no higher than the level before the rise, plus ``tolerance``.
+    A detector alone would clear too early: it detects the change, not the level that stays
+    high while the model relearns, and it re-detects the same rise as it drops the old data from
+    its window. A concept that leaves the loss higher for good clears after ``5 *
+    recovery_examples`` quiet examples: the new normal.
+    """
 
     def __init__(
         self,
@@ -112,6 +121,7 @@ class ConceptDrift:
         adwin_delta: float = 0.002,
         ph_delta: float = 0.05,
         ph_threshold: float = 50.0,
+        tolerance: float = 0.1,
     ) -> None:
         # ADWIN's delta is a confidence; Page-Hinkley's is the rise of the loss (in nats) that
         # is tolerated, and its threshold the evidence needed: River's defaults (0.005, 50) are
@@ -122,24 +132,37 @@ class ConceptDrift:
             else drift.PageHinkley(delta=ph_delta, threshold=ph_threshold, mode="up")
         )
         self.recovery_examples = recovery_examples
+        self.tolerance = tolerance
         self.detections = 0
         self._quiet = recovery_examples  # examples since the last detection
         self._mean = 0.0
+        self._recent: float | None = None  # exponential average of the loss
+        self._baseline: float | None = None  # the level before the rise, while the alarm is on
 
     def update(self, loss: float) -> bool:
         """Feed one example's loss; True when this one completes a detection of a rise."""
         before = self._mean
         self.detector.update(loss)
         self._quiet += 1
+        alpha = 2 / (self.recovery_examples + 1)
+        self._recent = (
+            loss if self._recent is None else self._recent + alpha * (loss - self._recent)
+        )
         estimation = getattr(self.detector, "estimation", None)
         self._mean = float(estimation) if estimation is not None else before
         rose = estimation is None or self._mean > before  # ADWIN also flags falls
         if self.detector.drift_detected and rose:
             self.detections += 1
             self._quiet = 0
+            if self._baseline is None:
+                self._baseline = before if estimation is not None else self._recent
             return True
+        if self._baseline is not None and self._quiet >= self.recovery_examples:
+            back = self._recent <= self._baseline + self.tolerance
+            if back or self._quiet >= 5 * self.recovery_examples:
+                self._baseline = None
         return False
 
     @property
     def value(self) -> float:
-        return 1.0 if self._quiet < self.recovery_examples else 0.0
+        return 1.0 if self._baseline is not None else 0.0

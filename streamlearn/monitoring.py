@@ -17,6 +17,10 @@ nor splits them:
 When the registry's champion moves (a promotion or a rollback, :meth:`Monitor.on_champion`), the
 drift detectors and the reference start again at the new champion's first example: the reference
 is the window taken when the version was promoted, and a new model's different loss is no drift.
+While no champion is set, the API serves the trainer's newest version, which changes what it
+predicts and which items it shows as it learns; then the reference is renewed from the last
+``drift_window`` examples every ``reference_renew`` examples, so a sudden shift pages and the
+shifted distribution becomes the new normal (0: never renewed).
 
 The same rolling metrics per served version, for the charts and Prometheus only: the
 ``max_versions`` most recently served are kept.
@@ -122,6 +126,7 @@ class _Stream:
     seen: int = 0
     psi: dict[str, float] = field(default_factory=dict)
     rebaseline_at: str | None = None  # a new champion's tag: drift restarts at its first example
+    reference_at: int = 0  # ``seen`` when the reference was taken
 
     def restart_drift(self, concept: ConceptDrift) -> None:
         self.concept, self.drift, self.rebaseline_at = concept, None, None
@@ -140,6 +145,7 @@ class Monitor:
         detector: Literal["adwin", "page_hinkley"] = "adwin",
         recovery_examples: int = 2000,
         max_versions: int = 20,
+        reference_renew: int = 20_000,
     ) -> None:
         self.alarms = alarms
         self.windows = dict(windows)
@@ -150,6 +156,7 @@ class Monitor:
         self.detector = detector
         self.recovery_examples = recovery_examples
         self.max_versions = max_versions
+        self.reference_renew = reference_renew
         self.streams: dict[str, _Stream] = {}
         self.versions: dict[str, _Version] = {}
         self.champions: dict[str, int | None] = {}
@@ -188,10 +195,14 @@ class Monitor:
             st.reference.append(row)
             if len(st.reference) >= self.reference_size:
                 st.drift, st.reference = DataDrift.reference(st.reference), []
+                st.reference_at = st.seen
         else:
             st.recent.append(row)
             while len(st.recent) > self.drift_window:
                 st.recent.popleft()
+            renew = self.reference_renew and self.champions.get(model) is None
+            if renew and st.seen - st.reference_at >= self.reference_renew:
+                st.drift, st.reference_at = DataDrift.reference(list(st.recent)), st.seen
             if st.seen % self.drift_every == 0 and len(st.recent) >= self.drift_window:
                 st.psi = st.drift.psi_by_feature(list(st.recent))
                 for feature, value in st.psi.items():

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     monitor_recovery_examples: int = Field(
         2000, ge=1, description="Examples without a new detection before concept drift clears."
     )
+    monitor_reference_renew_examples: int = Field(
+        20_000,
+        ge=0,
+        description="While no champion is set (the API follows the trainer), the data-drift "
+        "reference is renewed from the latest examples this often (0: never).",
+    )
     monitor_max_versions: int = Field(
         20, ge=1, description="Served versions whose own rolling metrics are kept (newest)."
     )

@@ -32,6 +32,24 @@ def test_a_rise_of_the_loss_is_caught_within_a_bound_and_clears_after_recovery(
     assert not any(recovered[-2000:])  # the fall of the loss is not drift
 
 
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_a_rise_that_the_model_slowly_relearns_is_one_incident(detector: str) -> None:
+    rng = random.Random(2)
+    watch = ConceptDrift(detector, recovery_examples=1500)  # type: ignore[arg-type]
+    stream = losses(rng, 0.1, 3000)
+    stream += losses(rng, 0.45, 2000)  # the concept changes
+    for step in range(10):  # the model relearns, a little at a time
+        stream += losses(rng, 0.45 - 0.035 * step, 600)
+    stream += losses(rng, 0.1, 6000)
+    values = []
+    for x in stream:
+        watch.update(x)
+        values.append(watch.value)
+    edges = [(i, v) for i, v in enumerate(values) if i and v != values[i - 1]]
+    assert [v for _, v in edges] == [1.0, 0.0], edges  # fires once, resolves once
+    assert edges[1][0] > 3000 + 2000 + 4000  # not before the loss is nearly back
+
+
 def test_psi_reads_as_the_usual_scale() -> None:
     same = psi({"a": 500, "b": 300, "c": 200}, {"a": 510, "b": 290, "c": 200})
     shifted = psi({"a": 500, "b": 300, "c": 200}, {"a": 200, "b": 300, "c": 500})

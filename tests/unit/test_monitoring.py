@@ -122,6 +122,23 @@ def test_a_promotion_restarts_drift_detection_at_the_new_champions_first_example
     assert monitor.snapshot()["models"]["ctr"]["psi"]["i:price"] < 0.1
 
 
+def test_a_shift_pages_then_becomes_the_new_normal_unless_a_champion_is_set() -> None:
+    def shifted(champion: int | None) -> list[tuple[str, str]]:
+        clock = ManualClock(1_700_000_000.0)
+        monitor = Monitor(Alarms(RULES, clock), reference_renew=6000)
+        world = Deployed(clock)
+        monitor.on_champion("ctr", champion)
+        run(monitor, world.examples(8000))
+        world.shop.shift_prices(3.0)
+        return [(s, k) for _, s, k in run(monitor, world.examples(12_000)) if "psi:i:price" in k]
+
+    price = "ctr/feature-drift:psi:i:price/stream"
+    # Following the trainer: the reference is renewed from the shifted examples, so it resolves.
+    assert shifted(None) == [("firing", price), ("resolved", price)]
+    # A champion keeps the reference taken at its promotion: the alarm stays until it is moved.
+    assert shifted(1) == [("firing", price)]
+
+
 def report(at: float, outcomes: int, positives: int) -> JoinReport:
     return JoinReport(
         worker="w1",
