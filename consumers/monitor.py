@@ -92,11 +92,13 @@ class MonitorProcess:
             max_versions=settings.monitor_max_versions,
             reference_renew=settings.monitor_reference_renew_examples,
             recovery_examples=settings.monitor_recovery_examples,
+            warmup=settings.monitor_warmup_examples,
         )
         # The rules and bounds come from today's configuration, whatever the saved state had.
         self.monitor.alarms.rules = list(settings.monitor_rules)
         self.monitor.max_versions = settings.monitor_max_versions
         self.monitor.reference_renew = settings.monitor_reference_renew_examples
+        self.monitor.warmup = settings.monitor_warmup_examples
         self.consumer = Consumer(consumer_config(settings, "monitor"))
         self.producer = Producer(producer_config(settings))
         self.stopping = False

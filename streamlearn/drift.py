@@ -111,7 +111,9 @@ class ConceptDrift:
     A detector alone would clear too early: it detects the change, not the level that stays
     high while the model relearns, and it re-detects the same rise as it drops the old data from
     its window. A concept that leaves the loss higher for good clears after ``5 *
-    recovery_examples`` quiet examples: the new normal.
+    recovery_examples`` quiet examples: the new normal. The first ``warmup`` examples only fill
+    the detector: a model that has just started serving changes what it shows as it learns, and
+    its loss moves for that reason alone.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class ConceptDrift:
         ph_delta: float = 0.05,
         ph_threshold: float = 50.0,
         tolerance: float = 0.1,
+        warmup: int = 0,
     ) -> None:
         # ADWIN's delta is a confidence; Page-Hinkley's is the rise of the loss (in nats) that
         # is tolerated, and its threshold the evidence needed: River's defaults (0.005, 50) are
@@ -133,6 +136,8 @@ class ConceptDrift:
         )
         self.recovery_examples = recovery_examples
         self.tolerance = tolerance
+        self.warmup = warmup
+        self.seen = 0
         self.detections = 0
         self._quiet = recovery_examples  # examples since the last detection
         self._mean = 0.0
@@ -144,6 +149,7 @@ class ConceptDrift:
         before = self._mean
         self.detector.update(loss)
         self._quiet += 1
+        self.seen += 1
         alpha = 2 / (self.recovery_examples + 1)
         self._recent = (
             loss if self._recent is None else self._recent + alpha * (loss - self._recent)
@@ -151,7 +157,7 @@ class ConceptDrift:
         estimation = getattr(self.detector, "estimation", None)
         self._mean = float(estimation) if estimation is not None else before
         rose = estimation is None or self._mean > before  # ADWIN also flags falls
-        if self.detector.drift_detected and rose:
+        if self.detector.drift_detected and rose and self.seen > self.warmup:
             self.detections += 1
             self._quiet = 0
             if self._baseline is None:

@@ -8,8 +8,8 @@ nor splits them:
 * rolling metrics in each event-time window (``5m``, ``1h``, ``1d`` by default): ROC AUC, log
   loss, calibration (mean predicted over observed rate), conversion rate, prediction mean and
   count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
-* concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`), as ``concept_drift`` in
-  window ``stream``;
+* concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`) once ``warmup`` examples
+  have set its level, as ``concept_drift`` in window ``stream``;
 * data drift: the first ``reference_size`` examples are the reference; from then on every
   ``drift_every`` examples the PSI of each feature and of the prediction over the last
   ``drift_window`` examples, as ``psi:<feature>`` and ``psi:prediction`` in window ``stream``.
@@ -146,6 +146,7 @@ class Monitor:
         recovery_examples: int = 2000,
         max_versions: int = 20,
         reference_renew: int = 20_000,
+        warmup: int = 0,
     ) -> None:
         self.alarms = alarms
         self.windows = dict(windows)
@@ -157,6 +158,7 @@ class Monitor:
         self.recovery_examples = recovery_examples
         self.max_versions = max_versions
         self.reference_renew = reference_renew
+        self.warmup = warmup
         self.streams: dict[str, _Stream] = {}
         self.versions: dict[str, _Version] = {}
         self.champions: dict[str, int | None] = {}
@@ -210,7 +212,7 @@ class Monitor:
         return alerts
 
     def _concept(self) -> ConceptDrift:
-        return ConceptDrift(self.detector, self.recovery_examples)
+        return ConceptDrift(self.detector, self.recovery_examples, warmup=self.warmup)
 
     def _by_version(self, tag: str, p: float, y: bool, t: float) -> None:
         v = self.versions.get(tag)

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     monitor_recovery_examples: int = Field(
         2000, ge=1, description="Examples without a new detection before concept drift clears."
     )
+    monitor_warmup_examples: int = Field(
+        10_000,
+        ge=0,
+        description="A model's first served examples (and a new champion's) only set the level "
+        "that concept drift is judged against.",
+    )
     monitor_reference_renew_examples: int = Field(
         20_000,
         ge=0,

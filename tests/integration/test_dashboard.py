@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,17 +166,18 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     wait_until(lambda: "example_rate" in text(browser, "throughput-legend"), "the join's rates")
 
     # The flip: the served loss rises, the alarm fires; the trainer relearns and it resolves.
-    wait_until(
-        lambda: "firing ctr/concept-drift/stream" in text(browser, "alarms"),
-        "the drift alarm on screen",
-        timeout=600,
-    )
-    wait_until(
-        lambda: "resolved ctr/concept-drift/stream" in text(browser, "alarms"),
-        "the resolve among the recent alerts",
-        timeout=600,
-    )
-    wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open on screen")
+    simulator_log = tmp_path / "logs" / "simulator.log"
+    wait_until(lambda: "preferences flipped" in simulator_log.read_text(), "the flip", timeout=600)
+    flipped_at = time.time()
+    drift = "ctr/concept-drift/stream"
+    wait_until(lambda: ("firing", drift) in _alerts(base, flipped_at), "the drift", timeout=600)
+    wait_until(lambda: f"firing {drift}" in text(browser, "alarms"), "the drift alarm on screen")
+    wait_until(lambda: ("resolved", drift) in _alerts(base, flipped_at), "its resolve", timeout=600)
+    wait_until(lambda: f"resolved {drift}" in text(browser, "alarms"), "the resolve on screen")
+    # None before the flip (the model learning is no drift), and the incident paged once.
+    paged = [status for status, key in _alerts(base, 0) if key == drift]
+    assert paged == ["firing", "resolved"], _alerts(base, 0)
+    wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open", timeout=600)
     wait_until(lambda: _served_auc(base) > 0.6, "the relearned model's AUC on the 5 min chart")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard-loop.png"
@@ -217,6 +219,16 @@ def _click(driver: WebDriver, selector: str) -> bool:
         return True
     except (StaleElementReferenceException, NoSuchElementException):
         return False
+
+
+def _alerts(base: str, since: float) -> list[tuple[str, str]]:
+    """(status, dedup key) of the recent alerts made after ``since``, oldest first."""
+    try:
+        recent = httpx.get(f"{base}/v1/monitor?minutes=1&points=10", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    alerts = reversed(recent["recent_alerts"])
+    return [(a["status"], a["dedup_key"]) for a in alerts if a["at"] >= since]
 
 
 def _served_auc(base: str) -> float:
