@@ -10,7 +10,7 @@ nor splits them:
   count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
 * concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`) once ``warmup`` examples
   have set its level, as ``concept_drift`` in window ``stream``;
-* data drift: the first ``reference_size`` examples are the reference; from then on every
+* data drift: the ``reference_size`` examples after the warm-up are the reference; then every
   ``drift_every`` examples the PSI of each feature and of the prediction over the last
   ``drift_window`` examples, as ``psi:<feature>`` and ``psi:prediction`` in window ``stream``.
 
@@ -194,7 +194,8 @@ class Monitor:
         alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tag)
         row = {**_prefixed("c", e.context), **_prefixed("i", e.item_features), "prediction": p}
         if st.drift is None:
-            st.reference.append(row)
+            if st.concept.seen > self.warmup:  # not while a new model is still settling
+                st.reference.append(row)
             if len(st.reference) >= self.reference_size:
                 st.drift, st.reference = DataDrift.reference(st.reference), []
                 st.reference_at = st.seen

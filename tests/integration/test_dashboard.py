@@ -185,8 +185,8 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
 
     # Promote two of the trainer's versions from the page, then roll back to the first.
     browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
-    wait_until(lambda: len(_listed(browser)) >= 3, "the versions table")
-    older, newer = _listed(browser)[-1], _listed(browser)[0]
+    listed = _listing(browser, at_least=3)
+    older, newer = min(listed), max(listed)
     for version in (older, newer):
         promote_on_page(browser, base, version)
     wait_until(lambda: _click(browser, "#rollback"), "click")
@@ -202,6 +202,17 @@ def promote_on_page(driver: WebDriver, base: str, version: int) -> None:
     wait_until(lambda: _click(driver, button), f"the promote button of v{version}")
     wait_until(lambda: _served(base) == version, f"the API to serve the promoted v{version}")
     wait_until(lambda: f"serving: ctr v{version}" in text(driver, "served"), "the page to follow")
+
+
+def _listing(driver: WebDriver, at_least: int) -> list[int]:
+    found: list[int] = []
+
+    def enough() -> bool:
+        found[:] = _listed(driver)
+        return len(found) >= at_least
+
+    wait_until(enough, "the versions table")
+    return found
 
 
 def _listed(driver: WebDriver) -> list[int]:
