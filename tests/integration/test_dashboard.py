@@ -21,7 +21,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamlearn.clock import ManualClock
-from streamlearn.registry import Registry
 from streamlearn.simulation import Deployed
 from streamlearn.snapshots import open_store
 from tests.conftest import ROOT, Processes, configure, produce, wait_until
@@ -65,7 +64,7 @@ def text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
-def test_the_dashboard_fills_follows_promote_and_rollback_and_shows_a_drift(
+def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     processes: Processes, monkeypatch: pytest.MonkeyPatch, browser: WebDriver
 ) -> None:
     s = configure(
@@ -75,12 +74,12 @@ def test_the_dashboard_fills_follows_promote_and_rollback_and_shows_a_drift(
         STREAMLEARN_ADMIN_KEY=ADMIN,
         STREAMLEARN_MONITOR_EVALUATE_S="1",
         STREAMLEARN_MONITOR_RECOVERY_EXAMPLES="3000",
+        STREAMLEARN_MONITOR_REFERENCE_RENEW_EXAMPLES="10000",
     )
     store = open_store(s)
     for v in (1, 2):
         store.put(trained(v))
-    Registry(store).promote("ctr", 1)
-    world = Deployed(ManualClock(1_700_000_000.0))
+    world = Deployed(ManualClock(1_700_000_000.0))  # a served model that learns as it goes
     topic = s.topic("examples")
 
     def send(n: int) -> None:
@@ -91,25 +90,14 @@ def test_the_dashboard_fills_follows_promote_and_rollback_and_shows_a_drift(
     processes.start("monitor", "-m", "consumers.monitor")
     processes.start("api", "-m", "api")
     base = f"http://127.0.0.1:{s.api_port}"
-    wait_until(lambda: _served(base) == 1, "the API to serve v1")
+    wait_until(lambda: _served(base) == 2, "the API to serve the newest version")
 
     browser.get(f"{base}/dashboard")
     wait_until(lambda: "ctr:v1" in text(browser, "auc-legend"), "the AUC chart to fill")
+    assert "ctr served" in text(browser, "auc-legend")
     assert browser.find_elements(By.CSS_SELECTOR, "#auc polyline")
     assert "recommendation_rate" not in text(browser, "auc-legend")
-    assert "serving: ctr v1" in text(browser, "served")
-
-    browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
-    wait_until(
-        lambda: len(browser.find_elements(By.CSS_SELECTOR, "button.promote")) == 2,
-        "the versions table",
-    )
-    browser.find_element(By.CSS_SELECTOR, 'button.promote[data-version="2"]').click()
-    wait_until(lambda: _served(base) == 2, "the API to serve the promoted v2")
-    wait_until(lambda: "serving: ctr v2" in text(browser, "served"), "the page to follow")
-    browser.find_element(By.ID, "rollback").click()
-    wait_until(lambda: _served(base) == 1, "the API to serve v1 again")
-    wait_until(lambda: "rolled back to v1" in text(browser, "admin-status"), "the page to say so")
+    assert "serving: ctr v2" in text(browser, "served")
 
     world.shop.flip()
     send(3_000)
@@ -125,6 +113,14 @@ def test_the_dashboard_fills_follows_promote_and_rollback_and_shows_a_drift(
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
+    assert sorted(_listing(browser, at_least=2)) == [1, 2]
+    promote_on_page(browser, base, 1)
+    promote_on_page(browser, base, 2)
+    wait_until(lambda: _click(browser, "#rollback"), "the rollback button")
+    wait_until(lambda: _served(base) == 1, "the API to serve v1 again")
+    wait_until(lambda: "rolled back to v1" in text(browser, "admin-status"), "the page to say so")
 
 
 def _served(base: str) -> int | None:
