@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from streamlearn.settings import Settings, get_settings
 from streamlearn.snapshots import SnapshotStore, open_store
 from topics import declared, end_offsets, ensure_topics
 
+DEMO_CHALLENGER = {"name": "ctr-fm", "learner": {"kind": "fm"}}
 PROCESSES = {
     "joiner": ["-m", "consumers.joiner"],
     "trainer": ["-m", "consumers.trainer"],
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn")) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    # A challenger learns beside the champion, so the dashboard has one to compare: a factorization
+    # machine, which learns the user-item interactions the logistic regression only crosses.
+    os.environ.setdefault("STREAMLEARN_CHALLENGERS", json.dumps([DEMO_CHALLENGER]))
     for name, cmd in PROCESSES.items():
         if name == "simulator" and args.flip_at is not None:
             cmd = [*cmd, "--flip-at", str(args.flip_at)]

@@ -182,6 +182,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     # Promote two of the trainer's versions from the page, then roll back to the first.
     browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
     listed = _listing(browser, at_least=3)
+    wait_until(lambda: "ctr-fm (challenger" in text(browser, "versions"), "the loop's challenger")
     older, newer = min(listed), max(listed)
     for version in (older, newer):
         promote_on_page(browser, base, version)
@@ -194,7 +195,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
 
 
 def promote_on_page(driver: WebDriver, base: str, version: int) -> None:
-    button = f'button.promote[data-version="{version}"]'
+    button = f'button.promote[data-model="ctr"][data-version="{version}"]'
     wait_until(lambda: _click(driver, button), f"the promote button of v{version}")
     wait_until(lambda: _served(base) == version, f"the API to serve the promoted v{version}")
     wait_until(lambda: f"serving: ctr v{version}" in text(driver, "served"), "the page to follow")
@@ -212,9 +213,9 @@ def _listing(driver: WebDriver, at_least: int) -> list[int]:
 
 
 def _listed(driver: WebDriver) -> list[int]:
-    """The versions in the page's table, newest first."""
+    """The served model's versions in the page's table."""
     try:
-        buttons = driver.find_elements(By.CSS_SELECTOR, "button.promote")
+        buttons = driver.find_elements(By.CSS_SELECTOR, 'button.promote[data-model="ctr"]')
         return [int(b.get_attribute("data-version") or 0) for b in buttons]
     except StaleElementReferenceException:  # the table was redrawn meanwhile
         return []
