@@ -69,6 +69,7 @@ JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
 HISTORY_POINTS = 20_000
+STATE_FORMAT = 2  # raise it when Monitor's pickled attributes change: an older state is dropped
 RECENT_ALERTS = 50
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
@@ -86,19 +87,15 @@ class MonitorProcess:
         self._exported: set[tuple[str, str, str]] = set()
         self.outbox = Outbox(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
-        self.monitor = self._restore() or Monitor(
-            Alarms(settings.monitor_rules, SystemClock()),
-            reference_size=settings.monitor_reference_size,
-            max_versions=settings.monitor_max_versions,
-            reference_renew=settings.monitor_reference_renew_examples,
-            recovery_examples=settings.monitor_recovery_examples,
-            warmup=settings.monitor_warmup_examples,
-        )
-        # The rules and bounds come from today's configuration, whatever the saved state had.
-        self.monitor.alarms.rules = list(settings.monitor_rules)
-        self.monitor.max_versions = settings.monitor_max_versions
-        self.monitor.reference_renew = settings.monitor_reference_renew_examples
-        self.monitor.warmup = settings.monitor_warmup_examples
+        self.monitor = self._restore() or Monitor(Alarms(settings.monitor_rules, SystemClock()))
+        # Rules and bounds come from today's configuration, whatever a restored state had.
+        m = self.monitor
+        m.alarms.rules = list(settings.monitor_rules)
+        m.reference_size = settings.monitor_reference_size
+        m.recovery_examples = settings.monitor_recovery_examples
+        m.warmup = settings.monitor_warmup_examples
+        m.max_versions = settings.monitor_max_versions
+        m.reference_renew = settings.monitor_reference_renew_examples
         self.consumer = Consumer(consumer_config(settings, "monitor"))
         self.producer = Producer(producer_config(settings))
         self.stopping = False
@@ -113,10 +110,10 @@ class MonitorProcess:
         if not hmac.compare_digest(mac, hmac.new(self.key, payload, hashlib.sha256).digest()):
             raise SnapshotError("the monitor's saved state fails verification: refusing it")
         state = pickle.loads(payload)
-        monitor: Monitor = state["monitor"]
-        if not hasattr(monitor, "streams"):  # saved by a streamlearn that judged per version
-            log.warning("the saved state is from an older streamlearn: starting afresh")
+        if state.get("format") != STATE_FORMAT:  # saved by another streamlearn's Monitor
+            log.warning("the saved state has another format: starting afresh")
             return None
+        monitor: Monitor = state["monitor"]
         self.offsets = state["offsets"]
         log.info(
             "restored: %d alarms firing, offsets %s", len(monitor.alarms.firing()), self.offsets
@@ -124,7 +121,8 @@ class MonitorProcess:
         return monitor
 
     def _save(self, alerts: list[Alert]) -> None:
-        payload = pickle.dumps({"monitor": self.monitor, "offsets": dict(self.offsets)})
+        state = {"format": STATE_FORMAT, "monitor": self.monitor, "offsets": dict(self.offsets)}
+        payload = pickle.dumps(state)
         mac = hmac.new(self.key, payload, hashlib.sha256).digest()
         self.outbox.record(mac + payload, alerts, [w.name for w in self.settings.webhooks])
         if alerts:  # the dashboard's list of recent alerts, newest first
