@@ -7,8 +7,8 @@ from streamlearn.settings import get_settings
 settings = get_settings()
 uvicorn.run(
     "api.app:app",
-    host=settings.api_host,
-    port=settings.api_port,
+    host=settings.api.host,
+    port=settings.api.port,
     log_level="info",
-    access_log=settings.api_access_log,
+    access_log=settings.api.access_log,
 )

@@ -106,7 +106,7 @@ def create_app(
 
         async def poll() -> None:
             while True:
-                await asyncio.sleep(settings.model_poll_s)
+                await asyncio.sleep(settings.api.model_poll_s)
                 await asyncio.to_thread(holder.refresh)
 
         task = asyncio.create_task(poll())
@@ -138,7 +138,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(dashboard.router)
     # Outermost first: every request is measured, the 413s included.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app
 

@@ -42,8 +42,8 @@ class EventPublisher:
             producer_config(
                 settings,
                 **{
-                    "queue.buffering.max.messages": settings.api_buffer_max,
-                    "message.timeout.ms": int(settings.api_delivery_timeout_s * 1000),
+                    "queue.buffering.max.messages": settings.api.buffer_max,
+                    "message.timeout.ms": int(settings.api.delivery_timeout_s * 1000),
                     "client.id": "streamlearn-api",
                 },
             )

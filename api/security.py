@@ -45,17 +45,17 @@ async def require_scoring_key(
     presented: Annotated[str | None, Depends(_presented)],
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:
-    if settings.scoring_keys:
-        _check(presented, settings.scoring_keys, "scoring")
+    if settings.api.scoring_keys:
+        _check(presented, settings.api.scoring_keys, "scoring")
 
 
 async def require_admin_key(
     presented: Annotated[str | None, Depends(_presented)],
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:
-    if settings.admin_key is None:
+    if settings.api.admin_key is None:
         raise HTTPException(403, detail="the admin API is off: no admin key is configured")
-    _check(presented, [settings.admin_key], "admin")
+    _check(presented, [settings.api.admin_key], "admin")
 
 
 ScoringKey = Depends(require_scoring_key)

@@ -93,7 +93,7 @@ def monitor_per_s(s: Settings) -> float:
                 start = start or time.perf_counter()
                 seen += 1
             alerts += process._handle(msg)
-        if alerts or time.monotonic() - last_save >= s.monitor_evaluate_s:
+        if alerts or time.monotonic() - last_save >= s.monitor.evaluate_s:
             last_save = time.monotonic()
             process._save(alerts + process.monitor.evaluate())
     process._save(process.monitor.evaluate())

@@ -40,7 +40,7 @@ from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed, Storefront
 from streamlearn.snapshots import SnapshotStore, open_store
-from streamlearn.training import Training
+from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,9 @@ CONNECTIONS = 32
 def train_versions(store: SnapshotStore, versions: int = 2, n: int = 20_000) -> None:
     """Versions of the champion, trained on simulated examples (each on a different slice)."""
     world = Deployed(ManualClock(0.0), traffic_seed=3)
-    training = Training(ModelSpec(), SystemClock(), every_n=10**9, every_s=1e9)
+    training = Training(
+        ModelSpec(), SystemClock(), TrainingPolicy(checkpoint_every_n=10**9, checkpoint_every_s=1e9)
+    )
     offset = 0
     for version in range(1, versions + 1):
         for example in world.examples(n):

@@ -34,7 +34,7 @@ from streamlearn.learning import ModelSpec
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import ObjectSnapshotStore
-from streamlearn.training import Training, example_features
+from streamlearn.training import Training, TrainingPolicy, example_features
 from topics import delete_namespace, ensure_topics
 
 
@@ -108,7 +108,9 @@ def through_broker(data: list[LabeledExample]) -> float:
 
 
 def million_weight_snapshot(spec: ModelSpec) -> tuple[float, float, int]:
-    training = Training(spec, SystemClock(), every_n=10**9, every_s=1e9)
+    training = Training(
+        spec, SystemClock(), TrainingPolicy(checkpoint_every_n=10**9, checkpoint_every_s=1e9)
+    )
     weights = training.learner.model[-1]._weights
     for i in range(1_000_000):
         weights[f"item_{i}"] = 0.001 * (i % 97)
@@ -146,7 +148,9 @@ def main() -> None:
         return per_second(n, time.perf_counter() - t)
 
     def in_process() -> float:
-        training = Training(spec, SystemClock(), every_n=10**9, every_s=1e9)
+        training = Training(
+            spec, SystemClock(), TrainingPolicy(checkpoint_every_n=10**9, checkpoint_every_s=1e9)
+        )
         t = time.perf_counter()
         for offset, e in enumerate(data):
             training.learn(e, 0, offset)

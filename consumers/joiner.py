@@ -47,7 +47,7 @@ from prometheus_client import REGISTRY, start_http_server
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
-from streamlearn.joining import Joiner, JoinPolicy, JoinState
+from streamlearn.joining import Joiner, JoinState
 from streamlearn.settings import Settings, get_settings
 from streamlearn.telemetry import JoinCollector, report
 from topics import consumer_config, declared, producer_config
@@ -69,7 +69,7 @@ class TransactionalJoin:
         self.changelog = spec["joiner_state"].name
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.state = JoinState()
-        self.joiner = Joiner(policy_of(settings), self.state, SystemClock())
+        self.joiner = Joiner(settings.join, self.state, SystemClock())
         self.consumer = Consumer(
             consumer_config(
                 settings,
@@ -116,14 +116,14 @@ class TransactionalJoin:
                 for msg in self.consumer.consume(1000, timeout=0.05):
                     self._handle(msg)
                 now = time.monotonic()
-                if now - last_tick >= s.joiner_tick_s:
+                if now - last_tick >= s.join.tick_s:
                     last_tick = now
                     for p in sorted(self.partitions):
                         self._emit(self.joiner.on_tick(p), p)
-                if now - last_stats >= s.joiner_stats_s:
+                if now - last_stats >= s.join.stats_s:
                     last_stats = now
                     self._publish_stats()
-                if now - last_commit >= s.joiner_commit_s:
+                if now - last_commit >= s.join.commit_s:
                     last_commit = now
                     self.commit()
             self.commit()
@@ -306,20 +306,6 @@ class TransactionalJoin:
             reader.close()
 
 
-def policy_of(settings: Settings) -> JoinPolicy:
-    return JoinPolicy(
-        window_s=settings.attribution_window_s,
-        allowed_lateness_s=settings.allowed_lateness_s,
-        idle_timeout_s=settings.idle_timeout_s,
-        early_grace_s=settings.early_outcome_grace_s,
-        positive_kinds=frozenset(settings.positive_kinds),
-        combine=settings.combine,
-        late_policy=settings.late_policy,
-        match_by_user_item=settings.match_by_user_item,
-        dedup_retention_s=settings.dedup_retention_s,
-    )
-
-
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -329,9 +315,9 @@ def main() -> None:
     join = TransactionalJoin(settings)
     signal.signal(signal.SIGTERM, join.stop)
     signal.signal(signal.SIGINT, join.stop)
-    if settings.joiner_metrics_port:
+    if settings.join.metrics_port:
         REGISTRY.register(JoinCollector(join.joiner, lambda: set(join.partitions)))
-        start_http_server(settings.joiner_metrics_port, addr=settings.metrics_host)
+        start_http_server(settings.join.metrics_port, addr=settings.metrics_host)
     join.run()
 
 

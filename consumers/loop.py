@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*cmd, "--flip-at", str(args.flip_at)]
         with open(logs / f"{name}.log", "ab") as out:
             procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
-    api = f"http://{s.api_host}:{s.api_port}"
+    api = f"http://{s.api.host}:{s.api.port}"
     console.print(f"logs in {logs}; dashboard at {api}/dashboard, API docs at {api}/docs")
     store = open_store(s)
     names = {role: t.name for role, t in declared(s).items()}
@@ -131,7 +131,7 @@ def _progress(
     except SnapshotNotFound:
         model = "model: no snapshot yet"
     try:
-        served = httpx.get(f"http://{s.api_host}:{s.api_port}/healthz", timeout=0.5).json()
+        served = httpx.get(f"http://{s.api.host}:{s.api.port}/healthz", timeout=0.5).json()
         api = f"API serves v{served['model_version']}"
     except httpx.HTTPError:
         api = "API starting"

@@ -42,7 +42,7 @@ from prometheus_client import Gauge, start_http_server
 from redis.exceptions import RedisError
 
 from streamlearn.actions import auto_rollback
-from streamlearn.alerting import Alarms, Alert
+from streamlearn.alerting import Alert
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotError, SnapshotNotFound, StreamlearnError
 from streamlearn.events import JoinReport, parse, parse_example
@@ -69,7 +69,7 @@ JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
 HISTORY_POINTS = 20_000
-STATE_FORMAT = 2  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 3  # raise it when Monitor's pickled attributes change: an older state is dropped
 RECENT_ALERTS = 50
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
@@ -87,15 +87,9 @@ class MonitorProcess:
         self._exported: set[tuple[str, str, str]] = set()
         self.outbox = Outbox(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
-        self.monitor = self._restore() or Monitor(Alarms(settings.monitor_rules, SystemClock()))
+        self.monitor = self._restore() or Monitor(settings.monitor, SystemClock())
         # Rules and bounds come from today's configuration, whatever a restored state had.
-        m = self.monitor
-        m.alarms.rules = list(settings.monitor_rules)
-        m.reference_size = settings.monitor_reference_size
-        m.recovery_examples = settings.monitor_recovery_examples
-        m.warmup = settings.monitor_warmup_examples
-        m.max_versions = settings.monitor_max_versions
-        m.reference_renew = settings.monitor_reference_renew_examples
+        self.monitor.configure(settings.monitor)
         self.consumer = Consumer(consumer_config(settings, "monitor"))
         self.producer = Producer(producer_config(settings))
         self.stopping = False
@@ -124,7 +118,7 @@ class MonitorProcess:
         state = {"format": STATE_FORMAT, "monitor": self.monitor, "offsets": dict(self.offsets)}
         payload = pickle.dumps(state)
         mac = hmac.new(self.key, payload, hashlib.sha256).digest()
-        self.outbox.record(mac + payload, alerts, [w.name for w in self.settings.webhooks])
+        self.outbox.record(mac + payload, alerts, [w.name for w in self.settings.monitor.webhooks])
         if alerts:  # the dashboard's list of recent alerts, newest first
             recent = f"{self.settings.topic_prefix}alerts-recent"
             pipe = self.redis.pipeline(transaction=False)
@@ -151,9 +145,9 @@ class MonitorProcess:
         couriers = []
 
         def link(alert: Alert) -> str:
-            return s.alert_link.format(model=alert.model, version=alert.model_version or "")
+            return s.monitor.alert_link.format(model=alert.model, version=alert.model_version or "")
 
-        for hook in s.webhooks:
+        for hook in s.monitor.webhooks:
             courier = Courier(self.outbox, hook, link)
             thread = threading.Thread(target=courier.run, args=(stop,), name=f"courier-{hook.name}")
             thread.start()
@@ -168,7 +162,7 @@ class MonitorProcess:
                 alerts += self._act(alerts)
                 if alerts:
                     self._save(alerts)
-                if time.monotonic() - last_eval >= s.monitor_evaluate_s:
+                if time.monotonic() - last_eval >= s.monitor.evaluate_s:
                     last_eval = time.monotonic()
                     self._follow_champions()
                     self._save(self.monitor.evaluate())
@@ -201,11 +195,11 @@ class MonitorProcess:
     def _act(self, alerts: list[Alert]) -> list[Alert]:
         """The automatic actions the alerts call for, as alerts themselves."""
         s = self.settings
-        if s.auto_action != "rollback":
+        if s.monitor.auto_action != "rollback":
             return []
         out = []
         for a in alerts:
-            if a.status == "firing" and a.rule in s.auto_action_rules and a.model != JOIN:
+            if a.status == "firing" and a.rule in s.monitor.auto_action_rules and a.model != JOIN:
                 out += auto_rollback(a, self.registry, SystemClock())
         return out
 
@@ -268,8 +262,8 @@ def main() -> None:
     process = MonitorProcess(settings)
     signal.signal(signal.SIGTERM, process.stop)
     signal.signal(signal.SIGINT, process.stop)
-    if settings.monitor_metrics_port:
-        start_http_server(settings.monitor_metrics_port, addr=settings.metrics_host)
+    if settings.monitor.metrics_port:
+        start_http_server(settings.monitor.metrics_port, addr=settings.metrics_host)
     process.run()
 
 

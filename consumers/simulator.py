@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             outs += 1
 
-    url = args.api or f"http://{s.api_host}:{s.api_port}"
+    url = args.api or f"http://{s.api.host}:{s.api.port}"
     api = httpx.Client(base_url=url, timeout=2) if args.via_api else None
     flipped = False
 

@@ -69,15 +69,7 @@ def restore(store: SnapshotStore, spec: ModelSpec, settings: Settings) -> Traini
             spec.name,
             snapshot.model.spec,
         )
-    return Training(
-        spec,
-        SystemClock(),
-        settings.checkpoint_every_n,
-        settings.checkpoint_every_s,
-        snapshot,
-        correction_policy=settings.correction_policy,
-        correction_weight=settings.correction_weight,
-    )
+    return Training(spec, SystemClock(), settings.training, snapshot)
 
 
 class Trainer:
@@ -212,8 +204,8 @@ class Trainer:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
-    if settings.trainer_metrics_port:
-        start_http_server(settings.trainer_metrics_port, addr=settings.metrics_host)
+    if settings.training.metrics_port:
+        start_http_server(settings.training.metrics_port, addr=settings.metrics_host)
     trainer = Trainer(settings)
     signal.signal(signal.SIGTERM, trainer.stop)
     signal.signal(signal.SIGINT, trainer.stop)

@@ -208,3 +208,64 @@ class Alarms:
 
     def load(self, doc: dict[str, Any]) -> None:
         self.states = {key: _State(**s) for key, s in doc.items()}
+
+
+DEFAULT_RULES = (
+    # The served model's loss rose (River's detector) and has not settled yet.
+    Rule(
+        name="concept-drift",
+        metric="concept_drift",
+        window="stream",
+        bad="above",
+        threshold=0.5,
+        severity="critical",
+    ),
+    Rule(
+        name="auc-floor",
+        metric="roc_auc",
+        window="5m",
+        bad="below",
+        threshold=0.55,
+        clear_threshold=0.6,
+        for_s=60,
+        clear_for_s=60,
+    ),
+    # Any feature, or the prediction, far from the version's reference (PSI).
+    Rule(
+        name="data-drift",
+        metric="psi:*",
+        window="stream",
+        bad="above",
+        threshold=0.25,
+        clear_threshold=0.1,
+        severity="warning",
+    ),
+    Rule(
+        name="outcomes-stopped",
+        metric="outcome_rate",
+        window="stream",
+        bad="below",
+        threshold=0.001,
+        for_s=60,
+        clear_for_s=30,
+        severity="critical",
+    ),
+    Rule(
+        name="positives-stopped",
+        metric="positive_rate",
+        window="stream",
+        bad="below",
+        threshold=0.0001,
+        for_s=120,
+        clear_for_s=30,
+    ),
+    Rule(
+        name="watermark-stalled",
+        metric="watermark_lag_s",
+        window="stream",
+        bad="above",
+        threshold=300,
+        clear_threshold=120,
+        for_s=60,
+    ),
+)

@@ -45,23 +45,70 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
+
+from pydantic import Field
 
 from streamlearn.clock import Clock
-from streamlearn.events import LabeledExample, Outcome, Recommendation
+from streamlearn.events import LabeledExample, Outcome, OutcomeKind, Recommendation
+from streamlearn.policy import Policy
 
 
-@dataclass(frozen=True)
-class JoinPolicy:
-    window_s: float
-    allowed_lateness_s: float = 2.0
-    idle_timeout_s: float = 10.0
-    early_grace_s: float = 30.0
-    positive_kinds: frozenset[str] = frozenset({"click", "add_to_cart", "purchase"})
-    combine: Literal["earliest", "sum_value"] = "earliest"
-    late_policy: Literal["drop", "correct"] = "drop"
-    match_by_user_item: bool = False
-    dedup_retention_s: float = 600.0
+class JoinPolicy(Policy):
+    """How recommendations and outcomes are joined, and the joiner process's cadence."""
+
+    FLAT: ClassVar[dict[str, str]] = {
+        "window_s": "attribution_window_s",
+        "allowed_lateness_s": "allowed_lateness_s",
+        "idle_timeout_s": "idle_timeout_s",
+        "early_grace_s": "early_outcome_grace_s",
+        "positive_kinds": "positive_kinds",
+        "combine": "combine",
+        "late_policy": "late_policy",
+        "match_by_user_item": "match_by_user_item",
+        "dedup_retention_s": "dedup_retention_s",
+        "tick_s": "joiner_tick_s",
+        "commit_s": "joiner_commit_s",
+        "stats_s": "joiner_stats_s",
+        "metrics_port": "joiner_metrics_port",
+    }
+
+    window_s: float = Field(30.0, gt=0, description="How long an outcome may follow.")
+    allowed_lateness_s: float = Field(
+        2.0, ge=0, description="How far the watermark trails the newest event time seen."
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="After this long without events the watermark follows wall time."
+    )
+    early_grace_s: float = Field(
+        30.0, ge=0, description="How long an outcome waits for a recommendation it names."
+    )
+    positive_kinds: frozenset[OutcomeKind] = Field(
+        frozenset(get_args(OutcomeKind)), description="Outcome kinds that make a positive."
+    )
+    combine: Literal["earliest", "sum_value"] = Field(
+        "earliest",
+        description="earliest: positive at the first qualifying outcome; sum_value: positive "
+        "when the window closes, weighted by the sum of the outcomes' values.",
+    )
+    late_policy: Literal["drop", "correct"] = Field(
+        "drop", description="correct: emit a correction example for a late positive."
+    )
+    match_by_user_item: bool = Field(
+        False, description="Match outcomes without recommendation_id by (user_id, item_id)."
+    )
+    dedup_retention_s: float = Field(
+        600.0, gt=0, description="How long a closed window is remembered, for dedup and late."
+    )
+    # The joiner process's cadence.
+    tick_s: float = Field(1.0, gt=0, description="How often idle windows are checked.")
+    commit_s: float = Field(
+        0.1, gt=0, description="How often the joiner commits a transaction (as Kafka Streams)."
+    )
+    stats_s: float = Field(5.0, gt=0, description="How often join stats are published.")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
+    )
 
 
 def _counter(help_text: str) -> Any:

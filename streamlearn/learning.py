@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from river import compose, facto, linear_model, metrics, optim, preprocessing
 
 from streamlearn.features import cross, impression_features
@@ -119,6 +119,14 @@ class ModelSpec(_Strict):
     crosses: tuple[tuple[str, str], ...] = (("segment", "category"),)
     include_ids: bool = True
     rolling_window: int = Field(2000, ge=10, description="Examples in the rolling metrics.")
+
+    @field_validator("learner", mode="before")
+    @classmethod
+    def _kind_defaults(cls, value: Any) -> Any:
+        # STREAMLEARN_MODEL__LEARNER__LEARNING_RATE alone names no kind: the default's.
+        if isinstance(value, dict) and "kind" not in value:
+            return {"kind": "logistic_regression", **value}
+        return value
 
     def build(self) -> Any:
         categorical = compose.SelectType(str) | (

@@ -8,7 +8,7 @@ nor splits them:
 * rolling metrics in each event-time window (``5m``, ``1h``, ``1d`` by default): ROC AUC, log
   loss, calibration (mean predicted over observed rate), conversion rate, prediction mean and
   count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
-* concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`) once ``warmup`` examples
+* concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`) once ``warmup_examples``
   have set its level, as ``concept_drift`` in window ``stream``;
 * data drift: the ``reference_size`` examples after the warm-up are the reference; then every
   ``drift_every`` examples the PSI of each feature and of the prediction over the last
@@ -19,7 +19,7 @@ drift detectors and the reference start again at the new champion's first exampl
 is the window taken when the version was promoted, and a new model's different loss is no drift.
 While no champion is set, the API serves the trainer's newest version, which changes what it
 predicts and which items it shows as it learns; then the reference is renewed from the last
-``drift_window`` examples every ``reference_renew`` examples, so a sudden shift pages and the
+``drift_window`` examples every ``reference_renew_examples``, so a sudden shift pages and the
 shifted distribution becomes the new normal (0: never renewed).
 
 The same rolling metrics per served version, for the charts and Prometheus only: the
@@ -40,12 +40,17 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from streamlearn.alerting import Alarms, Alert
+from pydantic import Field
+
+from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
+from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
 from streamlearn.events import JoinReport
 from streamlearn.learning import exact_auc
+from streamlearn.policy import Policy
+from streamlearn.webhooks import Webhook
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "1d": 86400.0}
 JOIN = "join"
@@ -133,32 +138,87 @@ class _Stream:
         self.reference, self.recent, self.psi = [], deque(), {}
 
 
+class MonitorPolicy(Policy):
+    """What the monitor measures, how it judges it, and where it pages."""
+
+    FLAT: ClassVar[dict[str, str]] = {
+        "evaluate_s": "monitor_evaluate_s",
+        "reference_size": "monitor_reference_size",
+        "recovery_examples": "monitor_recovery_examples",
+        "warmup_examples": "monitor_warmup_examples",
+        "reference_renew_examples": "monitor_reference_renew_examples",
+        "max_versions": "monitor_max_versions",
+        "metrics_port": "monitor_metrics_port",
+        "rules": "monitor_rules",
+        "webhooks": "webhooks",
+        "auto_action": "auto_action",
+        "auto_action_rules": "auto_action_rules",
+        "alert_link": "alert_link",
+    }
+
+    rules: list[Rule] = Field(
+        default_factory=lambda: list(DEFAULT_RULES),
+        description="Alerting rules (metric, window, threshold, clear threshold, for how long).",
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list, description="Where alerts go besides the alerts topic."
+    )
+    evaluate_s: float = Field(
+        5.0, gt=0, description="How often rolling metrics are evaluated and published."
+    )
+    windows: dict[str, float] = Field(
+        default_factory=lambda: dict(WINDOWS), description="Rolling windows: name -> seconds."
+    )
+    max_examples: int = Field(
+        50_000, ge=1, description="The newest examples a rolling window keeps (bounds memory)."
+    )
+    reference_size: int = Field(
+        2000, ge=100, description="A version's first examples: its data-drift reference."
+    )
+    drift_window: int = Field(2000, ge=1, description="Examples the PSI is computed over.")
+    drift_every: int = Field(500, ge=1, description="Examples between two PSI computations.")
+    detector: Literal["adwin", "page_hinkley"] = Field(
+        "adwin", description="River's detector of concept drift on the loss."
+    )
+    recovery_examples: int = Field(
+        2000, ge=1, description="Examples without a new detection before concept drift clears."
+    )
+    warmup_examples: int = Field(
+        10_000,
+        ge=0,
+        description="A model's first served examples (and a new champion's) only set the level "
+        "that concept drift is judged against.",
+    )
+    reference_renew_examples: int = Field(
+        20_000,
+        ge=0,
+        description="While no champion is set (the API follows the trainer), the data-drift "
+        "reference is renewed from the latest examples this often (0: never).",
+    )
+    max_versions: int = Field(
+        20, ge=1, description="Served versions whose own rolling metrics are kept (newest)."
+    )
+    metrics_port: int = Field(
+        9110, ge=0, le=65535, description="Prometheus endpoint of the monitor (0: off)."
+    )
+    auto_action: Literal["off", "rollback"] = Field(
+        "off",
+        description="rollback: when an alarm of AUTO_ACTION_RULES fires, point the model's "
+        "champion back at its previous version (and say so in an alert).",
+    )
+    auto_action_rules: list[str] = Field(
+        default_factory=lambda: ["concept-drift"], description="The rules that trigger it."
+    )
+    alert_link: str = Field(
+        "http://127.0.0.1:8000/docs",
+        description="Where an alert's link points; {model} and {version} are filled in.",
+    )
+
+
 class Monitor:
-    def __init__(
-        self,
-        alarms: Alarms,
-        windows: Mapping[str, float] = WINDOWS,
-        max_examples: int = 50_000,
-        reference_size: int = 2000,
-        drift_window: int = 2000,
-        drift_every: int = 500,
-        detector: Literal["adwin", "page_hinkley"] = "adwin",
-        recovery_examples: int = 2000,
-        max_versions: int = 20,
-        reference_renew: int = 20_000,
-        warmup: int = 0,
-    ) -> None:
-        self.alarms = alarms
-        self.windows = dict(windows)
-        self.max_examples = max_examples
-        self.reference_size = reference_size
-        self.drift_window = drift_window
-        self.drift_every = drift_every
-        self.detector = detector
-        self.recovery_examples = recovery_examples
-        self.max_versions = max_versions
-        self.reference_renew = reference_renew
-        self.warmup = warmup
+    def __init__(self, policy: MonitorPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self.alarms = Alarms(list(policy.rules), clock)
         self.streams: dict[str, _Stream] = {}
         self.versions: dict[str, _Version] = {}
         self.champions: dict[str, int | None] = {}
@@ -166,8 +226,16 @@ class Monitor:
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
 
+    def configure(self, policy: MonitorPolicy) -> None:
+        """Today's policy for a monitor restored from a saved state: its rules and bounds apply
+        from now on, to the alarms and metrics it keeps."""
+        self.policy = policy
+        self.alarms.rules = list(policy.rules)
+
     def _rolling(self) -> dict[str, Rolling]:
-        return {w: Rolling(span, self.max_examples) for w, span in self.windows.items()}
+        return {
+            w: Rolling(span, self.policy.max_examples) for w, span in self.policy.windows.items()
+        }
 
     # ---- examples -----------------------------------------------------------------------------
 
@@ -194,31 +262,36 @@ class Monitor:
         alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tag)
         row = {**_prefixed("c", e.context), **_prefixed("i", e.item_features), "prediction": p}
         if st.drift is None:
-            if st.concept.seen > self.warmup:  # not while a new model is still settling
+            # Not while a new model is still settling.
+            if st.concept.seen > self.policy.warmup_examples:
                 st.reference.append(row)
-            if len(st.reference) >= self.reference_size:
+            if len(st.reference) >= self.policy.reference_size:
                 st.drift, st.reference = DataDrift.reference(st.reference), []
                 st.reference_at = st.seen
         else:
             st.recent.append(row)
-            while len(st.recent) > self.drift_window:
+            while len(st.recent) > self.policy.drift_window:
                 st.recent.popleft()
-            renew = self.reference_renew and self.champions.get(model) is None
-            if renew and st.seen - st.reference_at >= self.reference_renew:
+            renew = self.policy.reference_renew_examples and self.champions.get(model) is None
+            if renew and st.seen - st.reference_at >= self.policy.reference_renew_examples:
                 st.drift, st.reference_at = DataDrift.reference(list(st.recent)), st.seen
-            if st.seen % self.drift_every == 0 and len(st.recent) >= self.drift_window:
+            if (
+                st.seen % self.policy.drift_every == 0
+                and len(st.recent) >= self.policy.drift_window
+            ):
                 st.psi = st.drift.psi_by_feature(list(st.recent))
                 for feature, value in st.psi.items():
                     alerts += self.alarms.observe(model, f"psi:{feature}", "stream", value, tag)
         return alerts
 
     def _concept(self) -> ConceptDrift:
-        return ConceptDrift(self.detector, self.recovery_examples, warmup=self.warmup)
+        p = self.policy
+        return ConceptDrift(p.detector, p.recovery_examples, warmup=p.warmup_examples)
 
     def _by_version(self, tag: str, p: float, y: bool, t: float) -> None:
         v = self.versions.get(tag)
         if v is None:
-            if len(self.versions) >= self.max_versions:  # the one served longest ago goes
+            if len(self.versions) >= self.policy.max_versions:  # the one served longest ago goes
                 del self.versions[min(self.versions, key=lambda k: self.versions[k].last_at)]
             v = self.versions[tag] = _Version(self._rolling())
         for rolling in v.windows.values():

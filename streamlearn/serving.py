@@ -10,19 +10,70 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from redis.exceptions import RedisError
 
 from streamlearn.errors import SnapshotError
 from streamlearn.events import MAX_SLATE, Features, Id
 from streamlearn.features import FeatureValue, impression_features
 from streamlearn.learning import Learner
+from streamlearn.policy import Policy
 from streamlearn.registry import Registry
 from streamlearn.snapshots.base import SnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 
 log = logging.getLogger("streamlearn.serving")
+
+
+class ApiPolicy(Policy):
+    """The HTTP API: where it listens, what it accepts, whom it lets in, how it follows versions."""
+
+    FLAT: ClassVar[dict[str, str]] = {
+        "host": "api_host",
+        "port": "api_port",
+        "access_log": "api_access_log",
+        "max_candidates": "max_candidates",
+        "max_body_bytes": "max_body_bytes",
+        "model_poll_s": "model_poll_s",
+        "explore_epsilon": "explore_epsilon",
+        "admin_key": "admin_key",
+        "scoring_keys": "scoring_keys",
+        "buffer_max": "api_buffer_max",
+        "delivery_timeout_s": "api_delivery_timeout_s",
+    }
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    access_log: bool = Field(
+        True, description="A log line per request (the metrics count them either way)."
+    )
+    max_candidates: int = Field(500, ge=1, description="Candidates per rank or score request.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    model_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the API polls for a new version; the Redis notice is the fast path.",
+    )
+    explore_epsilon: float = Field(
+        0.0, ge=0, le=1, description="Default epsilon-greedy exploration of /v1/rank."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Key for the model admin endpoints; unset, they answer 403."
+    )
+    scoring_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys accepted on rank, score and outcomes; empty (the default) means open.",
+    )
+    buffer_max: int = Field(
+        100_000, ge=1, description="Events held while Kafka is unreachable before any is dropped."
+    )
+    delivery_timeout_s: float = Field(
+        300.0, gt=0, description="How long an unpublished event is retried before it counts lost."
+    )
 
 
 class _Request(BaseModel):

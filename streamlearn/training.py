@@ -6,7 +6,8 @@
 ...     "user_id": "u", "item_id": "i", "position": 0, "propensity": 1.0, "served_score": None,
 ...     "model_version": None, "context": {}, "item_features": {}, "label": True,
 ...     "recommendation_time": 0.0})
->>> t = Training(ModelSpec(), ManualClock(0.0), every_n=2, every_s=60.0)
+>>> policy = TrainingPolicy(checkpoint_every_n=2, checkpoint_every_s=60.0)
+>>> t = Training(ModelSpec(), ManualClock(0.0), policy)
 >>> t.learn(example, partition=0, offset=41)
 >>> t.checkpoint_due()
 False
@@ -18,12 +19,15 @@ False
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from streamlearn.clock import Clock
 from streamlearn.events import ExampleRecord, LabeledExample
 from streamlearn.features import Features, impression_features
 from streamlearn.learning import Learner, ModelSpec
+from streamlearn.policy import Policy
 from streamlearn.snapshots.base import Snapshot
 
 
@@ -37,6 +41,30 @@ def example_features(spec: ModelSpec, example: LabeledExample | ExampleRecord) -
     )
 
 
+class TrainingPolicy(Policy):
+    """When the trainer checkpoints, and what it does with the joiner's corrections."""
+
+    FLAT: ClassVar[dict[str, str]] = {
+        "checkpoint_every_n": "checkpoint_every_n",
+        "checkpoint_every_s": "checkpoint_every_s",
+        "correction_policy": "correction_policy",
+        "correction_weight": "correction_weight",
+        "metrics_port": "trainer_metrics_port",
+    }
+
+    checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
+    checkpoint_every_s: float = Field(10.0, gt=0, description="...or after this many seconds.")
+    correction_policy: Literal["ignore", "learn"] = Field(
+        "ignore",
+        description="What the trainer does with a joiner's correction example (a late positive "
+        "after its negative): ignore it, or learn the positive too, weighted.",
+    )
+    correction_weight: float = Field(1.0, gt=0, description="Weight of a learned correction.")
+    metrics_port: int = Field(
+        9109, ge=0, le=65535, description="Prometheus /metrics of the trainer; 0 turns it off."
+    )
+
+
 class Training:
     """A learner, the next offset of every input partition, and when to checkpoint."""
 
@@ -44,18 +72,12 @@ class Training:
         self,
         spec: ModelSpec,
         clock: Clock,
-        every_n: int,
-        every_s: float,
+        policy: TrainingPolicy | None = None,
         snapshot: Snapshot | None = None,
-        correction_policy: Literal["ignore", "learn"] = "ignore",
-        correction_weight: float = 1.0,
     ) -> None:
         self.spec = spec
         self.clock = clock
-        self.every_n = every_n
-        self.every_s = every_s
-        self.correction_policy = correction_policy
-        self.correction_weight = correction_weight
+        self.policy = policy or TrainingPolicy()
         if snapshot is None:
             self.learner = Learner(spec)
             self.offsets: dict[int, int] = {}
@@ -81,10 +103,10 @@ class Training:
         weight = example.weight
         if example.correction:
             # A late positive for an impression already learned as a negative.
-            if self.correction_policy == "ignore":
+            if self.policy.correction_policy == "ignore":
                 self.skip(partition, offset)
                 return
-            weight *= self.correction_weight
+            weight *= self.policy.correction_weight
         x = example_features(self.spec, example)
         self.learner.learn_one(x, example.label, weight)
         self.skip(partition, offset)
@@ -97,7 +119,11 @@ class Training:
     def checkpoint_due(self) -> bool:
         if self._since == 0:
             return False
-        return self._since >= self.every_n or self.clock.now() - self._last >= self.every_s
+        p = self.policy
+        return (
+            self._since >= p.checkpoint_every_n
+            or self.clock.now() - self._last >= p.checkpoint_every_s
+        )
 
     def snapshot(self, version: int) -> Snapshot:
         return Snapshot(

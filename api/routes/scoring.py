@@ -49,7 +49,7 @@ def _json(payload: dict[str, Any]) -> Response:
 async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> Response:
     """Probability of a conversion for each candidate, from one model version. Not logged: use
     /v1/rank for what is shown to users."""
-    scores = _scores(body, served, settings.max_candidates)
+    scores = _scores(body, served, settings.api.max_candidates)
     return _json(
         {
             "model": served.model_name,
@@ -74,8 +74,8 @@ async def rank(
     """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
     exploration), and the recommendation event of what was served published to Kafka, with the
     features, scores, positions and propensities, for the joiner to label."""
-    scores = _scores(body, served, settings.max_candidates)
-    epsilon = settings.explore_epsilon if body.epsilon is None else body.epsilon
+    scores = _scores(body, served, settings.api.max_candidates)
+    epsilon = settings.api.explore_epsilon if body.epsilon is None else body.epsilon
     slate = choose_slate(
         [(c.item_id, p) for c, p in zip(body.items, scores, strict=True)], body.k, epsilon, rng
     )

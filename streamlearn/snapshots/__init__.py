@@ -1,10 +1,16 @@
 """Versioned, signed model snapshots and the stores that keep them."""
 
-from streamlearn.settings import Settings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from streamlearn.snapshots.base import Snapshot, SnapshotStore
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 from streamlearn.snapshots.tiered import TieredSnapshotStore
+
+if TYPE_CHECKING:
+    from streamlearn.settings import Settings
 
 
 def open_store(settings: Settings) -> TieredSnapshotStore:

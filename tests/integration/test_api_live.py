@@ -56,7 +56,7 @@ def start_api(
 
 
 def url(s: Settings, path: str) -> str:
-    return f"http://127.0.0.1:{s.api_port}{path}"
+    return f"http://127.0.0.1:{s.api.port}{path}"
 
 
 def _get(s: Settings, path: str) -> int:

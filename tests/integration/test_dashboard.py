@@ -89,7 +89,7 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     send(12_000)
     processes.start("monitor", "-m", "consumers.monitor")
     processes.start("api", "-m", "api")
-    base = f"http://127.0.0.1:{s.api_port}"
+    base = f"http://127.0.0.1:{s.api.port}"
     wait_until(lambda: _served(base) == 2, "the API to serve the newest version")
 
     browser.get(f"{base}/dashboard")
@@ -150,7 +150,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
         STREAMLEARN_MONITOR_EVALUATE_S="1",
     )
     processes.start("loop", "-m", "consumers.loop", "--flip-at", str(FLIP_AT_S))
-    base = f"http://127.0.0.1:{s.api_port}"
+    base = f"http://127.0.0.1:{s.api.port}"
     wait_until(lambda: _served(base) is not None, "the API to serve the trainer's first version")
 
     browser.get(f"{base}/dashboard")

@@ -114,7 +114,7 @@ def test_whole_loop(
     assert trainer_committed(settings) == snapshot.offsets
 
     # 3. The API answers with the snapshot's version.
-    base = f"http://127.0.0.1:{settings.api_port}"
+    base = f"http://127.0.0.1:{settings.api.port}"
     world = Storefront(
         settings.sim_users,
         settings.sim_items,

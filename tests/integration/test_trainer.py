@@ -15,7 +15,7 @@ from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
-from streamlearn.training import Training, example_features
+from streamlearn.training import Training, TrainingPolicy, example_features
 from tests.conftest import (
     PrivateRedis,
     Processes,
@@ -95,7 +95,9 @@ def test_sigkill_at_every_step_learns_each_example_once(
     final = open_store(s).get("ctr")
     assert final.samples_seen == N and final.offsets == {0: N}
     # With one partition the order is fixed: the weights are those of a run without a crash.
-    reference = Training(s.model, ManualClock(0.0), every_n=10**9, every_s=1e9)
+    reference = Training(
+        s.model, ManualClock(0.0), TrainingPolicy(checkpoint_every_n=10**9, checkpoint_every_s=1e9)
+    )
     for offset, e in enumerate(stream()):
         reference.learn(e, 0, offset)
     assert final.model.model[-1].weights == pytest.approx(reference.learner.model[-1].weights)

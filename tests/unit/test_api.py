@@ -18,12 +18,16 @@ from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings
 from streamlearn.snapshots import ObjectSnapshotStore, Snapshot
-from streamlearn.training import Training
+from streamlearn.training import Training, TrainingPolicy
 from tests.unit.test_training import example
 
 
 def trained(version: int, n: int = 50) -> Snapshot:
-    t = Training(ModelSpec(), ManualClock(0.0), every_n=1000, every_s=60.0)
+    t = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=1000, checkpoint_every_s=60.0),
+    )
     for i in range(n):
         t.learn(example(True, "likes"), 0, 2 * i)
         t.learn(example(False, "dislikes"), 0, 2 * i + 1)

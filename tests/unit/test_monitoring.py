@@ -3,10 +3,12 @@ a flip of the hidden preferences, a shift of one feature, outcomes that stop."""
 
 from __future__ import annotations
 
-from streamlearn.alerting import Alarms, Rule
+from typing import Any
+
+from streamlearn.alerting import Rule
 from streamlearn.clock import ManualClock
 from streamlearn.events import JoinReport, LabeledExample, PartitionHealth
-from streamlearn.monitoring import Monitor
+from streamlearn.monitoring import Monitor, MonitorPolicy
 from streamlearn.simulation import Deployed
 
 RULES = [
@@ -31,6 +33,11 @@ RULES = [
 ]
 
 
+def monitor_of(clock: ManualClock, **policy: Any) -> Monitor:
+    """A monitor judging from the first example (no warm-up), with these rules."""
+    return Monitor(MonitorPolicy(rules=RULES, warmup_examples=0, **policy), clock)
+
+
 def run(monitor: Monitor, examples: list[LabeledExample]) -> list[tuple[int, str, str]]:
     """(example index, status, dedup key) of every alert."""
     out = []
@@ -43,7 +50,7 @@ def run(monitor: Monitor, examples: list[LabeledExample]) -> list[tuple[int, str
 
 def test_a_flip_of_preferences_fires_concept_drift_within_a_bound_then_resolves() -> None:
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock), recovery_examples=3000)
+    monitor = monitor_of(clock, recovery_examples=3000)
     world = Deployed(clock)
     assert run(monitor, world.examples(15_000)) == []  # learning, then steady: no alarm
     world.shop.flip()
@@ -57,7 +64,7 @@ def test_a_flip_of_preferences_fires_concept_drift_within_a_bound_then_resolves(
 
 def test_a_price_shift_raises_a_data_drift_alarm_naming_the_feature() -> None:
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock))
+    monitor = monitor_of(clock)
     world = Deployed(clock)
     assert run(monitor, world.examples(8000)) == []
     world.shop.shift_prices(3.0)
@@ -70,7 +77,7 @@ def test_a_price_shift_raises_a_data_drift_alarm_naming_the_feature() -> None:
 
 def test_the_rolling_metrics_and_their_windows() -> None:
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock))
+    monitor = monitor_of(clock)
     run(monitor, Deployed(clock).examples(12_000))  # 10 minutes of event time
     snapshot = monitor.snapshot()
     windows = snapshot["models"]["ctr"]["windows"]
@@ -86,7 +93,7 @@ def test_the_rolling_metrics_and_their_windows() -> None:
 def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> None:
     # As in the loop: the API follows a trainer that checkpoints every ~10 s (2,000 examples).
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock), recovery_examples=3000, max_versions=5)
+    monitor = monitor_of(clock, recovery_examples=3000, max_versions=5)
     world = Deployed(clock, version_every=2000)
     assert run(monitor, world.examples(15_000)) == []  # no flapping between versions
     world.shop.flip()
@@ -103,7 +110,7 @@ def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> N
 
 def test_a_promotion_restarts_drift_detection_at_the_new_champions_first_example() -> None:
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock))
+    monitor = monitor_of(clock)
     world = Deployed(clock)
     run(monitor, world.examples(8000))
     monitor.on_champion("ctr", None)  # first reading: no alias set
@@ -125,7 +132,7 @@ def test_a_promotion_restarts_drift_detection_at_the_new_champions_first_example
 def test_a_shift_pages_then_becomes_the_new_normal_unless_a_champion_is_set() -> None:
     def shifted(champion: int | None) -> list[tuple[str, str]]:
         clock = ManualClock(1_700_000_000.0)
-        monitor = Monitor(Alarms(RULES, clock), reference_renew=6000)
+        monitor = monitor_of(clock, reference_renew_examples=6000)
         world = Deployed(clock)
         monitor.on_champion("ctr", champion)
         run(monitor, world.examples(8000))
@@ -151,7 +158,7 @@ def report(at: float, outcomes: int, positives: int) -> JoinReport:
 
 def test_outcomes_that_stop_raise_a_join_health_alarm() -> None:
     clock = ManualClock(1_700_000_000.0)
-    monitor = Monitor(Alarms(RULES, clock))
+    monitor = monitor_of(clock)
     outcomes = positives = 0
     alerts = []
     for step in range(30):

@@ -11,7 +11,7 @@ from streamlearn.clock import ManualClock
 from streamlearn.features import impression_features
 from streamlearn.learning import ModelSpec, one_hot_candidates, one_hot_union
 from streamlearn.serving import Candidate, ScoreRequest, Served
-from streamlearn.training import Training
+from streamlearn.training import Training, TrainingPolicy
 from tests.unit.test_training import example
 
 
@@ -56,7 +56,9 @@ def test_the_fused_encoding_is_the_pipelines_in_the_same_order() -> None:
     ids=["onehot", "hash", "scaled", "fm"],
 )
 def test_a_request_scores_as_its_candidates_one_by_one(spec: ModelSpec) -> None:
-    t = Training(spec, ManualClock(0.0), every_n=10**6, every_s=1e9)
+    t = Training(
+        spec, ManualClock(0.0), TrainingPolicy(checkpoint_every_n=10**6, checkpoint_every_s=1e9)
+    )
     for i in range(200):
         t.learn(example(i % 3 == 0, random.Random(i).choice(["likes", "dislikes"])), 0, i)
     served = Served("ctr", 1, t.learner)

@@ -3,14 +3,17 @@ gives at start-up."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from streamlearn.errors import ConfigError
 from streamlearn.learning import AdPredictorSpec, FactorizationMachineSpec
-from streamlearn.settings import Settings
+from streamlearn.settings import Settings, flat_names
 
 TOML = """
 checkpoint_every_n = 500
@@ -50,7 +53,7 @@ def test_toml_file_with_an_environment_override(
 ) -> None:
     monkeypatch.setenv("STREAMLEARN_MODEL__LEARNER__LEARNING_RATE", "0.05")
     s = load(tmp_path, monkeypatch, "streamlearn.toml", TOML)
-    assert s.checkpoint_every_n == 500 and s.model.encoding == "hash"
+    assert s.training.checkpoint_every_n == 500 and s.model.encoding == "hash"
     assert s.model.learner.kind == "logistic_regression"
     assert s.model.learner.learning_rate == 0.05  # the environment wins over the file
     (fm,) = s.challengers
@@ -89,4 +92,109 @@ def test_a_bad_spec_fails_naming_the_field_and_why(
 def test_a_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMLEARN_CONFIG", "/nowhere/streamlearn.toml")
     with pytest.raises(ConfigError, match=r"/nowhere/streamlearn\.toml"):
+        Settings()
+
+
+# Every documented environment variable, a value for it, and where that value must land. A name
+# the README documents (as STREAMLEARN_NAME, or as a bare NAME in backticks), or a flat name a
+# policy answers to, must be here: the tests below prove each one is read.
+RULE = '[{"name": "r", "metric": "roc_auc", "window": "5m", "bad": "below", "threshold": 0.5}]'
+HOOK = '[{"name": "h", "url": "http://127.0.0.1:9/x", "secret": "s"}]'
+ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
+    "KAFKA_BOOTSTRAP": ("k:9093", lambda s: s.kafka_bootstrap, "k:9093"),
+    "REDIS_URL": ("redis://r:6380/2", lambda s: s.redis_url, "redis://r:6380/2"),
+    "TOPIC_PREFIX": ("shop.", lambda s: s.topic_prefix, "shop."),
+    "PARTITIONS": ("6", lambda s: s.partitions, 6),
+    "SNAPSHOT_HMAC_KEY": ("k3y", lambda s: s.snapshot_hmac_key.get_secret_value(), "k3y"),
+    "ARCHIVE_URL": ("s3://b/p", lambda s: s.archive_url, "s3://b/p"),
+    "ARCHIVE_OPTIONS": ('{"region": "eu"}', lambda s: s.archive_options, {"region": "eu"}),
+    "CHALLENGERS": ('[{"name": "fm"}]', lambda s: [m.name for m in s.challengers], ["fm"]),
+    "MODEL__LEARNER__LEARNING_RATE": ("0.05", lambda s: s.model.learner.learning_rate, 0.05),
+    "ATTRIBUTION_WINDOW_S": ("45", lambda s: s.join.window_s, 45.0),
+    "ALLOWED_LATENESS_S": ("3", lambda s: s.join.allowed_lateness_s, 3.0),
+    "IDLE_TIMEOUT_S": ("11", lambda s: s.join.idle_timeout_s, 11.0),
+    "EARLY_OUTCOME_GRACE_S": ("12", lambda s: s.join.early_grace_s, 12.0),
+    "POSITIVE_KINDS": ('["purchase"]', lambda s: s.join.positive_kinds, {"purchase"}),
+    "COMBINE": ("sum_value", lambda s: s.join.combine, "sum_value"),
+    "LATE_POLICY": ("correct", lambda s: s.join.late_policy, "correct"),
+    "MATCH_BY_USER_ITEM": ("true", lambda s: s.join.match_by_user_item, True),
+    "DEDUP_RETENTION_S": ("60", lambda s: s.join.dedup_retention_s, 60.0),
+    "JOINER_TICK_S": ("2", lambda s: s.join.tick_s, 2.0),
+    "JOINER_COMMIT_S": ("0.2", lambda s: s.join.commit_s, 0.2),
+    "JOINER_STATS_S": ("7", lambda s: s.join.stats_s, 7.0),
+    "JOINER_METRICS_PORT": ("0", lambda s: s.join.metrics_port, 0),
+    "CHECKPOINT_EVERY_N": ("50", lambda s: s.training.checkpoint_every_n, 50),
+    "CHECKPOINT_EVERY_S": ("3", lambda s: s.training.checkpoint_every_s, 3.0),
+    "CORRECTION_POLICY": ("learn", lambda s: s.training.correction_policy, "learn"),
+    "CORRECTION_WEIGHT": ("0.5", lambda s: s.training.correction_weight, 0.5),
+    "TRAINER_METRICS_PORT": ("9200", lambda s: s.training.metrics_port, 9200),
+    "MONITOR_EVALUATE_S": ("1", lambda s: s.monitor.evaluate_s, 1.0),
+    "MONITOR_REFERENCE_SIZE": ("300", lambda s: s.monitor.reference_size, 300),
+    "MONITOR_RECOVERY_EXAMPLES": ("30", lambda s: s.monitor.recovery_examples, 30),
+    "MONITOR_WARMUP_EXAMPLES": ("0", lambda s: s.monitor.warmup_examples, 0),
+    "MONITOR_REFERENCE_RENEW_EXAMPLES": ("9", lambda s: s.monitor.reference_renew_examples, 9),
+    "MONITOR_MAX_VERSIONS": ("4", lambda s: s.monitor.max_versions, 4),
+    "MONITOR_METRICS_PORT": ("0", lambda s: s.monitor.metrics_port, 0),
+    "MONITOR_RULES": (RULE, lambda s: [r.name for r in s.monitor.rules], ["r"]),
+    "WEBHOOKS": (HOOK, lambda s: [w.name for w in s.monitor.webhooks], ["h"]),
+    "AUTO_ACTION": ("rollback", lambda s: s.monitor.auto_action, "rollback"),
+    "AUTO_ACTION_RULES": ('["r"]', lambda s: s.monitor.auto_action_rules, ["r"]),
+    "ALERT_LINK": ("http://x/{model}", lambda s: s.monitor.alert_link, "http://x/{model}"),
+    "API_HOST": ("0.0.0.0", lambda s: s.api.host, "0.0.0.0"),
+    "API_PORT": ("8100", lambda s: s.api.port, 8100),
+    "API_ACCESS_LOG": ("false", lambda s: s.api.access_log, False),
+    "MAX_CANDIDATES": ("20", lambda s: s.api.max_candidates, 20),
+    "MAX_BODY_BYTES": ("2048", lambda s: s.api.max_body_bytes, 2048),
+    "MODEL_POLL_S": ("0.5", lambda s: s.api.model_poll_s, 0.5),
+    "EXPLORE_EPSILON": ("0.05", lambda s: s.api.explore_epsilon, 0.05),
+    "ADMIN_KEY": ("adm", lambda s: s.api.admin_key and s.api.admin_key.get_secret_value(), "adm"),
+    "SCORING_KEYS": (
+        '["a", "b"]',
+        lambda s: [k.get_secret_value() for k in s.api.scoring_keys],
+        ["a", "b"],
+    ),
+    "API_BUFFER_MAX": ("9", lambda s: s.api.buffer_max, 9),
+    "API_DELIVERY_TIMEOUT_S": ("9", lambda s: s.api.delivery_timeout_s, 9.0),
+}
+NOT_SETTINGS = {"CONFIG", "HOME", "CI"}  # read by the CLI, the loop and make, not Settings
+
+
+def documented() -> set[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"STREAMLEARN_([A-Z][A-Z0-9_]*[A-Z0-9])", readme))
+    named |= set(re.findall(r"`([A-Z][A-Z0-9_]*[A-Z0-9])(?:=[^`]*)?`", readme))
+    return {n.removeprefix("STREAMLEARN_") for n in named} - NOT_SETTINGS
+
+
+def test_every_documented_and_flat_name_is_in_the_table() -> None:
+    flat = {name.upper() for name in flat_names()}
+    assert documented() - ENV.keys() == set()
+    assert flat - ENV.keys() == set()
+
+
+@pytest.mark.parametrize("name", sorted(ENV))
+def test_each_environment_variable_lands_where_it_should(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, where, expected = ENV[name]
+    default = where(Settings())
+    monkeypatch.setenv(f"STREAMLEARN_{name}", raw)
+    assert where(Settings()) == expected != default
+
+
+def test_a_nested_name_and_a_flat_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sections take nested names in the environment and in files; flat names still work, and
+    the environment wins over the file whichever form either uses."""
+    monkeypatch.setenv("STREAMLEARN_JOIN__IDLE_TIMEOUT_S", "4")
+    monkeypatch.setenv("STREAMLEARN_ATTRIBUTION_WINDOW_S", "6")
+    text = "attribution_window_s = 9\ndedup_retention_s = 70\n[monitor]\nevaluate_s = 2\n"
+    s = load(tmp_path, monkeypatch, "mixed.toml", text)
+    assert (s.join.idle_timeout_s, s.join.window_s, s.join.dedup_retention_s) == (4, 6, 70)
+    assert s.monitor.evaluate_s == 2
+    assert Settings(attribution_window_s=3).join.window_s == 3  # arguments win over all
+
+
+def test_a_bad_flat_value_names_its_section_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLEARN_ATTRIBUTION_WINDOW_S", "-1")
+    with pytest.raises(ValidationError, match=r"join\.window_s"):
         Settings()

@@ -6,11 +6,15 @@ from streamlearn.clock import ManualClock
 from streamlearn.errors import SignatureError
 from streamlearn.learning import ModelSpec
 from streamlearn.snapshots import Snapshot
-from streamlearn.training import Training
+from streamlearn.training import Training, TrainingPolicy
 
 
 def snapshot() -> Snapshot:
-    t = Training(ModelSpec(), ManualClock(5.0), every_n=10, every_s=60.0)
+    t = Training(
+        ModelSpec(),
+        ManualClock(5.0),
+        TrainingPolicy(checkpoint_every_n=10, checkpoint_every_s=60.0),
+    )
     return t.snapshot(1)
 
 

@@ -5,7 +5,7 @@ import pytest
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
-from streamlearn.training import Training, example_features
+from streamlearn.training import Training, TrainingPolicy, example_features
 
 
 def example(label: bool, segment: str = "a") -> LabeledExample:
@@ -27,7 +27,7 @@ def example(label: bool, segment: str = "a") -> LabeledExample:
 
 def test_checkpoint_is_due_by_count_or_time_and_resets() -> None:
     clock = ManualClock(0.0)
-    t = Training(ModelSpec(), clock, every_n=3, every_s=10.0)
+    t = Training(ModelSpec(), clock, TrainingPolicy(checkpoint_every_n=3, checkpoint_every_s=10.0))
     assert not t.checkpoint_due()  # nothing learned: nothing to save
     t.learn(example(True), 0, 0)
     assert not t.checkpoint_due()
@@ -41,21 +41,32 @@ def test_checkpoint_is_due_by_count_or_time_and_resets() -> None:
 
 def test_snapshot_states_the_resume_point_and_lineage() -> None:
     clock = ManualClock(100.0)
-    t = Training(ModelSpec(), clock, every_n=100, every_s=60.0)
+    t = Training(
+        ModelSpec(), clock, TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0)
+    )
     t.learn(example(True), 0, 10)
     t.learn(example(False), 2, 4)
     first = t.snapshot(1)
     assert first.offsets == {0: 11, 2: 5} and first.samples_seen == 2
     assert first.parent_version is None and first.created_at == 100.0
     t.checkpointed(1)
-    resumed = Training(ModelSpec(), clock, every_n=100, every_s=60.0, snapshot=first)
+    resumed = Training(
+        ModelSpec(),
+        clock,
+        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+        snapshot=first,
+    )
     resumed.learn(example(True), 0, 11)
     second = resumed.snapshot(2)
     assert second.parent_version == 1 and second.samples_seen == 3 and second.offsets[0] == 12
 
 
 def test_progressive_validation_scores_before_learning() -> None:
-    t = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
+    t = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+    )
     for n in range(200):
         t.learn(example(True, "a"), 0, 2 * n)
         t.learn(example(False, "z"), 0, 2 * n + 1)
@@ -65,12 +76,21 @@ def test_progressive_validation_scores_before_learning() -> None:
 
 
 def test_corrections_are_skipped_and_weights_are_used() -> None:
-    t = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
+    t = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+    )
     late = example(True).model_copy(update={"correction": True})
     t.learn(late, 0, 7)
     assert t.samples_seen == 0 and t.offsets == {0: 8}
     light, heavy = (
-        Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0) for _ in range(2)
+        Training(
+            ModelSpec(),
+            ManualClock(0.0),
+            TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+        )
+        for _ in range(2)
     )
     light.learn(example(True), 0, 0)
     heavy.learn(example(True).model_copy(update={"weight": 5.0}), 0, 0)
@@ -82,10 +102,12 @@ def test_correction_policy_learn_weights_the_late_positive() -> None:
     t = Training(
         ModelSpec(),
         ManualClock(0.0),
-        every_n=100,
-        every_s=60.0,
-        correction_policy="learn",
-        correction_weight=0.5,
+        TrainingPolicy(
+            checkpoint_every_n=100,
+            checkpoint_every_s=60.0,
+            correction_policy="learn",
+            correction_weight=0.5,
+        ),
     )
     t.learn(example(True).model_copy(update={"correction": True}), 0, 7)
     assert t.samples_seen == 1 and t.learner.positives == 1
@@ -93,11 +115,18 @@ def test_correction_policy_learn_weights_the_late_positive() -> None:
 
 def test_a_model_skips_what_its_snapshot_has_learned() -> None:
     """Several models share one pass; each resumes from its own offsets."""
-    ahead = Training(ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0)
+    ahead = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+    )
     for n in range(5):
         ahead.learn(example(n % 2 == 0), 0, n)
     restored = Training(
-        ModelSpec(), ManualClock(0.0), every_n=100, every_s=60.0, snapshot=ahead.snapshot(1)
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
+        snapshot=ahead.snapshot(1),
     )
     for n in range(8):  # the shared pass re-reads from an earlier offset
         restored.learn(example(n % 2 == 0), 0, n)
@@ -112,7 +141,9 @@ def test_every_learner_and_encoding_learns_who_likes_what(
     learner: dict[str, str], encoding: str, scale: bool
 ) -> None:
     spec = ModelSpec.model_validate({"learner": learner, "encoding": encoding, "scale": scale})
-    t = Training(spec, ManualClock(0.0), every_n=1000, every_s=60.0)
+    t = Training(
+        spec, ManualClock(0.0), TrainingPolicy(checkpoint_every_n=1000, checkpoint_every_s=60.0)
+    )
     for n in range(300):
         t.learn(example(True, "likes"), 0, 2 * n)
         t.learn(example(False, "dislikes"), 0, 2 * n + 1)
