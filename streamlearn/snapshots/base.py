@@ -1,12 +1,13 @@
 """A model snapshot, its signed wire form, and the store interface every backend implements.
 
-Wire form, one atomic object::
+Wire form, one atomic object: a blob signed for the purpose ``snapshot``
+(:mod:`streamlearn.signing`), whose body is::
 
-    b"SLS1" | HMAC-SHA256(key, body) (32 bytes) | body
-    body = len(meta) (4 bytes, big endian) | meta (JSON) | pickled model
+    len(meta) (4 bytes, big endian) | meta (JSON) | pickled model
 
 The signature is verified before the metadata is trusted or the model is unpickled, so a snapshot
-altered in the store (or signed with another key) is refused and never loaded.
+altered in the store (or signed with another key, or for another purpose) is refused and never
+loaded. Snapshots written before that framing (``b"SLS1" | HMAC | body``) are still read.
 
 Offsets are *next* offsets: ``offsets[p] = n`` means the model has learned every record of
 partition ``p`` below offset ``n`` and none at or above it. A restarted trainer seeks to exactly
@@ -25,8 +26,6 @@ streamlearn.errors.SignatureError: snapshot signature does not verify: refusing 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import pickle
 import struct
 from dataclasses import dataclass, field, fields
@@ -34,10 +33,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamlearn import __version__
-from streamlearn.errors import SignatureError, SnapshotNotFound
+from streamlearn import __version__, signing
+from streamlearn.errors import SnapshotNotFound
 
-MAGIC = b"SLS1"
 SCHEMA_VERSION = 1
 
 
@@ -65,16 +63,11 @@ class Snapshot:
     def sign(self, key: bytes) -> bytes:
         meta = orjson.dumps(self.meta())
         body = struct.pack(">I", len(meta)) + meta + pickle.dumps(self.model, protocol=5)
-        return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+        return signing.sign(body, key, signing.SNAPSHOT)
 
     @staticmethod
     def _body(blob: bytes, key: bytes) -> bytes:
-        if blob[:4] != MAGIC or len(blob) < 40:
-            raise SignatureError("not a streamlearn snapshot: refusing to load it")
-        body = blob[36:]
-        if not hmac.compare_digest(blob[4:36], hmac.new(key, body, hashlib.sha256).digest()):
-            raise SignatureError("snapshot signature does not verify: refusing to load it")
-        return body
+        return signing.verify(blob, key, signing.SNAPSHOT)
 
     @staticmethod
     def _split(body: bytes) -> tuple[dict[str, Any], bytes]:
