@@ -28,7 +28,7 @@ from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, 
 from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings, get_settings
-from streamlearn.snapshots import SnapshotStore, TieredSnapshotStore, open_store
+from streamlearn.snapshots import SnapshotStore, open_store
 
 log = logging.getLogger("streamlearn.api")
 
@@ -99,10 +99,9 @@ def create_app(
         # stalls every request in flight for tens of milliseconds.
         gc.freeze()
         stop = threading.Event()
-        if isinstance(snapshots, TieredSnapshotStore):
-            threading.Thread(
-                target=holder.follow, args=(snapshots.hot, stop), name="notices", daemon=True
-            ).start()
+        threading.Thread(
+            target=holder.follow, args=(snapshots, stop), name="notices", daemon=True
+        ).start()
 
         async def poll() -> None:
             while True:

@@ -36,7 +36,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from prometheus_client import Gauge, start_http_server
-from redis.exceptions import RedisError
 
 from streamlearn import signing
 from streamlearn.actions import auto_rollback
@@ -241,7 +240,7 @@ class MonitorProcess:
                 champion = self.registry.resolve(model, CHAMPION)
             except SnapshotNotFound:
                 champion = None  # no alias: the API serves the newest version
-            except (StreamlearnError, RedisError) as exc:
+            except StreamlearnError as exc:
                 log.warning("could not read %s's champion: %s", model, exc)
                 continue
             self.monitor.on_champion(model, champion)

@@ -28,12 +28,18 @@ from __future__ import annotations
 from typing import Any
 
 from streamlearn.errors import SnapshotError, SnapshotNotFound
-from streamlearn.snapshots.base import SnapshotStore
+from streamlearn.snapshots.base import RegistryDocument, SnapshotStore
 
 CHAMPION = "champion"
 
+__all__ = ["CHAMPION", "Registry", "RegistryDocument"]
+
 
 class Registry:
+    """Versions and aliases over a store. Every change is one atomic
+    :meth:`~streamlearn.snapshots.base.SnapshotStore.update_registry`, so the admin API, the
+    CLI and the monitor's automatic rollback can all write at once and lose nothing."""
+
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
 
@@ -42,9 +48,8 @@ class Registry:
         doc = self.store.read_registry(model_name)
         out = []
         for meta in self.store.versions(model_name):
-            v = meta["version"]
-            meta["aliases"] = sorted(a for a, av in doc["aliases"].items() if av == v)
-            meta["pinned"] = v in doc["pins"]
+            meta["aliases"] = doc.aliases_of(meta["version"])
+            meta["pinned"] = meta["version"] in doc.pins
             out.append(meta)
         return out
 
@@ -57,51 +62,39 @@ class Registry:
             return version
         if version.isdigit():
             return int(version)
-        aliases = self.store.read_registry(model_name)["aliases"]
+        aliases = self.store.read_registry(model_name).aliases
         if version not in aliases:
             raise SnapshotNotFound(f"model {model_name!r} has no alias {version!r}")
-        return int(aliases[version])
+        return aliases[version]
 
     def served_version(self, model_name: str, alias: str = CHAMPION) -> int | None:
         """The version an alias names, or the latest version when the alias is not set."""
-        aliases = self.store.read_registry(model_name)["aliases"]
-        return int(aliases[alias]) if alias in aliases else self.store.latest_version(model_name)
+        aliases = self.store.read_registry(model_name).aliases
+        return aliases[alias] if alias in aliases else self.store.latest_version(model_name)
 
     def promote(self, model_name: str, version: int, alias: str = CHAMPION) -> None:
         self.store.meta(model_name, version)  # exists, and its signature verifies
-        doc = self.store.read_registry(model_name)
-        current = doc["aliases"].get(alias)
-        if current == version:
-            return
-        if current is not None:
-            doc["history"].setdefault(alias, []).append(current)
-        doc["aliases"][alias] = version
-        self.store.write_registry(model_name, doc)
+        self.store.update_registry(model_name, lambda d: d.promoted(alias, version))
 
     def rollback(self, model_name: str, alias: str = CHAMPION) -> int:
         """Point the alias back at the version it named before; returns that version."""
-        doc = self.store.read_registry(model_name)
-        history = doc["history"].get(alias) or []
-        if not history:
-            raise SnapshotError(f"{model_name}:{alias} has no earlier version to roll back to")
-        previous = int(history.pop())
-        doc["aliases"][alias] = previous
-        self.store.write_registry(model_name, doc)
-        return previous
+
+        def back(doc: RegistryDocument) -> RegistryDocument:
+            try:
+                return doc.rolled_back(alias)
+            except SnapshotError as exc:
+                raise SnapshotError(f"model {model_name!r}: {exc}") from None
+
+        return self.store.update_registry(model_name, back).aliases[alias]
 
     def pin(self, model_name: str, version: int, pinned: bool = True) -> None:
         self.store.meta(model_name, version)
-        doc = self.store.read_registry(model_name)
-        pins = set(doc["pins"]) | {version} if pinned else set(doc["pins"]) - {version}
-        doc["pins"] = sorted(pins)
-        self.store.write_registry(model_name, doc)
+        self.store.update_registry(model_name, lambda d: d.pinned(version, pinned))
 
     def retain(self, model_name: str, keep_last: int) -> list[int]:
         """Delete all but the newest ``keep_last`` versions, sparing aliased and pinned ones
         and those an alias can roll back to. Returns the versions deleted."""
-        doc = self.store.read_registry(model_name)
-        spared = set(doc["pins"]) | {int(v) for v in doc["aliases"].values()}
-        spared |= {int(v) for h in doc["history"].values() for v in h}
+        spared = self.store.read_registry(model_name).spared()
         numbers = [m["version"] for m in self.store.versions(model_name)]
         spared |= set(numbers[-max(1, keep_last) :])
         gone = [v for v in numbers if v not in spared]

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from redis.exceptions import RedisError
 
-from streamlearn.errors import SnapshotError
+from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
 from streamlearn.features import FeatureValue, impression_features
 from streamlearn.learning import Learner
 from streamlearn.policy import Policy
 from streamlearn.registry import Registry
 from streamlearn.snapshots.base import SnapshotStore
-from streamlearn.snapshots.redis import RedisSnapshotStore
 
 log = logging.getLogger("streamlearn.serving")
 
@@ -141,17 +139,24 @@ class ModelHolder:
         self.model_name = model_name
         self.current: Served | None = None
         self.swaps = 0
+        # The poll, the notice follower and an admin request may refresh at once: one at a time,
+        # so a version is loaded and counted once.
+        self._refreshing = threading.Lock()
 
     def refresh(self) -> bool:
         """Load the version to serve (the champion alias, else the latest) when it differs from
         the one held: promote and rollback both land here. True when swapped."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         held = self.current.version if self.current is not None else None
         try:
             wanted = self._registry.served_version(self.model_name)
             if wanted is None or wanted == held:
                 return False
             snapshot = self._store.get(self.model_name, wanted)
-        except (RedisError, SnapshotError) as exc:
+        except SnapshotError as exc:
             # Store down, or a version that fails verification: keep serving what we hold.
             log.warning("keeping version %s: %s", held, exc)
             return False
@@ -160,21 +165,21 @@ class ModelHolder:
         log.info("serving %s v%d", self.model_name, snapshot.version)
         return True
 
-    def follow(self, hot: RedisSnapshotStore, stop: threading.Event) -> None:
-        """Refresh on every Redis notice about this model until ``stop`` is set: the fast path
-        of a promotion (polling is the fallback). Reconnects with a capped backoff when Redis
-        goes away."""
+    def follow(self, store: SnapshotStore, stop: threading.Event) -> None:
+        """Refresh on every notice about this model until ``stop`` is set: the fast path of a
+        promotion (polling is the fallback). Follows again with a capped backoff when the
+        store's notices fail (Redis gone, say)."""
         prefix = f"{self.model_name}:"
         backoff = 0.5
         while not stop.is_set():
             try:
-                for notice in hot.notices():
+                for notice in store.notices():
                     backoff = 0.5
                     if stop.is_set():
                         return
                     if notice == "" or (notice is not None and notice.startswith(prefix)):
                         self.refresh()
-            except RedisError as exc:
-                log.warning("Redis notices unavailable (%s): polling only, retrying", exc)
+            except StoreUnavailable as exc:
+                log.warning("store notices unavailable (%s): polling only, retrying", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

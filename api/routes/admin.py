@@ -27,8 +27,8 @@ def _summary(registry: Registry, model: str) -> ModelSummary:
     doc = registry.store.read_registry(model)
     return ModelSummary(
         model=model,
-        aliases={a: int(v) for a, v in doc["aliases"].items()},
-        pinned=[int(v) for v in doc["pins"]],
+        aliases=doc.aliases,
+        pinned=doc.pins,
         versions=registry.versions(model),
     )
 

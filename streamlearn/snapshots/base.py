@@ -1,4 +1,5 @@
-"""A model snapshot, its signed wire form, and the store interface every backend implements.
+"""A model snapshot, its signed wire form, the registry document, and the store interface every
+backend implements.
 
 Wire form, one atomic object: a blob signed for the purpose ``snapshot``
 (:mod:`streamlearn.signing`), whose body is::
@@ -28,13 +29,16 @@ from __future__ import annotations
 
 import pickle
 import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from streamlearn import __version__, signing
-from streamlearn.errors import SnapshotNotFound
+from streamlearn.errors import SnapshotError, SnapshotNotFound
 
 SCHEMA_VERSION = 1
 
@@ -89,17 +93,133 @@ class Snapshot:
         return cls(model=model, offsets=offsets, **meta)
 
 
-class SignedBlobs:
-    """What every backend shares: versions are signed blobs, resolved and verified here; a
-    backend only lists version numbers and reads one blob."""
+class RegistryDocument(BaseModel):
+    """A model's registry: aliases, each alias's past versions, pinned versions.
+
+    Changed only through a store's :meth:`SnapshotStore.update_registry`, which applies one of
+    the pure changes below atomically (compare and set); each change that alters the document
+    raises its ``revision`` by one, so copies of it can be ordered.
+
+    >>> doc = RegistryDocument().promoted("champion", 3).promoted("champion", 5)
+    >>> doc.aliases, doc.history, doc.revision
+    ({'champion': 5}, {'champion': [3]}, 2)
+    >>> doc.rolled_back("champion").aliases
+    {'champion': 3}
+    >>> doc.promoted("champion", 5) == doc  # no change, no new revision
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revision: int = Field(0, ge=0, description="Raised by one with every change.")
+    aliases: dict[str, int] = Field(default_factory=dict)
+    history: dict[str, list[int]] = Field(
+        default_factory=dict, description="Per alias, the versions it named before, oldest first."
+    )
+    pins: list[int] = Field(default_factory=list, description="Never deleted by retention.")
+
+    def _changed(self, **update: Any) -> RegistryDocument:
+        return self.model_copy(update={**update, "revision": self.revision + 1})
+
+    def aliases_of(self, version: int) -> list[str]:
+        return sorted(a for a, v in self.aliases.items() if v == version)
+
+    def promoted(self, alias: str, version: int) -> RegistryDocument:
+        current = self.aliases.get(alias)
+        if current == version:
+            return self
+        history = dict(self.history)
+        if current is not None:
+            history[alias] = [*history.get(alias, []), current]
+        return self._changed(aliases={**self.aliases, alias: version}, history=history)
+
+    def rolled_back(self, alias: str) -> RegistryDocument:
+        """The alias back at the version it named before; SnapshotError when there is none."""
+        past = self.history.get(alias) or []
+        if not past:
+            raise SnapshotError(f"{alias!r} has no earlier version to roll back to")
+        return self._changed(
+            aliases={**self.aliases, alias: past[-1]}, history={**self.history, alias: past[:-1]}
+        )
+
+    def pinned(self, version: int, pinned: bool = True) -> RegistryDocument:
+        pins = set(self.pins) | {version} if pinned else set(self.pins) - {version}
+        return self if sorted(pins) == self.pins else self._changed(pins=sorted(pins))
+
+    def spared(self) -> set[int]:
+        """The versions retention keeps whatever their age: pinned, aliased, or an alias's
+        rollback target."""
+        kept = set(self.pins) | set(self.aliases.values())
+        return kept | {v for past in self.history.values() for v in past}
+
+
+RegistryChange = Callable[[RegistryDocument], RegistryDocument]
+
+
+class SnapshotStore(ABC):
+    """Where versions live, the one interface callers see. Versions are immutable; ``latest``
+    moves with every new one. A backend raises only streamlearn's errors: the backend's own
+    (``RedisError``, obstore's) become :class:`~streamlearn.errors.StoreUnavailable` where they
+    are raised."""
+
+    @abstractmethod
+    def models(self) -> list[str]: ...
+
+    @abstractmethod
+    def next_version(self, model_name: str) -> int: ...
+
+    @abstractmethod
+    def put(self, snapshot: Snapshot) -> None:
+        """Store durably and atomically, then make it the model's latest version."""
+
+    @abstractmethod
+    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+        """A version, or the latest one when ``version`` is None. Raises SnapshotNotFound."""
+
+    @abstractmethod
+    def latest_version(self, model_name: str) -> int | None: ...
+
+    @abstractmethod
+    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        """Verified metadata of a version (the latest when None), without the model."""
+
+    @abstractmethod
+    def versions(self, model_name: str) -> list[dict[str, Any]]:
+        """Metadata of every stored version, oldest first."""
+
+    @abstractmethod
+    def delete(self, model_name: str, version: int) -> None: ...
+
+    @abstractmethod
+    def read_registry(self, model_name: str) -> RegistryDocument: ...
+
+    @abstractmethod
+    def update_registry(self, model_name: str, change: RegistryChange) -> RegistryDocument:
+        """Apply ``change`` to the current document and store the result, atomically: when
+        another writer got there first, ``change`` is applied again to what it wrote. A change
+        that returns the document unchanged writes nothing; one that raises writes nothing and
+        its error propagates. Returns the document as stored."""
+
+    @abstractmethod
+    def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
+        """What changes, as it changes: ``""`` first, once listening (what changed before has
+        no notice coming, so a follower looks for itself then); then ``<model>:<version>`` for
+        each new version and ``<model>:registry`` for each registry change; and None after
+        each ``wait_s`` without one, so a follower can check whether to stop. Raises
+        StoreUnavailable when the store cannot be followed."""
+
+
+class SignedBlobs(SnapshotStore):
+    """What the single backends share: versions are signed blobs, resolved and verified here; a
+    backend lists version numbers and reads one blob."""
 
     _key: bytes
 
-    def version_numbers(self, model_name: str) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def version_numbers(self, model_name: str) -> list[int]: ...
 
-    def _read(self, model_name: str, version: int) -> bytes | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _read(self, model_name: str, version: int) -> bytes | None: ...
 
     def latest_version(self, model_name: str) -> int | None:
         numbers = self.version_numbers(model_name)
@@ -123,42 +243,3 @@ class SignedBlobs:
 
     def versions(self, model_name: str) -> list[dict[str, Any]]:
         return [self.meta(model_name, v) for v in self.version_numbers(model_name)]
-
-
-def empty_registry() -> dict[str, Any]:
-    """A model's registry document: aliases, each alias's past versions, pinned versions."""
-    return {"aliases": {}, "history": {}, "pins": []}
-
-
-class SnapshotStore(Protocol):
-    """Where versions live. Versions are immutable; ``latest`` moves with every new one."""
-
-    def models(self) -> list[str]: ...
-
-    def next_version(self, model_name: str) -> int: ...
-
-    def put(self, snapshot: Snapshot) -> None:
-        """Store durably and atomically, then make it the model's latest version."""
-        ...
-
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        """A version, or the latest one when ``version`` is None. Raises SnapshotNotFound."""
-        ...
-
-    def latest_version(self, model_name: str) -> int | None: ...
-
-    def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
-        """Verified metadata of a version (the latest when None), without the model."""
-        ...
-
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        """Metadata of every stored version, oldest first."""
-        ...
-
-    def delete(self, model_name: str, version: int) -> None: ...
-
-    def read_registry(self, model_name: str) -> dict[str, Any]:
-        """The model's registry document (see :func:`empty_registry`)."""
-        ...
-
-    def write_registry(self, model_name: str, doc: dict[str, Any]) -> None: ...

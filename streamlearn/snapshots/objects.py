@@ -3,12 +3,20 @@
 Layout under the store's URL::
 
     <model>/v<version, 10 digits>.sls   the signed snapshot blob, written once (create-only)
-    <model>/registry.json               aliases, their history, pins
+    <model>/registry.json               the RegistryDocument: aliases, their history, pins
 
 URLs are obstore's: ``file:///var/lib/streamlearn/snapshots`` (the default is a directory in the
 user's cache), ``s3://bucket/prefix``, ``gs://...``, ``az://...``. Credentials and endpoints come
 from the usual environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``...) or
 ``options``.
+
+A registry change is a compare and set: a conditional put on the document's ETag where the
+store supports it (S3, GCS, Azure), and an exclusive lock on a file beside it in a local
+directory (obstore cannot put conditionally there). Object storage pushes nothing, so
+:meth:`ObjectSnapshotStore.notices` polls each model's newest version and registry revision
+(every ``notices_poll_s``).
+Every obstore error other than a missing object leaves this module as
+:class:`~streamlearn.errors.StoreUnavailable`.
 
 >>> import tempfile
 >>> store = ObjectSnapshotStore(f"file://{tempfile.mkdtemp()}", b"key")
@@ -21,22 +29,42 @@ from the usual environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import obstore
-import orjson
-from obstore.exceptions import AlreadyExistsError
+from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 from obstore.store import from_url
 
-from streamlearn.errors import SnapshotError
-from streamlearn.snapshots.base import SignedBlobs, Snapshot, empty_registry
+from streamlearn.errors import SnapshotError, StoreUnavailable
+from streamlearn.snapshots.base import RegistryChange, RegistryDocument, SignedBlobs, Snapshot
+
+
+@contextmanager
+def _unavailable(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (FileNotFoundError, AlreadyExistsError, PreconditionError):
+        raise  # a missing object, a lost race: the caller decides what that means
+    except (BaseError, OSError, RuntimeError) as exc:  # obstore's, and its NotImplementedError
+        raise StoreUnavailable(f"the archive {url} failed: {exc}") from exc
 
 
 class ObjectSnapshotStore(SignedBlobs):
-    def __init__(self, url: str, key: bytes, **options: Any) -> None:
+    def __init__(
+        self, url: str, key: bytes, *, notices_poll_s: float | None = 1.0, **options: Any
+    ) -> None:
+        """``options`` are obstore's for the URL; ``notices_poll_s`` is how often
+        :meth:`notices` looks for changes (None: never, and it only says it is listening)."""
+        self.notices_poll_s = notices_poll_s
+        self._local: Path | None = None
         if url.startswith("file://"):
-            Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+            self._local = Path(url.removeprefix("file://"))
+            self._local.mkdir(parents=True, exist_ok=True)
         self.url = url
         self._store = from_url(url, **options)
         self._key = key
@@ -47,15 +75,17 @@ class ObjectSnapshotStore(SignedBlobs):
 
     def version_numbers(self, model_name: str) -> list[int]:
         found = []
-        for batch in obstore.list(self._store, f"{model_name}/"):
-            for obj in batch:
-                name = obj["path"].rsplit("/", 1)[-1]
-                if name.startswith("v") and name.endswith(".sls"):
-                    found.append(int(name[1:-4]))
+        with _unavailable(self.url):
+            for batch in obstore.list(self._store, f"{model_name}/"):
+                for obj in batch:
+                    name = obj["path"].rsplit("/", 1)[-1]
+                    if name.startswith("v") and name.endswith(".sls"):
+                        found.append(int(name[1:-4]))
         return sorted(found)
 
     def models(self) -> list[str]:
-        listing = obstore.list_with_delimiter(self._store)
+        with _unavailable(self.url):
+            listing = obstore.list_with_delimiter(self._store)
         return sorted(p.rstrip("/") for p in listing["common_prefixes"])
 
     def next_version(self, model_name: str) -> int:
@@ -64,27 +94,87 @@ class ObjectSnapshotStore(SignedBlobs):
     def put(self, snapshot: Snapshot) -> None:
         path = self._path(snapshot.model_name, snapshot.version)
         try:
-            # Create-only: a version, once written, never changes.
-            obstore.put(self._store, path, snapshot.sign(self._key), mode="create")
+            with _unavailable(self.url):
+                # Create-only: a version, once written, never changes.
+                obstore.put(self._store, path, snapshot.sign(self._key), mode="create")
         except AlreadyExistsError as exc:
             raise SnapshotError(f"{path} already exists: versions are immutable") from exc
 
     def _read(self, model_name: str, version: int) -> bytes | None:
         try:
-            return bytes(obstore.get(self._store, self._path(model_name, version)).bytes())
+            with _unavailable(self.url):
+                return bytes(obstore.get(self._store, self._path(model_name, version)).bytes())
         except FileNotFoundError:
             return None
 
     def delete(self, model_name: str, version: int) -> None:
-        obstore.delete(self._store, self._path(model_name, version))
+        with _unavailable(self.url):
+            obstore.delete(self._store, self._path(model_name, version))
 
-    def read_registry(self, model_name: str) -> dict[str, Any]:
+    # ---- the registry -------------------------------------------------------------------------
+
+    def _registry(self, model_name: str) -> tuple[RegistryDocument, str | None, bool]:
+        """The document, its ETag, and whether it exists."""
         try:
-            raw = obstore.get(self._store, f"{model_name}/registry.json").bytes()
+            with _unavailable(self.url):
+                got = obstore.get(self._store, f"{model_name}/registry.json")
+                raw = bytes(got.bytes())
         except FileNotFoundError:
-            return empty_registry()
-        doc: dict[str, Any] = orjson.loads(bytes(raw))
-        return doc
+            return RegistryDocument(), None, False
+        return RegistryDocument.model_validate_json(raw), got.meta["e_tag"], True
 
-    def write_registry(self, model_name: str, doc: dict[str, Any]) -> None:
-        obstore.put(self._store, f"{model_name}/registry.json", orjson.dumps(doc))
+    def read_registry(self, model_name: str) -> RegistryDocument:
+        return self._registry(model_name)[0]
+
+    def update_registry(self, model_name: str, change: RegistryChange) -> RegistryDocument:
+        path = f"{model_name}/registry.json"
+        if self._local is not None:
+            lock = self._local / model_name / ".registry.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with lock.open("a") as held:
+                fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+                doc = self.read_registry(model_name)
+                new = change(doc)
+                if new != doc:
+                    with _unavailable(self.url):
+                        obstore.put(self._store, path, new.model_dump_json().encode())
+                return new
+        while True:
+            doc, etag, exists = self._registry(model_name)
+            new = change(doc)
+            if new == doc:
+                return doc
+            mode: Any = {"e_tag": etag} if exists else "create"
+            try:
+                with _unavailable(self.url):
+                    obstore.put(self._store, path, new.model_dump_json().encode(), mode=mode)
+                return new
+            except (AlreadyExistsError, PreconditionError):
+                continue  # another writer was first: apply the change to what it wrote
+
+    # ---- notices ------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, tuple[int | None, int]]:
+        return {
+            m: (self.latest_version(m), self.read_registry(m).revision) for m in self.models()
+        }
+
+    def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
+        poll_s = self.notices_poll_s
+        seen = {} if poll_s is None else self._state()
+        yield ""
+        while True:
+            time.sleep(wait_s if poll_s is None else poll_s)
+            if poll_s is None:
+                yield None
+                continue
+            now = self._state()
+            changes: list[str | None] = []
+            for model, (latest, revision) in now.items():
+                before_latest, before_revision = seen.get(model, (None, 0))
+                if latest is not None and latest != before_latest:
+                    changes.append(f"{model}:{latest}")
+                if revision != before_revision:
+                    changes.append(f"{model}:registry")
+            seen = now
+            yield from changes or [None]

@@ -5,33 +5,28 @@ both have it: that is the point after which the trainer commits its offsets. Rea
 and fall back to the archive, so the API keeps loading versions while Redis is down, and a
 Redis that lost its data is refilled on the next write. Version numbers follow the archive, the
 one that never forgets.
+
+The registry document is changed in Redis (compare and set, so concurrent writers lose
+nothing), starting from the archive's copy when that one is newer (Redis lost its data), and
+the archive's copy then follows: it is replaced only by a newer revision, so two writers
+finishing out of order cannot leave an older document there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-from redis.exceptions import RedisError
+from collections.abc import Iterator
+from typing import Any
 
 from streamlearn.errors import SnapshotNotFound, StoreUnavailable
-from streamlearn.snapshots.base import Snapshot
+from streamlearn.snapshots.base import RegistryChange, RegistryDocument, Snapshot, SnapshotStore
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 
-T = TypeVar("T")
 
-
-class TieredSnapshotStore:
+class TieredSnapshotStore(SnapshotStore):
     def __init__(self, hot: RedisSnapshotStore, archive: ObjectSnapshotStore) -> None:
         self.hot = hot
         self.archive = archive
-
-    def _hot(self, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
     def models(self) -> list[str]:
         return self.archive.models()
@@ -41,7 +36,7 @@ class TieredSnapshotStore:
 
     def put(self, snapshot: Snapshot) -> None:
         self.archive.put(snapshot)
-        self._hot(lambda: self.hot.put(snapshot))
+        self.hot.put(snapshot)
 
     def latest_version(self, model_name: str) -> int | None:
         """Redis's latest (one call: the API asks every poll); the archive's when Redis is down
@@ -49,7 +44,7 @@ class TieredSnapshotStore:
         latest yet: it has not counted as written."""
         try:
             latest = self.hot.latest_version(model_name)
-        except RedisError:
+        except StoreUnavailable:
             latest = None
         return latest if latest is not None else self.archive.latest_version(model_name)
 
@@ -60,7 +55,7 @@ class TieredSnapshotStore:
                 raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
         try:
             return self.hot.get(model_name, version)
-        except (RedisError, SnapshotNotFound):
+        except (StoreUnavailable, SnapshotNotFound):
             return self.archive.get(model_name, version)
 
     def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
@@ -70,16 +65,27 @@ class TieredSnapshotStore:
         return self.archive.versions(model_name)
 
     def delete(self, model_name: str, version: int) -> None:
-        self._hot(lambda: self.hot.delete(model_name, version))
+        self.hot.delete(model_name, version)
         self.archive.delete(model_name, version)
 
-    def read_registry(self, model_name: str) -> dict[str, Any]:
+    def read_registry(self, model_name: str) -> RegistryDocument:
         try:
             return self.hot.read_registry(model_name)
-        except RedisError:
+        except StoreUnavailable:
             return self.archive.read_registry(model_name)
 
-    def write_registry(self, model_name: str, doc: dict[str, Any]) -> None:
+    def update_registry(self, model_name: str, change: RegistryChange) -> RegistryDocument:
+        archived = self.archive.read_registry(model_name)
+
+        def from_newest(hot: RegistryDocument) -> RegistryDocument:
+            return change(archived if archived.revision > hot.revision else hot)
+
         # Redis first: with Redis down a promote fails whole, rather than half done.
-        self._hot(lambda: self.hot.write_registry(model_name, doc))
-        self.archive.write_registry(model_name, doc)
+        new = self.hot.update_registry(model_name, from_newest)
+        self.archive.update_registry(
+            model_name, lambda old: new if new.revision > old.revision else old
+        )
+        return new
+
+    def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
+        return self.hot.notices(wait_s)

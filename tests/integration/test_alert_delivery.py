@@ -4,13 +4,9 @@ to the dead list; a restart mid-incident neither pages again nor forgets the res
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -19,56 +15,13 @@ import redis
 from streamlearn.alerting import Alarms, Alert, Rule
 from streamlearn.clock import ManualClock
 from streamlearn.outbox import Courier, Outbox
-from streamlearn.webhooks import Webhook, verify
+from streamlearn.webhooks import Webhook
 from tests.conftest import Infra, free_port, wait_until
+from tests.factories import SECRET, Receiver
 
 pytestmark = pytest.mark.integration
 
-SECRET = "receiver-secret"
 RULE = Rule(name="auc-floor", metric="rolling_auc", window="5m", bad="below", threshold=0.6)
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint: answers from ``script`` (then 200), keeps what it accepted."""
-
-    port: int
-    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
-    accepted: list[tuple[str, dict[str, object]]] = field(default_factory=list)
-    answered: list[int] = field(default_factory=list)
-    bad_signatures: int = 0
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                if not verify(SECRET.encode(), dict(self.headers.items()), raw, time.time()):
-                    receiver.bad_signatures += 1
-                status, extra = receiver.script.pop(0) if receiver.script else (200, {})
-                receiver.answered.append(status)
-                if status == 200:
-                    receiver.accepted.append(
-                        (self.headers["X-Streamlearn-Delivery"], json.loads(raw))
-                    )
-                self.send_response(status)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from tests.conftest import PrivateRedis, Processes, configure, free_port, records, wait_until
-from tests.unit.test_api import RANK, trained
+from tests.factories import RANK, trained
 
 pytestmark = pytest.mark.integration
 

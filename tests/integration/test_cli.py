@@ -18,7 +18,7 @@ from streamlearn.serving import Served
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from tests.conftest import ROOT, free_port, letters, records
-from tests.unit.test_api import trained
+from tests.factories import trained
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from streamlearn.clock import ManualClock
 from streamlearn.simulation import Deployed
 from streamlearn.snapshots import open_store
 from tests.conftest import ROOT, Processes, configure, produce, wait_until
-from tests.unit.test_api import trained
+from tests.factories import trained
 
 pytestmark = [
     pytest.mark.integration,

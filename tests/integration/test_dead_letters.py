@@ -11,7 +11,7 @@ import pytest
 
 from streamlearn.snapshots import open_store
 from tests.conftest import Processes, configure, examples, letters, produce, wait_until
-from tests.unit.test_training import example
+from tests.factories import example
 from topics import declared
 
 pytestmark = pytest.mark.integration

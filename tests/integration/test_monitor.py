@@ -15,7 +15,7 @@ from streamlearn.clock import ManualClock
 from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed
 from tests.conftest import Processes, configure, free_port, produce, wait_until
-from tests.integration.test_alert_delivery import SECRET, Receiver
+from tests.factories import SECRET, Receiver
 
 pytestmark = pytest.mark.integration
 

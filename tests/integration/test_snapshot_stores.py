@@ -1,12 +1,19 @@
 """One contract, every snapshot store: Redis, a local directory, S3 (a local S3-compatible
-server, moto's, started here), and the tiered store the trainer uses (Redis + archive)."""
+server, moto's, started here), and the tiered store the trainer uses (Redis + archive): versions,
+signatures, the registry and its compare-and-set, change notices, and only streamlearn's errors
+when a backend fails."""
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
+import random
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +24,12 @@ import redis
 from moto.server import ThreadedMotoServer
 
 from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
-from streamlearn.registry import Registry
+from streamlearn.registry import Registry, RegistryDocument
 from streamlearn.snapshots import RedisSnapshotStore, Snapshot, SnapshotStore
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.tiered import TieredSnapshotStore
-from tests.conftest import Infra, free_port
-from tests.unit.test_api import trained
+from tests.conftest import Infra, free_port, wait_until
+from tests.factories import trained
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +41,8 @@ class Backend:
     store: SnapshotStore
     # Replace the stored bytes of a version, as an attacker with write access would.
     overwrite: Callable[[str, int, bytes], None]
+    # Redis pushes a notice per change; object storage is polled, so a burst may come as one.
+    pushes: bool
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +73,7 @@ def _redis(infra: Infra) -> tuple[RedisSnapshotStore, Callable[[str, int, bytes]
 
 
 def _objects(url: str, **options: Any) -> tuple[ObjectSnapshotStore, Any]:
-    store = ObjectSnapshotStore(url, KEY, **options)
+    store = ObjectSnapshotStore(url, KEY, notices_poll_s=0.1, **options)
     raw = store._store
 
     def overwrite(m: str, v: int, blob: bytes) -> None:
@@ -78,11 +87,11 @@ def backend(
     request: pytest.FixtureRequest, infra: Infra, tmp_path: Path, s3: dict[str, Any]
 ) -> Backend:
     if request.param == "redis":
-        return Backend(*_redis(infra))
+        return Backend(*_redis(infra), pushes=True)
     if request.param == "directory":
-        return Backend(*_objects(f"file://{tmp_path}/archive"))
+        return Backend(*_objects(f"file://{tmp_path}/archive"), pushes=False)
     if request.param == "s3":
-        return Backend(*_objects(f"s3://snapshots/{uuid.uuid4().hex[:8]}", **s3))
+        return Backend(*_objects(f"s3://snapshots/{uuid.uuid4().hex[:8]}", **s3), pushes=False)
     hot, _ = _redis(infra)
     archive, overwrite = _objects(f"file://{tmp_path}/archive")
     # Tampering with the archive alone must be caught too: reads of the hot copy are tested
@@ -93,7 +102,7 @@ def backend(
         overwrite(m, v, blob)
         hot_client.delete(f"{hot._p}snap:{m}:{v}")
 
-    return Backend(TieredSnapshotStore(hot, archive), both)
+    return Backend(TieredSnapshotStore(hot, archive), both, pushes=True)
 
 
 def put(store: SnapshotStore, model: str = "ctr") -> int:
@@ -190,3 +199,122 @@ def test_tiered_store_with_redis_down(infra: Infra, tmp_path: Path) -> None:
     assert archive.latest_version("ctr") == 1
     assert store.get("ctr").version == 1
     assert isinstance(store.get("ctr", 1), Snapshot)
+
+
+def test_notices_of_new_versions_and_registry_changes(backend: Backend) -> None:
+    store, got, listening, stop = backend.store, [], threading.Event(), threading.Event()
+
+    def follow() -> None:
+        for notice in store.notices(wait_s=0.1):
+            if notice == "":
+                listening.set()
+            elif notice is not None:
+                got.append(notice)
+            if stop.is_set():
+                return
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        assert listening.wait(10), "the store never said it was listening"
+        put(store)
+        put(store)
+        wait_until(lambda: "ctr:2" in got, "a notice of version 2")
+        Registry(store).promote("ctr", 1)
+        wait_until(lambda: "ctr:registry" in got, "a notice of the registry change")
+    finally:
+        stop.set()
+        thread.join(10)
+    versions = [n for n in got if n != "ctr:registry"]
+    assert versions == ["ctr:1", "ctr:2"] if backend.pushes else versions[-1] == "ctr:2"
+
+
+def test_a_backend_failure_is_a_streamlearn_error(infra: Infra, tmp_path: Path) -> None:
+    """Redis refusing connections, an S3 endpoint nobody serves: StoreUnavailable from every
+    call, never RedisError or obstore's errors."""
+    dead_redis = RedisSnapshotStore.from_url(f"redis://127.0.0.1:{free_port()}/0", KEY, "x.")
+    dead_s3 = ObjectSnapshotStore(
+        "s3://snapshots/x",
+        KEY,
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        access_key_id="test",
+        secret_access_key="test",
+        region="us-east-1",
+        client_options={"allow_http": True},
+        retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=1)},
+    )
+    for store in (dead_redis, dead_s3):
+        calls: list[Callable[[SnapshotStore], object]] = [
+            lambda s: s.models(),
+            lambda s: s.latest_version("ctr"),
+            lambda s: s.get("ctr", 1),
+            lambda s: s.put(trained(1)),
+            lambda s: s.read_registry("ctr"),
+            lambda s: Registry(s).rollback("ctr"),
+            lambda s: s.delete("ctr", 1),
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailable):
+                call(store)
+    with pytest.raises(StoreUnavailable):
+        next(dead_redis.notices())
+
+
+def _worker(url: str, archive: str, prefix: str, alias: str, seed: int, seconds: float) -> list:
+    """Promote, roll back and pin in a tight loop for ``seconds``; the operations that reported
+    success, in the order they did."""
+    store = TieredSnapshotStore(
+        RedisSnapshotStore.from_url(url, KEY, prefix), ObjectSnapshotStore(archive, KEY)
+    )
+    registry, rng, done = Registry(store), random.Random(seed), []
+    mine = [v for v in range(1, 7) if v % 2 == seed % 2]  # pins: disjoint between workers
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        op = rng.choice(["promote", "promote", "rollback", "pin", "unpin"])
+        try:
+            if op == "promote":
+                version = rng.randint(1, 6)
+                registry.promote("ctr", version, alias)
+            elif op == "rollback":
+                version = registry.rollback("ctr", alias)
+            else:
+                version = rng.choice(mine)
+                registry.pin("ctr", version, pinned=op == "pin")
+        except SnapshotError:
+            continue  # nothing to roll back to: reported as a failure, not done
+        done.append((op, version))
+    return done
+
+
+def test_concurrent_writers_lose_nothing(infra: Infra, tmp_path: Path) -> None:
+    """Two processes change one model's registry as fast as they can, each its own alias and
+    pins: the document they leave is exactly what replaying each one's successful operations
+    gives, in Redis and in the archive."""
+    prefix, archive = f"t{uuid.uuid4().hex[:8]}.", f"file://{tmp_path}/archive"
+    setup = TieredSnapshotStore(
+        RedisSnapshotStore.from_url(infra.redis_url, KEY, prefix), ObjectSnapshotStore(archive, KEY)
+    )
+    for _ in range(6):
+        put(setup)
+    aliases = ["champion", "canary"]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        runs = pool.starmap(
+            _worker, [(infra.redis_url, archive, prefix, a, i, 4.0) for i, a in enumerate(aliases)]
+        )
+    expected, changes = RegistryDocument(), 0
+    for alias, run in zip(aliases, runs, strict=True):
+        assert len(run) > 50, f"{alias}: too few operations to race ({len(run)})"
+        for op, version in run:
+            before = expected
+            if op == "promote":
+                expected = expected.promoted(alias, version)
+            elif op == "rollback":
+                expected = expected.rolled_back(alias)
+                assert expected.aliases[alias] == version
+            else:
+                expected = expected.pinned(version, pinned=op == "pin")
+            changes += expected != before
+    stored = setup.read_registry("ctr")
+    assert stored.model_dump(exclude={"revision"}) == expected.model_dump(exclude={"revision"})
+    assert stored.revision == changes  # one revision per change: none lost, none doubled
+    assert setup.archive.read_registry("ctr") == stored

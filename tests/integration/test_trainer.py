@@ -24,7 +24,7 @@ from tests.conftest import (
     trainer_committed,
     wait_until,
 )
-from tests.unit.test_training import example
+from tests.factories import example
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from streamlearn.alerting import Alarms, Alert, Rule
 from streamlearn.clock import ManualClock
 from streamlearn.registry import Registry
 from streamlearn.snapshots import ObjectSnapshotStore
-from tests.unit.test_api import trained
+from tests.factories import trained
 
 RULE = Rule(
     name="concept-drift", metric="concept_drift", window="stream", bad="above", threshold=0.5

@@ -11,33 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from streamlearn.clock import ManualClock
 from streamlearn.errors import SignatureError
-from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings
-from streamlearn.snapshots import ObjectSnapshotStore, Snapshot
-from streamlearn.training import Training, TrainingPolicy
-from tests.unit.test_training import example
-
-
-def trained(version: int, n: int = 50) -> Snapshot:
-    t = Training(
-        ModelSpec(),
-        ManualClock(0.0),
-        TrainingPolicy(checkpoint_every_n=1000, checkpoint_every_s=60.0),
-    )
-    for i in range(n):
-        t.learn(example(True, "likes"), 0, 2 * i)
-        t.learn(example(False, "dislikes"), 0, 2 * i + 1)
-    return t.snapshot(version)
+from streamlearn.snapshots import ObjectSnapshotStore
+from tests.factories import RANK, trained
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> ObjectSnapshotStore:
     """A real store on a local directory: the API reads it as it reads the archive."""
-    return ObjectSnapshotStore(f"file://{tmp_path}", b"test-key")
+    # These tests refresh the holder themselves: no follower swapping behind their back.
+    return ObjectSnapshotStore(f"file://{tmp_path}", b"test-key", notices_poll_s=None)
 
 
 class RecordingPublisher:
@@ -172,18 +158,6 @@ def serving(client: TestClient, store: ObjectSnapshotStore, version: int = 1) ->
     holder: ModelHolder = client.app.state.holder  # type: ignore[attr-defined]
     holder.refresh()
     return holder
-
-
-RANK = {
-    "user_id": "u1",
-    "context": {"segment": "likes"},
-    "items": [
-        {"item_id": "a", "features": {"category": "b", "price": 0.5}},
-        {"item_id": "b", "features": {"category": "b", "price": 0.1}},
-        {"item_id": "c", "features": {"category": "b", "price": 0.9}},
-    ],
-    "k": 2,
-}
 
 
 def test_rank_returns_the_top_k_and_logs_exactly_what_it_served(

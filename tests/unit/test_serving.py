@@ -12,7 +12,7 @@ from streamlearn.features import impression_features
 from streamlearn.learning import ModelSpec, one_hot_candidates, one_hot_union
 from streamlearn.serving import Candidate, ScoreRequest, Served
 from streamlearn.training import Training, TrainingPolicy
-from tests.unit.test_training import example
+from tests.factories import example
 
 
 def _value(rng: random.Random) -> float | bool | str:

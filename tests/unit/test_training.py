@@ -3,26 +3,9 @@ from __future__ import annotations
 import pytest
 
 from streamlearn.clock import ManualClock
-from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
 from streamlearn.training import Training, TrainingPolicy, example_features
-
-
-def example(label: bool, segment: str = "a") -> LabeledExample:
-    return LabeledExample(
-        example_id="r:i",
-        recommendation_id="r",
-        user_id="u",
-        item_id="i",
-        position=0,
-        propensity=1.0,
-        served_score=None,
-        model_version=None,
-        context={"segment": segment},
-        item_features={"category": "b"},
-        label=label,
-        recommendation_time=0.0,
-    )
+from tests.factories import example
 
 
 def test_checkpoint_is_due_by_count_or_time_and_resets() -> None:

@@ -1,0 +1,105 @@
+"""What tests share: examples, a trained snapshot, a rank request, a webhook receiver.
+
+Test modules import these from here, never from one another."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from streamlearn.clock import ManualClock
+from streamlearn.events import LabeledExample
+from streamlearn.learning import ModelSpec
+from streamlearn.snapshots import Snapshot
+from streamlearn.training import Training, TrainingPolicy
+from streamlearn.webhooks import verify
+
+
+def example(label: bool, segment: str = "a") -> LabeledExample:
+    return LabeledExample(
+        example_id="r:i",
+        recommendation_id="r",
+        user_id="u",
+        item_id="i",
+        position=0,
+        propensity=1.0,
+        served_score=None,
+        model_version=None,
+        context={"segment": segment},
+        item_features={"category": "b"},
+        label=label,
+        recommendation_time=0.0,
+    )
+
+
+def trained(version: int, n: int = 50) -> Snapshot:
+    t = Training(
+        ModelSpec(),
+        ManualClock(0.0),
+        TrainingPolicy(checkpoint_every_n=1000, checkpoint_every_s=60.0),
+    )
+    for i in range(n):
+        t.learn(example(True, "likes"), 0, 2 * i)
+        t.learn(example(False, "dislikes"), 0, 2 * i + 1)
+    return t.snapshot(version)
+
+
+RANK = {
+    "user_id": "u1",
+    "context": {"segment": "likes"},
+    "items": [
+        {"item_id": "a", "features": {"category": "b", "price": 0.5}},
+        {"item_id": "b", "features": {"category": "b", "price": 0.1}},
+        {"item_id": "c", "features": {"category": "b", "price": 0.9}},
+    ],
+    "k": 2,
+}
+
+
+SECRET = "receiver-secret"
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: answers from ``script`` (then 200), keeps what it accepted."""
+
+    port: int
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    accepted: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    bad_signatures: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if not verify(SECRET.encode(), dict(self.headers.items()), raw, time.time()):
+                    receiver.bad_signatures += 1
+                status, extra = receiver.script.pop(0) if receiver.script else (200, {})
+                receiver.answered.append(status)
+                if status == 200:
+                    receiver.accepted.append(
+                        (self.headers["X-Streamlearn-Delivery"], json.loads(raw))
+                    )
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
