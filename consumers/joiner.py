@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import time
-from types import FrameType
 
 import orjson
 from confluent_kafka import (
@@ -42,47 +40,45 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
+from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
 from streamlearn.joining import Joiner, JoinState
-from streamlearn.settings import Settings, get_settings
+from streamlearn.settings import Settings
 from streamlearn.telemetry import JoinCollector, report
-from topics import consumer_config, declared, producer_config
+from topics import consumer_config, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
 
 
-class TransactionalJoin:
+class TransactionalJoin(KafkaProcess):
     """Consume, join, produce and commit, one transaction per batch."""
 
+    name = "joiner"
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        spec = declared(settings)
-        self.recs = spec["recommendations"].name
-        self.outcomes = spec["outcomes"].name
-        self.examples = spec["examples"].name
-        self.letters = spec["dead_letters"].name
-        self.stats_topic = spec["joiner_stats"].name
-        self.changelog = spec["joiner_state"].name
+        super().__init__(
+            settings,
+            **{
+                # The same partition numbers of both inputs to one worker (co-partitioning).
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": 10_000,
+                # Reaching an input's end is what lets its silence count as idleness.
+                "enable.partition.eof": True,
+            },
+        )
+        self.recs = settings.topic("recommendations")
+        self.outcomes = settings.topic("outcomes")
+        self.examples = settings.topic("examples")
+        self.letters = settings.topic("dead_letters")
+        self.stats_topic = settings.topic("joiner_stats")
+        self.changelog = settings.topic("joiner_state")
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.state = JoinState()
         self.joiner = Joiner(settings.join, self.state, SystemClock())
-        self.consumer = Consumer(
-            consumer_config(
-                settings,
-                "joiner",
-                **{
-                    # The same partition numbers of both inputs to one worker (co-partitioning).
-                    "partition.assignment.strategy": "range",
-                    "session.timeout.ms": 10_000,
-                    # Reaching an input's end is what lets its silence count as idleness.
-                    "enable.partition.eof": True,
-                },
-            )
-        )
         self.producer = Producer(
             producer_config(
                 settings,
@@ -97,7 +93,6 @@ class TransactionalJoin:
         self.partitions: set[int] = set()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.in_transaction = False
-        self.stopping = False
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -109,21 +104,21 @@ class TransactionalJoin:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        s = self.settings
+        policy = self.settings.join
         last_commit = last_tick = last_stats = time.monotonic()
         try:
             while not self.stopping:
-                for msg in self.consumer.consume(1000, timeout=0.05):
+                for msg in self.consume(1000, timeout=0.05):
                     self._handle(msg)
                 now = time.monotonic()
-                if now - last_tick >= s.join.tick_s:
+                if now - last_tick >= policy.tick_s:
                     last_tick = now
                     for p in sorted(self.partitions):
                         self._emit(self.joiner.on_tick(p), p)
-                if now - last_stats >= s.join.stats_s:
+                if now - last_stats >= policy.stats_s:
                     last_stats = now
                     self._publish_stats()
-                if now - last_commit >= s.join.commit_s:
+                if now - last_commit >= policy.commit_s:
                     last_commit = now
                     self.commit()
             self.commit()
@@ -133,19 +128,17 @@ class TransactionalJoin:
             self.consumer.close()
             self.producer.flush(10)
 
-    def stop(self, signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: committing the current batch and leaving the group", signum)
-        self.stopping = True
+    def metrics_port(self) -> int:
+        return self.settings.join.metrics_port
+
+    def register_metrics(self) -> None:
+        REGISTRY.register(JoinCollector(self.joiner, lambda: set(self.partitions)))
+
+    def on_end_of_partition(self, topic: str, partition: int) -> None:
+        self.joiner.on_caught_up(partition, "recommendations" if topic == self.recs else "outcomes")
 
     def _handle(self, msg: Message) -> None:
-        error = msg.error()
         topic, p, offset = msg.topic(), msg.partition(), msg.offset()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF and p is not None:
-                self.joiner.on_caught_up(p, "recommendations" if topic == self.recs else "outcomes")
-            else:
-                log.warning("consume error: %s", error)
-            return
         assert topic is not None and p is not None and offset is not None
         value = msg.value()
         limit = self.settings.max_record_bytes
@@ -306,20 +299,5 @@ class TransactionalJoin:
             reader.close()
 
 
-def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = get_settings()
-    join = TransactionalJoin(settings)
-    signal.signal(signal.SIGTERM, join.stop)
-    signal.signal(signal.SIGINT, join.stop)
-    if settings.join.metrics_port:
-        REGISTRY.register(JoinCollector(join.joiner, lambda: set(join.partitions)))
-        start_http_server(settings.join.metrics_port, addr=settings.metrics_host)
-    join.run()
-
-
 if __name__ == "__main__":
-    main()
+    TransactionalJoin.main()

@@ -28,19 +28,12 @@ from rich.live import Live
 from rich.text import Text
 
 from streamlearn.errors import SnapshotNotFound
-from streamlearn.settings import Settings, get_settings
+from streamlearn.processes import PROCESSES
+from streamlearn.settings import Settings, TopicRole, get_settings
 from streamlearn.snapshots import SnapshotStore, open_store
-from topics import declared, end_offsets, ensure_topics
+from topics import end_offsets, ensure_topics
 
 DEMO_CHALLENGER = {"name": "ctr-fm", "learner": {"kind": "fm"}}
-PROCESSES = {
-    "joiner": ["-m", "consumers.joiner"],
-    "trainer": ["-m", "consumers.trainer"],
-    "monitor": ["-m", "consumers.monitor"],
-    "api": ["-m", "api"],
-    # A storefront that asks /v1/rank for its slates, so the served scores reach the monitor.
-    "simulator": ["-m", "consumers.simulator", "--via-api"],
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     # A challenger learns beside the champion, so the dashboard has one to compare: a factorization
     # machine, which learns the user-item interactions the logistic regression only crosses.
     os.environ.setdefault("STREAMLEARN_CHALLENGERS", json.dumps([DEMO_CHALLENGER]))
-    for name, cmd in PROCESSES.items():
+    for name, process in PROCESSES.items():
+        if not process.in_loop:
+            continue
+        extra = process.loop_args
         if name == "simulator" and args.flip_at is not None:
-            cmd = [*cmd, "--flip-at", str(args.flip_at)]
+            extra = (*extra, "--flip-at", str(args.flip_at))
         with open(logs / f"{name}.log", "ab") as out:
-            procs[name] = subprocess.Popen([sys.executable, *cmd], stdout=out, stderr=out)
+            procs[name] = subprocess.Popen(process.command(*extra), stdout=out, stderr=out)
     api = f"http://{s.api.host}:{s.api.port}"
     console.print(f"logs in {logs}; dashboard at {api}/dashboard, API docs at {api}/docs")
     store = open_store(s)
-    names = {role: t.name for role, t in declared(s).items()}
     probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamlearn-probe"})
     line = Text("starting")
     start = time.time()
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 # A broker electing leaders or Redis restarting: keep showing the last line.
                 with contextlib.suppress(KafkaException, RedisError):
-                    line = _progress(s, probe, store, names, time.time() - start)
+                    line = _progress(s, probe, store, time.time() - start)
                 live.update(line)
                 time.sleep(1.0)
     except KeyboardInterrupt:
@@ -115,13 +110,9 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _progress(
-    s: Settings, probe: Consumer, store: SnapshotStore, names: dict[str, str], elapsed: float
-) -> Text:
-    count = {
-        role: sum(end_offsets(probe, names[role]).values())
-        for role in ("recommendations", "outcomes", "examples", "dead_letters")
-    }
+def _progress(s: Settings, probe: Consumer, store: SnapshotStore, elapsed: float) -> Text:
+    roles: tuple[TopicRole, ...] = ("recommendations", "outcomes", "examples", "dead_letters")
+    count = {role: sum(end_offsets(probe, s.topic(role)).values()) for role in roles}
     try:
         meta = store.meta(s.model.name)
         model = (

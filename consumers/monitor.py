@@ -19,24 +19,21 @@ Run: ``python -m consumers.monitor``.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
-from types import FrameType
 
 import orjson
 import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     Message,
     Producer,
     TopicPartition,
 )
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Gauge
 
+from consumers.process import KafkaProcess
 from streamlearn import signing
 from streamlearn.actions import auto_rollback
 from streamlearn.alerting import Alert
@@ -46,9 +43,9 @@ from streamlearn.events import JoinReport, parse, parse_example
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
 from streamlearn.registry import CHAMPION, Registry
-from streamlearn.settings import Settings, get_settings
+from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
-from topics import consumer_config, declared, producer_config
+from topics import producer_config
 
 log = logging.getLogger("streamlearn.monitor")
 
@@ -71,13 +68,14 @@ RECENT_ALERTS = 50
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
 
-class MonitorProcess:
+class MonitorProcess(KafkaProcess):
+    name = "monitor"
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        spec = declared(settings)
-        self.examples = spec["examples"].name
-        self.stats = spec["joiner_stats"].name
-        self.alerts_topic = spec["alerts"].name
+        super().__init__(settings)
+        self.examples = settings.topic("examples")
+        self.stats = settings.topic("joiner_stats")
+        self.alerts_topic = settings.topic("alerts")
         self.key = settings.snapshot_hmac_key.get_secret_value().encode()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self.registry = Registry(open_store(settings))
@@ -87,9 +85,7 @@ class MonitorProcess:
         self.monitor = self._restore() or Monitor(settings.monitor, SystemClock())
         # Rules and bounds come from today's configuration, whatever a restored state had.
         self.monitor.configure(settings.monitor)
-        self.consumer = Consumer(consumer_config(settings, "monitor"))
         self.producer = Producer(producer_config(settings))
-        self.stopping = False
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -153,7 +149,7 @@ class MonitorProcess:
         try:
             while not self.stopping:
                 alerts: list[Alert] = []
-                for msg in self.consumer.consume(500, timeout=0.5):
+                for msg in self.consume(500, timeout=0.5):
                     alerts += self._handle(msg)
                 alerts += self._act(alerts)
                 if alerts:
@@ -172,11 +168,6 @@ class MonitorProcess:
             self.producer.flush(10)
 
     def _handle(self, msg: Message) -> list[Alert]:
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error: %s", error)
-            return []
         topic, p, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and p is not None and offset is not None
         self.offsets[(topic, p)] = offset + 1
@@ -245,23 +236,9 @@ class MonitorProcess:
                 continue
             self.monitor.on_champion(model, champion)
 
-    def stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
-
-
-def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = get_settings()
-    process = MonitorProcess(settings)
-    signal.signal(signal.SIGTERM, process.stop)
-    signal.signal(signal.SIGINT, process.stop)
-    if settings.monitor.metrics_port:
-        start_http_server(settings.monitor.metrics_port, addr=settings.metrics_host)
-    process.run()
+    def metrics_port(self) -> int:
+        return self.settings.monitor.metrics_port
 
 
 if __name__ == "__main__":
-    main()
+    MonitorProcess.main()

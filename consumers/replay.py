@@ -21,8 +21,8 @@ from rich.progress import Progress
 
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, Outcome, Recommendation, parse
-from streamlearn.settings import get_settings
-from topics import declared, ensure_topics, producer_config
+from streamlearn.settings import TopicRole, get_settings
+from topics import ensure_topics, producer_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s = get_settings()
     ensure_topics(s)
-    topics = declared(s)
     producer = Producer(producer_config(s))
     console = Console()
     lines = args.file.read_bytes().splitlines()
-    counts = {"recommendations": 0, "outcomes": 0, "dead_letters": 0}
+    counts: dict[TopicRole, int] = {"recommendations": 0, "outcomes": 0, "dead_letters": 0}
     with Progress(console=console) as bar:
         task = bar.add_task(f"replaying {args.file.name}", total=len(lines))
         for number, raw in enumerate(lines, start=1):
@@ -43,17 +42,18 @@ def main(argv: list[str] | None = None) -> int:
             if not raw.strip():
                 continue
             try:
+                role: TopicRole
                 if b'"items"' in raw:
                     event: Recommendation | Outcome = parse(Recommendation, raw, s.max_record_bytes)
                     role = "recommendations"
                 else:
                     event = parse(Outcome, raw, s.max_record_bytes)
                     role = "outcomes"
-                topic, key, value = topics[role].name, event.user_id.encode(), raw
+                topic, key, value = s.topic(role), event.user_id.encode(), raw
             except InvalidEventError as exc:
                 letter = DeadLetter.of(str(exc), str(args.file), 0, number, None, raw, time.time())
                 role = "dead_letters"
-                topic = topics[role].name
+                topic = s.topic(role)
                 key, value = str(args.file).encode(), letter.model_dump_json().encode()
             while True:
                 try:

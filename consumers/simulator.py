@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from streamlearn.events import Outcome
 from streamlearn.settings import get_settings
 from streamlearn.simulation import Storefront
-from topics import declared, producer_config
+from topics import producer_config
 
 log = logging.getLogger("streamlearn.simulator")
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     s = get_settings()
-    topics = declared(s)
-    recs_topic, outcomes_topic = topics["recommendations"].name, topics["outcomes"].name
+    recs_topic, outcomes_topic = s.topic("recommendations"), s.topic("outcomes")
     shop = Storefront(
         s.sim_users,
         s.sim_items,

@@ -14,22 +14,22 @@ Run: ``python -m consumers.trainer``.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-from prometheus_client import Counter, Gauge, start_http_server
+from confluent_kafka import OFFSET_BEGINNING, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge
 
+from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StoreUnavailable
 from streamlearn.events import DeadLetter, parse_example
 from streamlearn.faults import failpoint
 from streamlearn.learning import ModelSpec
-from streamlearn.settings import Settings, get_settings
+from streamlearn.settings import Settings
 from streamlearn.snapshots import SnapshotStore, open_store
-from streamlearn.training import Training
-from topics import consumer_config, declared, producer_config
+from streamlearn.training import Training, TrainingPolicy
+from topics import producer_config
 
 log = logging.getLogger("streamlearn.trainer")
 
@@ -49,7 +49,7 @@ METRIC = Gauge(
 )
 
 
-def restore(store: SnapshotStore, spec: ModelSpec, settings: Settings) -> Training:
+def restore(store: SnapshotStore, spec: ModelSpec, policy: TrainingPolicy) -> Training:
     try:
         snapshot = store.get(spec.name)
         log.info(
@@ -69,21 +69,24 @@ def restore(store: SnapshotStore, spec: ModelSpec, settings: Settings) -> Traini
             spec.name,
             snapshot.model.spec,
         )
-    return Training(spec, SystemClock(), settings.training, snapshot)
+    return Training(spec, SystemClock(), policy, snapshot)
 
 
-class Trainer:
+class Trainer(KafkaProcess):
+    name = "trainer"
+
     def __init__(self, settings: Settings) -> None:
-        topics = declared(settings)
-        self.examples = topics["examples"].name
-        self.dead_letters = topics["dead_letters"].name
+        super().__init__(settings)
+        self.examples = settings.topic("examples")
+        self.dead_letters = settings.topic("dead_letters")
         self.store = open_store(settings)
-        self.trainings = [restore(self.store, spec, settings) for spec in settings.models]
-        self.consumer = Consumer(consumer_config(settings, "trainer"))
+        self.trainings = [restore(self.store, spec, settings.training) for spec in settings.models]
         self.producer = Producer(producer_config(settings))
         self.retry_at = 0.0
         self.failures = 0
-        self.stopping = False
+
+    def metrics_port(self) -> int:
+        return self.settings.training.metrics_port
 
     def resume_offset(self, partition: int) -> int:
         """Where to read a partition from: the least next offset of all the models."""
@@ -101,7 +104,7 @@ class Trainer:
 
     def step(self) -> int:
         """One batch: consume, learn, checkpoint when due. Returns the records read."""
-        msgs = self.consumer.consume(num_messages=500, timeout=0.5)
+        msgs = self.consume(500, timeout=0.5)
         for msg in msgs:
             self.handle(msg)
         self.producer.poll(0)
@@ -119,9 +122,6 @@ class Trainer:
         self.consumer.close()
 
     def handle(self, msg: Message) -> None:
-        if msg.error():
-            log.warning("consume error: %s", msg.error())
-            return
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None  # set on every fetched record
         try:
@@ -197,20 +197,6 @@ class Trainer:
         if durable:
             self.consumer.commit(offsets=durable, asynchronous=False)
 
-    def stop(self, *_: object) -> None:
-        self.stopping = True
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = get_settings()
-    if settings.training.metrics_port:
-        start_http_server(settings.training.metrics_port, addr=settings.metrics_host)
-    trainer = Trainer(settings)
-    signal.signal(signal.SIGTERM, trainer.stop)
-    signal.signal(signal.SIGINT, trainer.stop)
-    trainer.run()
-
 
 if __name__ == "__main__":
-    main()
+    Trainer.main()

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from streamlearn.batch import read_rows, score_file
 from streamlearn.errors import SnapshotNotFound, StreamlearnError
+from streamlearn.processes import PROCESSES
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import Served
 from streamlearn.settings import get_settings
@@ -82,19 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-PROCESSES = {
-    "joiner": "consumers.joiner",
-    "trainer": "consumers.trainer",
-    "monitor": "consumers.monitor",
-    "api": "api",
-    "simulator": "consumers.simulator",
-    "loop": "consumers.loop",
-}
-
-
-def _process(module: str, args: list[str]) -> int:
-    """Run a process's module in the foreground, with this command's environment."""
-    return subprocess.call([sys.executable, "-m", module, *args])
+def _process(command: list[str]) -> int:
+    """Run a process in the foreground, with this command's environment."""
+    return subprocess.call(command)
 
 
 def _infra(action: str) -> int:
@@ -153,11 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"created {len(created)} topics: {created}")
             return 0
         if args.area == "run":
-            return _process(PROCESSES[args.process], args.args)
+            return _process(PROCESSES[args.process].command(*args.args))
         if args.area == "simulate":
-            return _process("consumers.simulator", args.args)
+            return _process(PROCESSES["simulator"].command(*args.args))
         if args.area == "replay":
-            return _process("consumers.replay", [args.file])
+            return _process([sys.executable, "-m", "consumers.replay", args.file])
     except StreamlearnError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1

@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -48,6 +48,25 @@ from streamlearn.monitoring import MonitorPolicy
 from streamlearn.policy import Policy
 from streamlearn.serving import ApiPolicy
 from streamlearn.training import TrainingPolicy
+
+TopicRole = Literal[
+    "recommendations",
+    "outcomes",
+    "examples",
+    "dead_letters",
+    "joiner_stats",
+    "alerts",
+    "joiner_state",
+]
+TOPIC_NAMES: dict[TopicRole, str] = {
+    "recommendations": "recommendations",
+    "outcomes": "outcomes",
+    "examples": "examples",
+    "dead_letters": "dead-letters",
+    "joiner_stats": "joiner-stats",
+    "alerts": "alerts",
+    "joiner_state": "joiner-changelog",  # the join state's changelog
+}
 
 
 class Settings(BaseSettings):
@@ -149,9 +168,10 @@ class Settings(BaseSettings):
             raise ValueError("sim_slate_size cannot exceed sim_items")
         return self
 
-    def topic(self, name: str) -> str:
-        """The full name of one of streamlearn's topics."""
-        return f"{self.topic_prefix}{name}"
+    def topic(self, role: TopicRole) -> str:
+        """The full name of one of streamlearn's topics, by its role: the one way every process,
+        test and bench names a topic (``topics.declared`` holds their specs)."""
+        return f"{self.topic_prefix}{TOPIC_NAMES[role]}"
 
 
 @lru_cache

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from streamlearn.errors import InfraError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
-from streamlearn.settings import Settings
+from streamlearn.settings import Settings, TopicRole
 from topics import delete_namespace, ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,10 +215,10 @@ def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list
 
 
 def letters(settings: Settings) -> list[DeadLetter]:
-    return records(settings, "dead-letters", DeadLetter)
+    return records(settings, "dead_letters", DeadLetter)
 
 
-def records(settings: Settings, name: str, model: type[E]) -> list[E]:
+def records(settings: Settings, name: TopicRole, model: type[E]) -> list[E]:
     """Every committed record of one of streamlearn's topics, parsed."""
     raw = read_topic(settings.kafka_bootstrap, settings.topic(name))
     return [model.model_validate_json(v) for _, _, v in raw]

@@ -42,19 +42,19 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
         "outcomes": TopicSpec(settings.topic("outcomes"), "user_id", Outcome, n, week),
         "examples": TopicSpec(settings.topic("examples"), "user_id", LabeledExample, n, week),
         "dead_letters": TopicSpec(
-            settings.topic("dead-letters"),
+            settings.topic("dead_letters"),
             "source topic",
             DeadLetter,
             1,
             {"retention.ms": str(30 * DAY_MS)},
         ),
-        "joiner_stats": TopicSpec(settings.topic("joiner-stats"), "worker", JoinReport, 1, week),
+        "joiner_stats": TopicSpec(settings.topic("joiner_stats"), "worker", JoinReport, 1, week),
         "alerts": TopicSpec(
             settings.topic("alerts"), "dedup key", Alert, 1, {"retention.ms": str(30 * DAY_MS)}
         ),
         # The join state's changes, written in the joiner's transactions.
         "joiner_state": TopicSpec(
-            settings.topic("joiner-changelog"),
+            settings.topic("joiner_state"),
             "state key",
             None,
             n,

@@ -155,9 +155,7 @@ class ObjectSnapshotStore(SignedBlobs):
     # ---- notices ------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, tuple[int | None, int]]:
-        return {
-            m: (self.latest_version(m), self.read_registry(m).revision) for m in self.models()
-        }
+        return {m: (self.latest_version(m), self.read_registry(m).revision) for m in self.models()}
 
     def notices(self, wait_s: float = 1.0) -> Iterator[str | None]:
         poll_s = self.notices_poll_s

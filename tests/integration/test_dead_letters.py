@@ -12,7 +12,6 @@ import pytest
 from streamlearn.snapshots import open_store
 from tests.conftest import Processes, configure, examples, letters, produce, wait_until
 from tests.factories import example
-from topics import declared
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +27,7 @@ def test_joiner_routes_bad_records_and_loses_nothing_valid(
         STREAMLEARN_ALLOWED_LATENESS_S="0",
         STREAMLEARN_MAX_RECORD_BYTES="4096",
     )
-    names = {role: t.name for role, t in declared(s).items()}
-    recs, outs = names["recommendations"], names["outcomes"]
+    recs, outs = s.topic("recommendations"), s.topic("outcomes")
     processes.start("joiner", "-m", "consumers.joiner")
     now = time.time()
 

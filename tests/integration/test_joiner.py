@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def reports(s: Settings) -> list[JoinReport]:
-    raw = read_topic(s.kafka_bootstrap, s.topic("joiner-stats"))
+    raw = read_topic(s.kafka_bootstrap, s.topic("joiner_stats"))
     return [JoinReport.model_validate_json(v) for _, _, v in raw]
 
 

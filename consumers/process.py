@@ -1,0 +1,85 @@
+"""The skeleton every Kafka consumer process shares: joiner, trainer and monitor.
+
+A :class:`KafkaProcess` builds its consumer (group ``<prefix><name>``, read_committed, manual
+commits), reads batches with one handling of consume errors (the end of a partition goes to
+:meth:`KafkaProcess.on_end_of_partition`, anything else is logged), stops at SIGTERM or SIGINT
+by setting ``stopping`` (its loop finishes the batch, checkpoints or commits, and leaves the
+group), and :meth:`KafkaProcess.main` sets up logging and its Prometheus endpoint. What each does
+with the records is its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from abc import ABC, abstractmethod
+from types import FrameType
+from typing import Any, ClassVar
+
+from confluent_kafka import Consumer, KafkaError, Message
+from prometheus_client import start_http_server
+
+from streamlearn.settings import Settings, get_settings
+from topics import consumer_config
+
+
+class KafkaProcess(ABC):
+    name: ClassVar[str]
+    """The process's name: its consumer group (after the prefix) and its logger."""
+
+    def __init__(self, settings: Settings, **consumer: Any) -> None:
+        self.settings = settings
+        self.log = logging.getLogger(f"streamlearn.{self.name}")
+        self.consumer = Consumer(consumer_config(settings, self.name, **consumer))
+        self.stopping = False
+
+    @abstractmethod
+    def run(self) -> None:
+        """Read and handle until ``stopping``; then make what was done durable."""
+
+    @abstractmethod
+    def metrics_port(self) -> int:
+        """Where its Prometheus endpoint listens; 0 for none."""
+
+    def register_metrics(self) -> None:
+        """Collectors that read the process's own state, registered before the endpoint starts."""
+        return None
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        """Up to ``n`` records; errors and ends of partitions are dealt with here."""
+        records = []
+        for msg in self.consumer.consume(n, timeout=timeout):
+            error = msg.error()
+            if error is None:
+                records.append(msg)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                topic, partition = msg.topic(), msg.partition()
+                if topic is not None and partition is not None:
+                    self.on_end_of_partition(topic, partition)
+            else:
+                self.log.warning("consume error: %s", error)
+        return records
+
+    def on_end_of_partition(self, topic: str, partition: int) -> None:
+        """The consumer has read everything there is in the partition, for now (only with
+        ``enable.partition.eof``)."""
+        return None
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        self.log.info("signal %d: finishing the batch and stopping", signum)
+        self.stopping = True
+
+    @classmethod
+    def main(cls) -> None:
+        logging.basicConfig(
+            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        process = cls(get_settings())
+        signal.signal(signal.SIGTERM, process.stop)
+        signal.signal(signal.SIGINT, process.stop)
+        if port := process.metrics_port():
+            process.register_metrics()
+            start_http_server(port, addr=process.settings.metrics_host)
+        process.run()
