@@ -30,11 +30,12 @@ from river import metrics
 
 from streamlearn.clock import SystemClock
 from streamlearn.events import LabeledExample
+from streamlearn.features import example_features
 from streamlearn.learning import ModelSpec
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import ObjectSnapshotStore
-from streamlearn.training import Training, TrainingPolicy, example_features
+from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics
 
 

@@ -4,8 +4,7 @@ Wiring around :class:`streamlearn.monitoring.Monitor`:
 
 * reads the examples and joiner-stats topics (group ``<prefix>monitor``);
 * every ``MONITOR_EVALUATE_S`` evaluates the rolling metrics, writes every figure to Redis
-  (``<prefix>monitor``, JSON, for the API and the dashboard; and a point of each to the stream
-  ``<prefix>monitor-history``, the dashboard's charts) and to Prometheus;
+  (the board, :mod:`streamlearn.board`: the API and the dashboard read it) and to Prometheus;
 * whenever alerts are made, and at each evaluation, saves its whole state (the monitor, the
   alarms, the input offsets; pickled and HMAC-signed) and queues the alerts for every webhook in
   one Redis transaction, then publishes them to the alerts topic; couriers (one thread per
@@ -22,7 +21,6 @@ import logging
 import threading
 import time
 
-import orjson
 import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -37,6 +35,7 @@ from consumers.process import KafkaProcess
 from streamlearn import signing
 from streamlearn.actions import auto_rollback
 from streamlearn.alerting import Alert
+from streamlearn.board import Board
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StreamlearnError
 from streamlearn.events import JoinReport, parse, parse_example
@@ -62,9 +61,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-HISTORY_POINTS = 20_000
 STATE_FORMAT = 3  # raise it when Monitor's pickled attributes change: an older state is dropped
-RECENT_ALERTS = 50
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
 
@@ -81,6 +78,7 @@ class MonitorProcess(KafkaProcess):
         self.registry = Registry(open_store(settings))
         self._exported: set[tuple[str, str, str]] = set()
         self.outbox = Outbox(self.redis, settings.topic_prefix)
+        self.board = Board(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
         self.monitor = self._restore() or Monitor(settings.monitor, SystemClock())
         # Rules and bounds come from today's configuration, whatever a restored state had.
@@ -111,12 +109,7 @@ class MonitorProcess(KafkaProcess):
         state = {"format": STATE_FORMAT, "monitor": self.monitor, "offsets": dict(self.offsets)}
         blob = signing.dumps(state, self.key, signing.MONITOR_STATE)
         self.outbox.record(blob, alerts, [w.name for w in self.settings.monitor.webhooks])
-        if alerts:  # the dashboard's list of recent alerts, newest first
-            recent = f"{self.settings.topic_prefix}alerts-recent"
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.lpush(recent, *[a.model_dump_json() for a in alerts])
-            pipe.ltrim(recent, 0, RECENT_ALERTS - 1)
-            pipe.execute()
+        self.board.record_alerts(alerts)
         for a in alerts:
             self.producer.produce(
                 self.alerts_topic, a.model_dump_json().encode(), a.dedup_key.encode()
@@ -193,17 +186,7 @@ class MonitorProcess(KafkaProcess):
     def _publish(self) -> None:
         snapshot = self.monitor.snapshot()
         snapshot["at"] = time.time()
-        prefix = self.settings.topic_prefix
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(f"{prefix}monitor", orjson.dumps(snapshot))
-        # A day and more at one point per evaluation: what the dashboard charts.
-        pipe.xadd(
-            f"{prefix}monitor-history",
-            {"point": orjson.dumps(history_point(snapshot))},
-            maxlen=HISTORY_POINTS,
-            approximate=True,
-        )
-        pipe.execute()
+        self.board.publish(snapshot, history_point(snapshot))
         for model, m in snapshot["models"].items():
             for window, metrics in m["windows"].items():
                 for name, value in metrics.items():

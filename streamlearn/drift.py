@@ -9,18 +9,12 @@
   Numbers are binned at the reference's deciles, categories are the reference's most common ones
   plus "other". PSI = sum over bins of (current - reference) x ln(current / reference), with
   shares floored at ``1e-4``; the usual reading is < 0.1 stable, 0.1-0.25 moderate, > 0.25 a
-  shift.
-
->>> round(psi({"a": 50, "b": 50}, {"a": 50, "b": 50}), 6)
-0.0
->>> round(psi({"a": 90, "b": 10}, {"a": 50, "b": 50}), 3)
-0.879
+  shift (:func:`streamlearn.metrics.psi`).
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,21 +22,9 @@ from typing import Any, Literal
 
 from river import drift
 
+from streamlearn.metrics import psi
+
 OTHER = "(other)"
-FLOOR = 1e-4
-
-
-def psi(reference: Mapping[str, float], current: Mapping[str, float]) -> float:
-    """Population stability index of two histograms over the same bins (counts or shares)."""
-    bins = set(reference) | set(current)
-    ref_total = sum(reference.values()) or 1.0
-    cur_total = sum(current.values()) or 1.0
-    total = 0.0
-    for b in bins:
-        r = max(reference.get(b, 0.0) / ref_total, FLOOR)
-        c = max(current.get(b, 0.0) / cur_total, FLOOR)
-        total += (c - r) * math.log(c / r)
-    return total
 
 
 @dataclass

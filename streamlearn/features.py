@@ -1,6 +1,8 @@
 """Turn an impression (context and item features as served) into the flat dict a model learns on.
 
-Training and serving call the same function, so what was served is what is learned.
+Training and serving call the same function, so what was served is what is learned; the one-hot
+encoding of those dicts (what River's pipeline would make of them, faster) is here too, for
+learning one example and for scoring a request's candidates at once.
 
 Numbers stay numbers, booleans become 0 or 1, strings stay strings (the model spec's pipeline
 one-hot encodes or hashes them), and configured crosses join two categorical features so that a
@@ -19,7 +21,12 @@ x:segment&category 'bargain&toys'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamlearn.events import ExampleRecord, LabeledExample
+    from streamlearn.learning import ModelSpec
 
 FeatureValue = float | bool | str
 
@@ -68,3 +75,66 @@ def cross(
     if isinstance(va, str) or isinstance(vb, str):
         return f"x:{a}&{b}", f"{va}&{vb}"
     return f"x:{a}*{b}", float(va) * float(vb)
+
+
+def example_features(spec: ModelSpec, example: LabeledExample | ExampleRecord) -> Features:
+    return impression_features(
+        example.context,
+        example.item_features,
+        item_id=example.item_id,
+        crosses=spec.crosses,
+        include_ids=spec.include_ids,
+    )
+
+
+def one_hot_union(x: dict[str, Any]) -> dict[str, Any]:
+    """What ``ModelSpec.build()[0]`` (one-hot, no scaling) makes of ``x``, in one pass instead
+    of River's union of two sub-pipelines: the numbers, then ``name_value: 1`` for each string,
+    in the same order, so the learner sums its dot products in the same order too.
+
+    >>> one_hot_union({"c:segment": "bargain", "i:price": 9.5, "item": "i7"})
+    {'i:price': 9.5, 'c:segment_bargain': 1, 'item_i7': 1}
+    """
+    out = {name: value for name, value in x.items() if not isinstance(value, str)}
+    for name, value in x.items():
+        if isinstance(value, str):
+            out[f"{name}_{value}"] = 1
+    return out
+
+
+def one_hot_candidates(
+    context: Mapping[str, float | bool | str],
+    candidates: Iterable[tuple[str, Mapping[str, float | bool | str]]],
+    crosses: Iterable[tuple[str, str]],
+    include_ids: bool,
+) -> Iterator[dict[str, Any]]:
+    """``one_hot_union(impression_features(context, item, ...))`` for each candidate of one
+    request, with the context encoded once rather than once per candidate: the same keys, values
+    and order (numbers, then one-hots, each in feature order), so the same scores to the bit."""
+    crosses = tuple(crosses)
+    numbers = {f"c:{k}": float(v) for k, v in context.items() if not isinstance(v, str)}
+    hots = {f"c:{k}_{v}": 1 for k, v in context.items() if isinstance(v, str)}
+    for item_id, item in candidates:
+        out: dict[str, Any] = dict(numbers)
+        for k, v in item.items():
+            if not isinstance(v, str):
+                out[f"i:{k}"] = float(v)
+        crossed: list[str] = []
+        for a, b in crosses:
+            feature = cross(context, item, a, b)
+            if feature is None:
+                continue
+            name, value = feature
+            if isinstance(value, str):
+                crossed.append(f"{name}_{value}")
+            else:
+                out[name] = value
+        out.update(hots)
+        for k, v in item.items():
+            if isinstance(v, str):
+                out[f"i:{k}_{v}"] = 1
+        if include_ids:
+            out[f"item_{item_id}"] = 1
+        for key in crossed:
+            out[key] = 1
+        yield out

@@ -30,17 +30,20 @@ A bad spec fails at start-up, naming the field and why:
 
 from __future__ import annotations
 
-import bisect
 import inspect
 import numbers
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from river import compose, facto, linear_model, metrics, optim, preprocessing
 
-from streamlearn.features import cross, impression_features
+from streamlearn.features import impression_features, one_hot_candidates, one_hot_union
+
+# ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
+# importable from here so that snapshots written before streamlearn.metrics still load.
+from streamlearn.metrics import ThresholdAUC, exact_auc
 
 
 class _Strict(BaseModel):
@@ -244,116 +247,3 @@ class Learner:
             # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
             "calibration": mean_p / rate if rate else 0.0,
         }
-
-
-def one_hot_union(x: dict[str, Any]) -> dict[str, Any]:
-    """What ``ModelSpec.build()[0]`` (one-hot, no scaling) makes of ``x``, in one pass instead
-    of River's union of two sub-pipelines: the numbers, then ``name_value: 1`` for each string,
-    in the same order, so the learner sums its dot products in the same order too.
-
-    >>> one_hot_union({"c:segment": "bargain", "i:price": 9.5, "item": "i7"})
-    {'i:price': 9.5, 'c:segment_bargain': 1, 'item_i7': 1}
-    """
-    out = {name: value for name, value in x.items() if not isinstance(value, str)}
-    for name, value in x.items():
-        if isinstance(value, str):
-            out[f"{name}_{value}"] = 1
-    return out
-
-
-def one_hot_candidates(
-    context: Mapping[str, float | bool | str],
-    candidates: Iterable[tuple[str, Mapping[str, float | bool | str]]],
-    crosses: Iterable[tuple[str, str]],
-    include_ids: bool,
-) -> Iterator[dict[str, Any]]:
-    """``one_hot_union(impression_features(context, item, ...))`` for each candidate of one
-    request, with the context encoded once rather than once per candidate: the same keys, values
-    and order (numbers, then one-hots, each in feature order), so the same scores to the bit."""
-    crosses = tuple(crosses)
-    numbers = {f"c:{k}": float(v) for k, v in context.items() if not isinstance(v, str)}
-    hots = {f"c:{k}_{v}": 1 for k, v in context.items() if isinstance(v, str)}
-    for item_id, item in candidates:
-        out: dict[str, Any] = dict(numbers)
-        for k, v in item.items():
-            if not isinstance(v, str):
-                out[f"i:{k}"] = float(v)
-        crossed: list[str] = []
-        for a, b in crosses:
-            feature = cross(context, item, a, b)
-            if feature is None:
-                continue
-            name, value = feature
-            if isinstance(value, str):
-                crossed.append(f"{name}_{value}")
-            else:
-                out[name] = value
-        out.update(hots)
-        for k, v in item.items():
-            if isinstance(v, str):
-                out[f"i:{k}_{v}"] = 1
-        if include_ids:
-            out[f"item_{item_id}"] = 1
-        for key in crossed:
-            out[key] = 1
-        yield out
-
-
-def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:
-    """ROC AUC of (score, label) pairs by ranks (Mann-Whitney U), ties counted half; 0 while
-    one class is missing, as River's ROCAUC reports.
-
-    >>> exact_auc([(0.9, True), (0.8, False), (0.3, True), (0.1, False)])
-    0.75
-    """
-    pairs = sorted(scored, key=lambda sy: sy[0])
-    positives = sum(1 for _, y in pairs if y)
-    negatives = len(pairs) - positives
-    if not positives or not negatives:
-        return 0.0
-    rank_sum, i = 0.0, 0
-    while i < len(pairs):
-        j = i
-        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
-            j += 1
-        mid_rank = (i + j + 1) / 2  # ranks i+1..j share their mean
-        rank_sum += mid_rank * sum(1 for _, y in pairs[i:j] if y)
-        i = j
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-class ThresholdAUC:
-    """River's ``metrics.ROCAUC`` (10 thresholds), the same figure for the same inputs, at a
-    fraction of the cost: one histogram bin per update instead of ten confusion matrices.
-
-    >>> from river import metrics
-    >>> ours, rivers = ThresholdAUC(), metrics.ROCAUC()
-    >>> for y, p in [(True, 0.9), (False, 0.4), (True, 0.35), (False, 0.1), (False, 0.8)]:
-    ...     ours.update(y, p); rivers.update(y, {True: p, False: 1 - p})
-    >>> bool(abs(ours.get() - rivers.get()) < 1e-12), round(ours.get(), 4)
-    (True, 0.75)
-    """
-
-    def __init__(self, n_thresholds: int = 10) -> None:
-        self.thresholds = [i / (n_thresholds - 1) for i in range(n_thresholds)]
-        self.thresholds[0] -= 1e-7
-        self.thresholds[-1] += 1e-7
-        # bins[k]: weight of examples whose score is above exactly the k lowest thresholds.
-        self.positives = [0.0] * (n_thresholds + 1)
-        self.negatives = [0.0] * (n_thresholds + 1)
-
-    def update(self, y: bool, p: float, w: float = 1.0) -> None:
-        (self.positives if y else self.negatives)[bisect.bisect_left(self.thresholds, p)] += w
-
-    def get(self) -> float:
-        total_pos, total_neg = sum(self.positives), sum(self.negatives)
-        tprs, fprs = [], []
-        for i in range(len(self.thresholds)):
-            # Predicted positive at threshold i: the bins above it.
-            tp, fp = sum(self.positives[i + 1 :]), sum(self.negatives[i + 1 :])
-            tprs.append(tp / total_pos if total_pos else 0.0)
-            fprs.append(fp / total_neg if total_neg else 0.0)
-        area = sum(
-            (fprs[i + 1] - fprs[i]) * (tprs[i + 1] + tprs[i]) / 2 for i in range(len(fprs) - 1)
-        )
-        return -area

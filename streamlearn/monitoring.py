@@ -36,7 +36,6 @@ alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometh
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
 from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
 from streamlearn.events import JoinReport
-from streamlearn.learning import exact_auc
+from streamlearn.metrics import Rolling, log_loss
 from streamlearn.policy import Policy
 from streamlearn.webhooks import Webhook
 
@@ -71,44 +70,6 @@ class Example(Protocol):
     def context(self) -> Mapping[str, float | bool | str]: ...
     @property
     def item_features(self) -> Mapping[str, float | bool | str]: ...
-
-
-def log_loss(p: float, y: bool) -> float:
-    p = min(max(p, 1e-15), 1 - 1e-15)
-    return -math.log(p if y else 1 - p)
-
-
-@dataclass
-class Rolling:
-    """(event time, score, label) of the last ``span`` seconds of event time."""
-
-    span: float
-    max_examples: int
-    items: deque[tuple[float, float, bool]] = field(default_factory=deque)
-
-    def add(self, t: float, p: float, y: bool) -> None:
-        self.items.append((t, p, y))
-        newest = max(t, self.items[-1][0])
-        while self.items and (
-            self.items[0][0] < newest - self.span or len(self.items) > self.max_examples
-        ):
-            self.items.popleft()
-
-    def metrics(self) -> dict[str, float]:
-        n = len(self.items)
-        if not n:
-            return {"count": 0.0}
-        positives = sum(1 for _, _, y in self.items if y)
-        mean_p = sum(p for _, p, _ in self.items) / n
-        rate = positives / n
-        return {
-            "count": float(n),
-            "roc_auc": exact_auc((p, y) for _, p, y in self.items),
-            "log_loss": sum(log_loss(p, y) for _, p, y in self.items) / n,
-            "conversion_rate": rate,
-            "prediction_mean": mean_p,
-            "calibration": mean_p / rate if rate else 0.0,
-        }
 
 
 @dataclass

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample, Outcome, Recommendation, SlateItem
+from streamlearn.features import example_features
 from streamlearn.learning import Learner, ModelSpec
-from streamlearn.training import example_features
 
 SEGMENTS = ("bargain", "premium", "family", "student", "gamer")
 CATEGORIES = ("toys", "books", "garden", "audio", "games", "kitchen", "sports", "fashion")

@@ -25,20 +25,10 @@ from pydantic import Field
 
 from streamlearn.clock import Clock
 from streamlearn.events import ExampleRecord, LabeledExample
-from streamlearn.features import Features, impression_features
+from streamlearn.features import example_features
 from streamlearn.learning import Learner, ModelSpec
 from streamlearn.policy import Policy
 from streamlearn.snapshots.base import Snapshot
-
-
-def example_features(spec: ModelSpec, example: LabeledExample | ExampleRecord) -> Features:
-    return impression_features(
-        example.context,
-        example.item_features,
-        item_id=example.item_id,
-        crosses=spec.crosses,
-        include_ids=spec.include_ids,
-    )
 
 
 class TrainingPolicy(Policy):

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from redis.exceptions import RedisError
@@ -16,6 +15,7 @@ from api.deps import HolderDep, SettingsDep
 from api.middleware import REQUESTS
 from api.schemas import problems
 from api.security import ScoringKey
+from streamlearn.board import Board
 
 PAGE = Path(__file__).resolve().parent.parent / "static" / "dashboard.html"
 
@@ -38,28 +38,18 @@ async def monitor(
     """The monitor's latest figures (null until it has published), their history for charts
     (evenly thinned to ``points``), the recent alerts (newest first), this API's request count,
     and the version it serves."""
-    client = request.app.state.redis
-    prefix = settings.topic_prefix
-    since = f"{int((time.time() - minutes * 60) * 1000)}-0"
-
-    def read() -> tuple[bytes | None, list[Any], list[bytes]]:
-        return (
-            client.get(f"{prefix}monitor"),
-            client.xrange(f"{prefix}monitor-history", since, "+"),
-            client.lrange(f"{prefix}alerts-recent", 0, -1),
-        )
-
+    board = Board(request.app.state.redis, settings.topic_prefix)
     try:
-        current, entries, recent = await asyncio.to_thread(read)
+        current, history, recent = await asyncio.to_thread(
+            board.read, time.time() - minutes * 60, points
+        )
     except RedisError as exc:
         raise HTTPException(503, detail=f"Redis unavailable: {exc}") from exc
-    stride = max(1, -(-len(entries) // points))
-    history = [orjson.loads(fields[b"point"]) for _, fields in entries[::stride]]
     served = holder.current
     return {
-        "current": None if current is None else orjson.loads(current),
+        "current": current,
         "history": history,
-        "recent_alerts": [orjson.loads(a) for a in recent],
+        "recent_alerts": recent,
         # The dashboard turns this count into a rate between two of its polls.
         "api_requests_total": sum(
             sample.value

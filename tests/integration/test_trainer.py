@@ -13,9 +13,10 @@ from river import evaluate, metrics
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
+from streamlearn.features import example_features
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
-from streamlearn.training import Training, TrainingPolicy, example_features
+from streamlearn.training import Training, TrainingPolicy
 from tests.conftest import (
     PrivateRedis,
     Processes,

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from streamlearn.drift import ConceptDrift, DataDrift, FeatureProfile, psi
+from streamlearn.drift import ConceptDrift, DataDrift, FeatureProfile
+from streamlearn.metrics import psi
 
 
 def losses(rng: random.Random, p_error: float, n: int) -> list[float]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from streamlearn.clock import ManualClock
-from streamlearn.features import impression_features
-from streamlearn.learning import ModelSpec, one_hot_candidates, one_hot_union
+from streamlearn.features import impression_features, one_hot_candidates, one_hot_union
+from streamlearn.learning import ModelSpec
 from streamlearn.serving import Candidate, ScoreRequest, Served
 from streamlearn.training import Training, TrainingPolicy
 from tests.factories import example

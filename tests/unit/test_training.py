@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from streamlearn.clock import ManualClock
+from streamlearn.features import example_features
 from streamlearn.learning import ModelSpec
-from streamlearn.training import Training, TrainingPolicy, example_features
+from streamlearn.training import Training, TrainingPolicy
 from tests.factories import example
 
 

@@ -1,0 +1,132 @@
+"""The figures streamlearn judges models by, in one place: log loss, ROC AUC (exact, and River's
+thresholded one for a running total), rolling windows of served scores, and the population
+stability index.
+
+>>> round(log_loss(0.8, True), 4), round(log_loss(0.8, False), 4)
+(0.2231, 1.6094)
+>>> round(psi({"a": 50, "b": 50}, {"a": 50, "b": 50}), 6)
+0.0
+>>> round(psi({"a": 90, "b": 10}, {"a": 50, "b": 50}), 3)
+0.879
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+PSI_FLOOR = 1e-4  # a bin's share is floored here, so an empty bin does not make PSI infinite
+
+
+def log_loss(p: float, y: bool) -> float:
+    p = min(max(p, 1e-15), 1 - 1e-15)
+    return -math.log(p if y else 1 - p)
+
+
+def exact_auc(scored: Iterable[tuple[float, bool]]) -> float:
+    """ROC AUC of (score, label) pairs by ranks (Mann-Whitney U), ties counted half; 0 while
+    one class is missing, as River's ROCAUC reports.
+
+    >>> exact_auc([(0.9, True), (0.8, False), (0.3, True), (0.1, False)])
+    0.75
+    """
+    pairs = sorted(scored, key=lambda sy: sy[0])
+    positives = sum(1 for _, y in pairs if y)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return 0.0
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        mid_rank = (i + j + 1) / 2  # ranks i+1..j share their mean
+        rank_sum += mid_rank * sum(1 for _, y in pairs[i:j] if y)
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+class ThresholdAUC:
+    """River's ``metrics.ROCAUC`` (10 thresholds), the same figure for the same inputs, at a
+    fraction of the cost: one histogram bin per update instead of ten confusion matrices.
+
+    >>> from river import metrics
+    >>> ours, rivers = ThresholdAUC(), metrics.ROCAUC()
+    >>> for y, p in [(True, 0.9), (False, 0.4), (True, 0.35), (False, 0.1), (False, 0.8)]:
+    ...     ours.update(y, p); rivers.update(y, {True: p, False: 1 - p})
+    >>> bool(abs(ours.get() - rivers.get()) < 1e-12), round(ours.get(), 4)
+    (True, 0.75)
+    """
+
+    def __init__(self, n_thresholds: int = 10) -> None:
+        self.thresholds = [i / (n_thresholds - 1) for i in range(n_thresholds)]
+        self.thresholds[0] -= 1e-7
+        self.thresholds[-1] += 1e-7
+        # bins[k]: weight of examples whose score is above exactly the k lowest thresholds.
+        self.positives = [0.0] * (n_thresholds + 1)
+        self.negatives = [0.0] * (n_thresholds + 1)
+
+    def update(self, y: bool, p: float, w: float = 1.0) -> None:
+        (self.positives if y else self.negatives)[bisect.bisect_left(self.thresholds, p)] += w
+
+    def get(self) -> float:
+        total_pos, total_neg = sum(self.positives), sum(self.negatives)
+        tprs, fprs = [], []
+        for i in range(len(self.thresholds)):
+            # Predicted positive at threshold i: the bins above it.
+            tp, fp = sum(self.positives[i + 1 :]), sum(self.negatives[i + 1 :])
+            tprs.append(tp / total_pos if total_pos else 0.0)
+            fprs.append(fp / total_neg if total_neg else 0.0)
+        area = sum(
+            (fprs[i + 1] - fprs[i]) * (tprs[i + 1] + tprs[i]) / 2 for i in range(len(fprs) - 1)
+        )
+        return -area
+
+
+@dataclass
+class Rolling:
+    """(event time, score, label) of the last ``span`` seconds of event time."""
+
+    span: float
+    max_examples: int
+    items: deque[tuple[float, float, bool]] = field(default_factory=deque)
+
+    def add(self, t: float, p: float, y: bool) -> None:
+        self.items.append((t, p, y))
+        newest = max(t, self.items[-1][0])
+        while self.items and (
+            self.items[0][0] < newest - self.span or len(self.items) > self.max_examples
+        ):
+            self.items.popleft()
+
+    def metrics(self) -> dict[str, float]:
+        n = len(self.items)
+        if not n:
+            return {"count": 0.0}
+        positives = sum(1 for _, _, y in self.items if y)
+        mean_p = sum(p for _, p, _ in self.items) / n
+        rate = positives / n
+        return {
+            "count": float(n),
+            "roc_auc": exact_auc((p, y) for _, p, y in self.items),
+            "log_loss": sum(log_loss(p, y) for _, p, y in self.items) / n,
+            "conversion_rate": rate,
+            "prediction_mean": mean_p,
+            "calibration": mean_p / rate if rate else 0.0,
+        }
+
+
+def psi(reference: Mapping[str, float], current: Mapping[str, float]) -> float:
+    """Population stability index of two histograms over the same bins (counts or shares)."""
+    bins = set(reference) | set(current)
+    ref_total = sum(reference.values()) or 1.0
+    cur_total = sum(current.values()) or 1.0
+    total = 0.0
+    for b in bins:
+        r = max(reference.get(b, 0.0) / ref_total, PSI_FLOOR)
+        c = max(current.get(b, 0.0) / cur_total, PSI_FLOOR)
+        total += (c - r) * math.log(c / r)
+    return total
