@@ -4,35 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamlearn.events import MAX_SLATE
-from streamlearn.serving import ScoreRequest
+from streamlearn.serving import EXAMPLE_REQUEST, ScoreRequest
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-_CANDIDATES: list[JsonValue] = [
-    {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
-    {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
-]
-
-
 class RankRequest(ScoreRequest):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "user_id": "u42",
-                    "context": {"segment": "family", "mobile": True},
-                    "items": _CANDIDATES,
-                    "k": 1,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{**EXAMPLE_REQUEST, "k": 1}]})
 
     k: int = Field(10, ge=1, le=MAX_SLATE, description="How many items to return.")
     epsilon: float | None = Field(

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
 from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
@@ -83,23 +83,21 @@ class Candidate(_Request):
     features: Features = {}
 
 
+# The example the API's documentation shows (a rank request adds ``k``).
+EXAMPLE_REQUEST: dict[str, JsonValue] = {
+    "user_id": "u42",
+    "context": {"segment": "family", "mobile": True},
+    "items": [
+        {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
+        {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
+    ],
+}
+
+
 class ScoreRequest(_Request):
     """Candidates for one user in one context: the body of /v1/score, and a row of a batch."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "user_id": "u42",
-                    "context": {"segment": "family", "mobile": True},
-                    "items": [
-                        {"item_id": "i7", "features": {"category": "toys", "price": 0.2}},
-                        {"item_id": "i9", "features": {"category": "books", "price": 0.1}},
-                    ],
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_REQUEST]})
 
     user_id: Id
     context: Features = {}

@@ -8,6 +8,8 @@ from streamlearn.learning import ModelSpec
 from streamlearn.training import Training, TrainingPolicy
 from tests.factories import example
 
+EVERY_100 = TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0)
+
 
 def test_checkpoint_is_due_by_count_or_time_and_resets() -> None:
     clock = ManualClock(0.0)
@@ -25,32 +27,21 @@ def test_checkpoint_is_due_by_count_or_time_and_resets() -> None:
 
 def test_snapshot_states_the_resume_point_and_lineage() -> None:
     clock = ManualClock(100.0)
-    t = Training(
-        ModelSpec(), clock, TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0)
-    )
+    t = Training(ModelSpec(), clock, EVERY_100)
     t.learn(example(True), 0, 10)
     t.learn(example(False), 2, 4)
     first = t.snapshot(1)
     assert first.offsets == {0: 11, 2: 5} and first.samples_seen == 2
     assert first.parent_version is None and first.created_at == 100.0
     t.checkpointed(1)
-    resumed = Training(
-        ModelSpec(),
-        clock,
-        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-        snapshot=first,
-    )
+    resumed = Training(ModelSpec(), clock, EVERY_100, snapshot=first)
     resumed.learn(example(True), 0, 11)
     second = resumed.snapshot(2)
     assert second.parent_version == 1 and second.samples_seen == 3 and second.offsets[0] == 12
 
 
 def test_progressive_validation_scores_before_learning() -> None:
-    t = Training(
-        ModelSpec(),
-        ManualClock(0.0),
-        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-    )
+    t = Training(ModelSpec(), ManualClock(0.0), EVERY_100)
     for n in range(200):
         t.learn(example(True, "a"), 0, 2 * n)
         t.learn(example(False, "z"), 0, 2 * n + 1)
@@ -60,22 +51,11 @@ def test_progressive_validation_scores_before_learning() -> None:
 
 
 def test_corrections_are_skipped_and_weights_are_used() -> None:
-    t = Training(
-        ModelSpec(),
-        ManualClock(0.0),
-        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-    )
+    t = Training(ModelSpec(), ManualClock(0.0), EVERY_100)
     late = example(True).model_copy(update={"correction": True})
     t.learn(late, 0, 7)
     assert t.samples_seen == 0 and t.offsets == {0: 8}
-    light, heavy = (
-        Training(
-            ModelSpec(),
-            ManualClock(0.0),
-            TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-        )
-        for _ in range(2)
-    )
+    light, heavy = (Training(ModelSpec(), ManualClock(0.0), EVERY_100) for _ in range(2))
     light.learn(example(True), 0, 0)
     heavy.learn(example(True).model_copy(update={"weight": 5.0}), 0, 0)
     x = example_features(ModelSpec(), example(True))
@@ -99,19 +79,10 @@ def test_correction_policy_learn_weights_the_late_positive() -> None:
 
 def test_a_model_skips_what_its_snapshot_has_learned() -> None:
     """Several models share one pass; each resumes from its own offsets."""
-    ahead = Training(
-        ModelSpec(),
-        ManualClock(0.0),
-        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-    )
+    ahead = Training(ModelSpec(), ManualClock(0.0), EVERY_100)
     for n in range(5):
         ahead.learn(example(n % 2 == 0), 0, n)
-    restored = Training(
-        ModelSpec(),
-        ManualClock(0.0),
-        TrainingPolicy(checkpoint_every_n=100, checkpoint_every_s=60.0),
-        snapshot=ahead.snapshot(1),
-    )
+    restored = Training(ModelSpec(), ManualClock(0.0), EVERY_100, snapshot=ahead.snapshot(1))
     for n in range(8):  # the shared pass re-reads from an earlier offset
         restored.learn(example(n % 2 == 0), 0, n)
     assert restored.samples_seen == 8 and restored.offsets == {0: 8}
