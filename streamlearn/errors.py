@@ -7,8 +7,10 @@
     ├── InvalidEventError      a record that fails to parse or validate (routed to dead letters)
     ├── SnapshotError          snapshot store trouble
     │   ├── SnapshotNotFound   no such model, version or alias
-    │   ├── SignatureError     a snapshot whose HMAC does not verify: never unpickled
-    │   └── StoreUnavailable   a store that did not answer (Redis down, say): retry later
+    │   ├── SignatureError     a signed blob (a snapshot, the monitor's state) that does not
+    │   │                      verify, or was signed for another purpose: never unpickled
+    │   └── StoreUnavailable   a store whose backend failed (Redis down, the archive erring):
+    │                          every RedisError and obstore error becomes this, at the store
     └── InfraError             Kafka or Redis not reachable or misbehaving
 """
 
