@@ -75,7 +75,7 @@ def test_redis_down_is_said_and_changes_nothing(
     assert listed.returncode == 0 and "│ 1 " in listed.stdout  # read from the archive
     failed = cli(down, "promote", "ctr", "1")
     assert failed.returncode == 1 and "Redis did not answer" in failed.stdout
-    assert store.archive.read_registry("ctr")["aliases"] == {}
+    assert store.archive.read_registry("ctr").aliases == {}
 
 
 def test_batch_scoring_of_jsonl_and_parquet_files(
