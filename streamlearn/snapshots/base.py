@@ -157,10 +157,11 @@ RegistryChange = Callable[[RegistryDocument], RegistryDocument]
 
 
 class SnapshotStore(ABC):
-    """Where versions live, the one interface callers see. Versions are immutable; ``latest``
-    moves with every new one. A backend raises only streamlearn's errors: the backend's own
-    (``RedisError``, obstore's) become :class:`~streamlearn.errors.StoreUnavailable` where they
-    are raised."""
+    """Where versions live, the one interface callers see, sealed: its backends are the ones in
+    this package (each ``@final``), and callers reach nothing past this interface. Versions are
+    immutable; ``latest`` moves with every new one. A backend raises only streamlearn's errors:
+    the backend's own (``RedisError``, obstore's) become
+    :class:`~streamlearn.errors.StoreUnavailable` where they are raised."""
 
     @abstractmethod
     def models(self) -> list[str]: ...

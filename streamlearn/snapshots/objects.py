@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
@@ -54,6 +54,7 @@ def _unavailable(url: str) -> Iterator[None]:
         raise StoreUnavailable(f"the archive {url} failed: {exc}") from exc
 
 
+@final
 class ObjectSnapshotStore(SignedBlobs):
     def __init__(
         self, url: str, key: bytes, *, notices_poll_s: float | None = 1.0, **options: Any

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import cast, final
 
 import redis
 from redis.exceptions import RedisError, WatchError
@@ -38,6 +38,7 @@ def _document(raw: bytes | None) -> RegistryDocument:
     return RegistryDocument() if raw is None else RegistryDocument.model_validate_json(raw)
 
 
+@final
 class RedisSnapshotStore(SignedBlobs):
     def __init__(
         self, client: redis.Redis[bytes], key: bytes, prefix: str = "streamlearn."

@@ -15,7 +15,7 @@ finishing out of order cannot leave an older document there.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, final
 
 from streamlearn.errors import SnapshotNotFound, StoreUnavailable
 from streamlearn.snapshots.base import RegistryChange, RegistryDocument, Snapshot, SnapshotStore
@@ -23,6 +23,7 @@ from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 
 
+@final
 class TieredSnapshotStore(SnapshotStore):
     def __init__(self, hot: RedisSnapshotStore, archive: ObjectSnapshotStore) -> None:
         self.hot = hot
