@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -46,20 +47,20 @@ class KafkaProcess(ABC):
         """Collectors that read the process's own state, registered before the endpoint starts."""
         return None
 
-    def consume(self, n: int, timeout: float) -> list[Message]:
-        """Up to ``n`` records; errors and ends of partitions are dealt with here."""
-        records = []
+    def consume(self, n: int, timeout: float) -> Iterator[Message]:
+        """Up to ``n`` records, in order; errors are dealt with here, and an end of partition
+        when the iteration reaches it, after the caller has handled the records before it (a
+        record read after an end says the partition has more)."""
         for msg in self.consumer.consume(n, timeout=timeout):
             error = msg.error()
             if error is None:
-                records.append(msg)
+                yield msg
             elif error.code() == KafkaError._PARTITION_EOF:
                 topic, partition = msg.topic(), msg.partition()
                 if topic is not None and partition is not None:
                     self.on_end_of_partition(topic, partition)
             else:
                 self.log.warning("consume error: %s", error)
-        return records
 
     def on_end_of_partition(self, topic: str, partition: int) -> None:
         """The consumer has read everything there is in the partition, for now (only with

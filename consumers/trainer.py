@@ -104,14 +104,15 @@ class Trainer(KafkaProcess):
 
     def step(self) -> int:
         """One batch: consume, learn, checkpoint when due. Returns the records read."""
-        msgs = self.consume(500, timeout=0.5)
-        for msg in msgs:
+        read = 0
+        for msg in self.consume(500, timeout=0.5):
             self.handle(msg)
+            read += 1
         self.producer.poll(0)
         due = any(t.checkpoint_due() for t in self.trainings)
         if due and time.monotonic() >= self.retry_at:
             self.checkpoint()
-        return len(msgs)
+        return read
 
     def run(self) -> None:
         self.subscribe()

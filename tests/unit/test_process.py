@@ -1,0 +1,78 @@
+"""The consumer processes' shared skeleton: records and ends of partitions in the order Kafka
+gave them (a stand-in for the consumer: this is the skeleton's logic, not Kafka's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from consumers.process import KafkaProcess
+from streamlearn.settings import Settings
+
+
+@dataclass
+class Record:
+    topic_: str
+    partition_: int
+    code: int | None = None  # an error's code; None for a record
+
+    def error(self) -> KafkaError | None:
+        return None if self.code is None else KafkaError(self.code)
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+
+class Batches:
+    def __init__(self, batch: list[Record]) -> None:
+        self.batch = batch
+
+    def consume(self, n: int, timeout: float) -> list[Record]:
+        return self.batch
+
+
+class Recorder(KafkaProcess):
+    name = "recorder"
+
+    def __init__(self, batch: list[Record]) -> None:
+        super().__init__(Settings())
+        self.consumer.close()  # never used: it has never joined a group
+        self.consumer = Batches(batch)  # type: ignore[assignment]
+        self.seen: list[Any] = []
+
+    def run(self) -> None:
+        for msg in self.consume(10, 0.0):
+            self.seen.append(("record", msg.topic(), msg.partition()))
+
+    def metrics_port(self) -> int:
+        return 0
+
+    def on_end_of_partition(self, topic: str, partition: int) -> None:
+        self.seen.append(("end", topic, partition))
+
+
+def test_an_end_of_partition_comes_after_the_records_before_it() -> None:
+    """The joiner counts an input idle from its end on, until its next record: handled before
+    the records that precede it, the end would be undone by them and the input never idle."""
+    eof = KafkaError._PARTITION_EOF
+    process = Recorder(
+        [
+            Record("recs", 0),
+            Record("recs", 0, eof),
+            Record("outs", 1),
+            Record("outs", 1, KafkaError._TRANSPORT),  # logged, not handled
+            Record("outs", 1, eof),
+        ]
+    )
+    process.run()
+    assert process.seen == [
+        ("record", "recs", 0),
+        ("end", "recs", 0),
+        ("record", "outs", 1),
+        ("end", "outs", 1),
+    ]
