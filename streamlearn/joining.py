@@ -35,6 +35,9 @@ Semantics
 * Duplicates make no second label: a replayed recommendation (window open, or closed within
   ``dedup_retention``), the same outcome again, a second outcome under ``earliest``.
 
+The policy names above are the fields of :class:`JoinPolicy` (``window`` is ``window_s``, each
+duration in seconds with an ``_s``), composed into the settings as the ``join`` section.
+
 State keys: ``r/<id>`` open recommendation, ``c/<id>`` closed marker kept for ``dedup_retention``
 after the window ends, ``e/<id>`` early outcomes, ``u/<user>/<item>`` latest open impression
 (matching by user and item), ``w/<partition>`` watermark.

@@ -31,7 +31,8 @@ From the joiner's reports (counter deltas between two reports of a worker), for 
 ``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition).
 
 Every value goes through the :class:`~streamlearn.alerting.Alarms` book, which turns them into
-alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometheus.
+alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometheus. The names in
+double backquotes above are the fields of :class:`MonitorPolicy`, the monitor's settings.
 """
 
 from __future__ import annotations
