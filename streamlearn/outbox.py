@@ -27,7 +27,7 @@ import redis
 from prometheus_client import Counter
 
 from streamlearn.alerting import Alert
-from streamlearn.webhooks import Webhook, backoff, body, headers, retry_after, verdict
+from streamlearn.webhooks import Verdict, Webhook, backoff, body, headers, retry_after, verdict
 
 log = logging.getLogger("streamlearn.outbox")
 
@@ -102,21 +102,31 @@ class Courier:
         self.base_s, self.cap_s = base_s, cap_s
         self.rng = rng or random.Random()
         self.client = httpx.Client(timeout=webhook.timeout_s)
+        # The head's delivery id and what the receiver said, until it is off the queue.
+        self._settled: tuple[str, Verdict, int | None] | None = None
 
     def run(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set. Redis going away pauses delivery (with backoff) and
+        never ends it; an alert the receiver took whose removal from the queue failed is not
+        posted again once Redis is back."""
         attempt = 0
-        name = self.webhook.name
         while not stop.is_set():
             try:
-                alert = self.outbox.head(name)
+                attempt = self._step(stop, attempt)
             except redis.RedisError as exc:
-                log.warning("outbox of %s unreadable (%s): retrying", name, exc)
+                log.warning("outbox of %s unreachable (%s): retrying", self.webhook.name, exc)
                 stop.wait(backoff(attempt, self.base_s, self.cap_s, self.rng))
                 attempt += 1
-                continue
-            if alert is None:
-                stop.wait(0.2)
-                continue
+
+    def _step(self, stop: threading.Event, attempt: int) -> int:
+        """Deliver the queue's head, or wait for one; the next attempt number."""
+        name = self.webhook.name
+        alert = self.outbox.head(name)
+        if alert is None:
+            stop.wait(0.2)
+            return 0
+        delivery = f"{alert.dedup_key}#{alert.sequence}"
+        if self._settled is None or self._settled[0] != delivery:
             status, wait = self._post(alert)
             outcome = verdict(status)
             if outcome == "retry":
@@ -130,23 +140,16 @@ class Courier:
                     attempt + 1,
                     delay,
                 )
-                attempt += 1
                 stop.wait(delay)
-                continue
-            attempt = 0
-            if outcome == "refused":
-                REFUSED.labels(name).inc()
-                log.error(
-                    "%s refused %s#%d with %s: moved to the dead list",
-                    name,
-                    alert.dedup_key,
-                    alert.sequence,
-                    status,
-                )
-                self.outbox.pop(name, to_dead=True)
-            else:
-                DELIVERED.labels(name).inc()
-                self.outbox.pop(name)
+                return attempt + 1
+            self._settled = (delivery, outcome, status)
+        _, outcome, status = self._settled
+        if outcome == "refused":
+            log.error("%s refused %s with %s: moved to the dead list", name, delivery, status)
+        self.outbox.pop(name, to_dead=outcome == "refused")
+        (REFUSED if outcome == "refused" else DELIVERED).labels(name).inc()
+        self._settled = None
+        return 0
 
     def _post(self, alert: Alert) -> tuple[int | None, float | None]:
         payload = body(self.webhook, alert, self.link(alert))

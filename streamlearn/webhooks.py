@@ -27,6 +27,7 @@ import email.utils
 import hashlib
 import hmac
 import random
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -63,7 +64,10 @@ def body(webhook: Webhook, alert: Alert, link: str) -> bytes:
                 "summary": alert.summary,
                 "source": f"streamlearn/{alert.model}",
                 "severity": _PD_SEVERITY[alert.severity],
-                "timestamp": email.utils.formatdate(alert.at, usegmt=True),
+                # ISO 8601, as the Events API v2 asks (an RFC 2822 date may be refused).
+                "timestamp": datetime.fromtimestamp(alert.at, UTC).isoformat(
+                    timespec="milliseconds"
+                ),
                 "component": alert.model_version or alert.model,
                 "group": alert.rule,
                 "custom_details": alert.model_dump(),

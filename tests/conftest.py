@@ -267,6 +267,7 @@ class PrivateRedis:
     port: int
     dir: Path
     server: subprocess.Popen[bytes] | None = None
+    persist: bool = False  # an append-only file, so a restart keeps the data
 
     @property
     def url(self) -> str:
@@ -280,6 +281,8 @@ class PrivateRedis:
 
     def start(self) -> None:
         cmd = ["redis-server", "--port", str(self.port), "--save", "", "--dir", str(self.dir)]
+        if self.persist:
+            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
         self.server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         wait_until(self.answers, "the test's Redis to answer")
 

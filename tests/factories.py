@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -72,6 +73,8 @@ class Receiver:
     answered: list[int] = field(default_factory=list)
     bad_signatures: int = 0
     server: ThreadingHTTPServer | None = None
+    # Called with the count accepted so far, after each acceptance and before the answer.
+    on_accept: Callable[[int], None] | None = None
 
     def start(self) -> None:
         receiver = self
@@ -87,6 +90,8 @@ class Receiver:
                     receiver.accepted.append(
                         (self.headers["X-Streamlearn-Delivery"], json.loads(raw))
                     )
+                    if receiver.on_accept is not None:
+                        receiver.on_accept(len(receiver.accepted))
                 self.send_response(status)
                 for k, v in extra.items():
                     self.send_header(k, v)

@@ -16,7 +16,7 @@ from streamlearn.alerting import Alarms, Alert, Rule
 from streamlearn.clock import ManualClock
 from streamlearn.outbox import Courier, Outbox
 from streamlearn.webhooks import Webhook
-from tests.conftest import Infra, free_port, wait_until
+from tests.conftest import Infra, PrivateRedis, free_port, wait_until
 from tests.factories import SECRET, Receiver
 
 pytestmark = pytest.mark.integration
@@ -138,3 +138,33 @@ def test_a_restart_mid_incident_does_not_page_again_and_still_resolves(
         ("other/auc-floor/5m", "resolved"),
     ]
     assert [a.sequence for a in resolved] == [2, 2]
+
+
+def test_a_redis_restart_mid_delivery_delivers_everything_in_order_once(
+    private_redis: PrivateRedis, receiver: Receiver
+) -> None:
+    """Redis goes away just as the receiver takes the third alert, before the courier removes it
+    from the queue, and comes back a second later: the courier keeps going, does not post the
+    third again, and delivers the rest in order."""
+    private_redis.stop()
+    private_redis.persist = True
+    private_redis.start()
+    outbox = Outbox(redis.Redis.from_url(private_redis.url), "t.")
+    clock = ManualClock(0.0)
+    made = incidents(Alarms([RULE], clock), clock, outbox, [0.5, 0.7, 0.4])
+    assert len(made) == 6
+
+    def restart_redis_at_the_third(accepted: int) -> None:
+        if accepted == 3:
+            private_redis.stop()
+            threading.Timer(1.0, private_redis.start).start()
+
+    receiver.on_accept = restart_redis_at_the_third
+    receiver.start()
+    _, stop, thread = courier(outbox, receiver.port)
+    try:
+        wait_until(lambda: len(receiver.accepted) >= 6 and outbox.pending("oncall") == 0, "all")
+    finally:
+        stop.set()
+        thread.join()
+    assert [d for d, _ in receiver.accepted] == [f"{a.dedup_key}#{a.sequence}" for a in made]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import email.utils
 import random
+from datetime import datetime
 
+import jsonschema
 import orjson
+import pytest
 
 from streamlearn.alerting import Alert
 from streamlearn.webhooks import Webhook, backoff, body, headers, retry_after, verdict, verify
@@ -81,3 +84,71 @@ def test_retry_after_and_backoff() -> None:
     assert all(0 <= w <= 30.0 for w in waits)
     assert max(backoff(0, 0.5, 30.0, rng) for _ in range(100)) <= 0.5
     assert max(waits) > 20  # grows to the cap
+
+
+# The vendors' request bodies as their documentation states them, as JSON Schema: PagerDuty's
+# Events API v2 "Send an Alert Event" (developer.pagerduty.com, events-API-v2, Trigger Events)
+# and Slack's incoming webhooks (api.slack.com/messaging/webhooks: a JSON body with ``text``).
+ISO_8601 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$"
+PAGERDUTY_EVENT = {
+    "type": "object",
+    "required": ["routing_key", "event_action"],
+    "properties": {
+        "routing_key": {"type": "string", "minLength": 1},
+        "event_action": {"enum": ["trigger", "acknowledge", "resolve"]},
+        "dedup_key": {"type": "string", "maxLength": 255},
+        "payload": {
+            "type": "object",
+            "required": ["summary", "source", "severity"],
+            "properties": {
+                "summary": {"type": "string", "minLength": 1, "maxLength": 1024},
+                "source": {"type": "string", "minLength": 1},
+                "severity": {"enum": ["critical", "error", "warning", "info"]},
+                "timestamp": {"type": "string", "pattern": ISO_8601},
+                "component": {"type": "string"},
+                "group": {"type": "string"},
+                "class": {"type": "string"},
+                "custom_details": {"type": "object"},
+            },
+        },
+        "images": {
+            "type": "array",
+            "items": {"type": "object", "required": ["src"]},
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["href"],
+                "properties": {"href": {"type": "string"}, "text": {"type": "string"}},
+            },
+        },
+    },
+    # A trigger needs its payload; acknowledge and resolve may send one or not.
+    "if": {"properties": {"event_action": {"const": "trigger"}}},
+    "then": {"required": ["payload"]},
+}
+SLACK_MESSAGE = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": {"type": "string", "minLength": 1}},
+}
+
+
+@pytest.mark.parametrize("status", ["firing", "resolved"])
+@pytest.mark.parametrize("severity", ["critical", "warning", "info"])
+def test_payloads_follow_the_vendors_schemas(status: str, severity: str) -> None:
+    alert = ALERT.model_copy(update={"status": status, "severity": severity})
+    paged = orjson.loads(body(hook("pagerduty"), alert, LINK))
+    jsonschema.validate(paged, PAGERDUTY_EVENT)
+    stamp = datetime.fromisoformat(paged["payload"]["timestamp"])
+    assert stamp.timestamp() == alert.at and stamp.utcoffset() is not None
+    jsonschema.validate(orjson.loads(body(hook("slack"), alert, LINK)), SLACK_MESSAGE)
+
+
+def test_the_schema_refuses_what_pagerduty_would() -> None:
+    """The schema can fail: an RFC 2822 date, as these payloads once carried, is refused."""
+    paged = orjson.loads(body(hook("pagerduty"), ALERT, LINK))
+    paged["payload"]["timestamp"] = email.utils.formatdate(ALERT.at, usegmt=True)
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        jsonschema.validate(paged, PAGERDUTY_EVENT)
