@@ -46,6 +46,7 @@ from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
+from streamlearn.faults import fails
 from streamlearn.joining import Joiner, JoinState
 from streamlearn.settings import Settings
 from streamlearn.telemetry import JoinCollector, report
@@ -195,18 +196,24 @@ class TransactionalJoin(KafkaProcess):
                 self.producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata()
                 )
+            if fails("joiner.commit"):
+                self._abort("failpoint joiner.commit")
+                return
             self.producer.commit_transaction()
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
                 raise  # fatal (fenced by a newer instance, say): the process must end
-            log.warning("transaction aborted (%s): rewinding to the last commit", exc)
-            self.producer.abort_transaction()
-            self.in_transaction = False
-            self.next_offsets.clear()
-            self._rewind()
+            self._abort(str(exc))
             return
         self.in_transaction = False
         self.next_offsets.clear()
+
+    def _abort(self, why: str) -> None:
+        log.warning("transaction aborted (%s): rewinding to the last commit", why)
+        self.producer.abort_transaction()
+        self.in_transaction = False
+        self.next_offsets.clear()
+        self._rewind()
 
     def _rewind(self) -> None:
         """Back to the last committed transaction: state from the changelog, inputs from the
@@ -214,6 +221,9 @@ class TransactionalJoin(KafkaProcess):
         owned = sorted(self.partitions)
         self.state.drop_partitions(owned)
         self._recover(owned)
+        # What the joiner scheduled from the aborted state is gone with it: windows closed in
+        # the aborted transaction are open again and must be scheduled to close again.
+        self.joiner.forget_partitions()
         assigned = self.consumer.assignment()
         for tp in self.consumer.committed(assigned, timeout=30):
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

@@ -3,7 +3,8 @@ fail-rs allow. ``STREAMLEARN_FAILPOINT="trainer.before_snapshot:2"`` makes the p
 itself the second time it reaches that point; unset, a failpoint costs one string comparison.
 
 The crash tests use them to kill the trainer exactly between two steps of a checkpoint, which a
-signal sent from outside could only hit by luck.
+signal sent from outside could only hit by luck. :func:`fails` is the other kind: instead of
+dying, the process takes its failure path there once (the joiner aborts a transaction, say).
 """
 
 from __future__ import annotations
@@ -22,3 +23,13 @@ def failpoint(name: str) -> None:
     _hits += 1
     if _hits >= int(_count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fails(name: str) -> bool:
+    """True the Nth time this point is reached (``STREAMLEARN_FAILPOINT="name:N"``), and never
+    again: the caller then acts as if what it was doing had failed."""
+    global _hits
+    if name != _name:
+        return False
+    _hits += 1
+    return _hits == int(_count or 1)

@@ -174,7 +174,10 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
         STREAMLEARN_SIM_MEAN_DELAY_S="1",
         STREAMLEARN_JOINER_METRICS_PORT="0",
     )
+    if disrupt == "abort":  # one transaction aborted mid-stream, as a broker error would
+        processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit:60"
     processes.start("joiner", "-m", "consumers.joiner")
+    processes.env.pop("STREAMLEARN_FAILPOINT", None)
     wait_until(lambda: bool(reports(s)), "the joiner to start")
     sim = processes.start(
         "simulator", "-m", "consumers.simulator", "--duration", "30", "--drain", "8"
@@ -185,7 +188,7 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
         first.send_signal(signal.SIGKILL)
         first.wait()
         processes.start("joiner-restarted", "-m", "consumers.joiner")
-    else:
+    elif disrupt == "rebalance":
         processes.start("joiner-2", "-m", "consumers.joiner")
         time.sleep(10)
         processes.running["joiner"].terminate()  # the first leaves; the second takes it all
@@ -201,6 +204,8 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
 
     positives = {e.example_id for e in got if e.label}
     assert positives == converted(recs, outcomes, WINDOW_S)  # none lost, none invented
+    if disrupt == "abort":
+        assert "transaction aborted (failpoint joiner.commit)" in processes.log("joiner")
     if disrupt == "sigkill":
         restored = re.search(r": (\d+) open windows", processes.log("joiner-restarted"))
         assert restored and int(restored.group(1)) > 0, "the kill should leave windows open"
@@ -216,3 +221,11 @@ def test_a_second_joiner_joining_then_one_leaving(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_with(processes, monkeypatch, "rebalance")
+
+
+def test_an_aborted_transaction_loses_and_repeats_nothing(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows closed inside the aborted transaction open again from the changelog and close
+    again: none is left open for ever, none labeled twice."""
+    run_with(processes, monkeypatch, "abort")
