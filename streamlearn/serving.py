@@ -178,6 +178,6 @@ class ModelHolder:
                     if notice == "" or (notice is not None and notice.startswith(prefix)):
                         self.refresh()
             except StoreUnavailable as exc:
-                log.warning("store notices unavailable (%s): polling only, retrying", exc)
+                log.warning("notices unavailable (%s): polling only, retrying", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

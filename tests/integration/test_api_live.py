@@ -144,7 +144,7 @@ def test_with_redis_down_the_api_keeps_serving(
     wait_until(lambda: served_version(s) == 1, "version 1 served")
     private_redis.stop()
     wait_until(
-        lambda: "Redis notices unavailable" in processes.log("api"),
+        lambda: "notices unavailable (Redis did not answer" in processes.log("api"),
         "the API to notice Redis is gone",
     )
     for _ in range(20):  # over several polls of the store, which now falls back to the archive
