@@ -39,6 +39,7 @@ from streamlearn.board import Board
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StreamlearnError
 from streamlearn.events import JoinReport, parse, parse_example
+from streamlearn.faults import failpoint
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
 from streamlearn.registry import CHAMPION, Registry
@@ -61,7 +62,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 3  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 4  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 
 
@@ -80,6 +81,8 @@ class MonitorProcess(KafkaProcess):
         self.outbox = Outbox(self.redis, settings.topic_prefix)
         self.board = Board(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
+        # Automatic actions decided and saved, not yet known to be done: (alert, served version).
+        self.pending: list[tuple[Alert, int | None]] = []
         self.monitor = self._restore() or Monitor(settings.monitor, SystemClock())
         # Rules and bounds come from today's configuration, whatever a restored state had.
         self.monitor.configure(settings.monitor)
@@ -99,13 +102,19 @@ class MonitorProcess(KafkaProcess):
             return None
         monitor: Monitor = state["monitor"]
         self.offsets = state["offsets"]
+        self.pending = state["pending"]
         log.info(
             "restored: %d alarms firing, offsets %s", len(monitor.alarms.firing()), self.offsets
         )
         return monitor
 
     def _save(self, alerts: list[Alert]) -> None:
-        state = {"format": STATE_FORMAT, "monitor": self.monitor, "offsets": dict(self.offsets)}
+        state = {
+            "format": STATE_FORMAT,
+            "monitor": self.monitor,
+            "offsets": dict(self.offsets),
+            "pending": list(self.pending),
+        }
         blob = signing.dumps(state, self.key, signing.MONITOR_STATE)
         self.outbox.record(blob, alerts, [w.name for w in self.settings.monitor.webhooks])
         self.board.record_alerts(alerts)
@@ -137,19 +146,28 @@ class MonitorProcess(KafkaProcess):
             thread.start()
             couriers.append(thread)
         self.consumer.subscribe([self.examples, self.stats], on_assign=self._on_assign)
+        if self.pending:  # decided before a crash, maybe done: done now, once
+            self._save(self._act())
         last_eval = time.monotonic()
         try:
             while not self.stopping:
                 alerts: list[Alert] = []
                 for msg in self.consume(500, timeout=0.5):
                     alerts += self._handle(msg)
-                alerts += self._act(alerts)
-                if alerts:
-                    self._save(alerts)
-                if time.monotonic() - last_eval >= s.monitor.evaluate_s:
+                evaluate = time.monotonic() - last_eval >= s.monitor.evaluate_s
+                if evaluate:
                     last_eval = time.monotonic()
                     self._follow_champions()
-                    self._save(self.monitor.evaluate())
+                    alerts += self.monitor.evaluate()
+                if alerts or evaluate:
+                    # What the alerts call for is saved with them, before it is done.
+                    self.pending += self._actions_for(alerts)
+                    self._save(alerts)
+                if self.pending:
+                    done = self._act()
+                    failpoint("monitor.acted")
+                    self._save(done)
+                if evaluate:
                     self._publish()
         finally:
             self._save([])
@@ -171,15 +189,31 @@ class MonitorProcess(KafkaProcess):
             log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
             return []
 
-    def _act(self, alerts: list[Alert]) -> list[Alert]:
-        """The automatic actions the alerts call for, as alerts themselves."""
-        s = self.settings
-        if s.monitor.auto_action != "rollback":
+    def _actions_for(self, alerts: list[Alert]) -> list[tuple[Alert, int | None]]:
+        """The automatic actions the alerts call for, each with the version served now."""
+        policy = self.settings.monitor
+        if policy.auto_action != "rollback":
             return []
+        chosen = [
+            a
+            for a in alerts
+            if a.status == "firing" and a.rule in policy.auto_action_rules and a.model != JOIN
+        ]
+        return [(a, self._served(a.model)) for a in chosen]
+
+    def _served(self, model: str) -> int | None:
+        try:
+            return self.registry.served_version(model)
+        except StreamlearnError as exc:  # the action will say it could not be done
+            log.warning("could not read %s's served version: %s", model, exc)
+            return None
+
+    def _act(self) -> list[Alert]:
+        """Do the pending actions; the alerts that say what was done."""
         out = []
-        for a in alerts:
-            if a.status == "firing" and a.rule in s.monitor.auto_action_rules and a.model != JOIN:
-                out += auto_rollback(a, self.registry, SystemClock())
+        for alert, before in self.pending:
+            out += auto_rollback(alert, self.registry, SystemClock(), before)
+        self.pending = []
         return out
 
     def _publish(self) -> None:

@@ -3,6 +3,10 @@
 An action is itself an alert, so on-call hears of it like anything else: an ``info`` alert of
 rule ``auto-rollback`` (or ``warning`` when it could not be done), fired and resolved at once
 since it is over when it is announced, with its own dedup key per model and alarm.
+
+An action may be run again after a crash (the monitor saves what it is about to do before it
+does it): given the champion it saw before, a rollback that has already moved the champion away
+from it changes nothing the second time, and says the same.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from streamlearn.errors import SnapshotError
 from streamlearn.registry import CHAMPION, Registry
 
 
-def auto_rollback(alert: Alert, registry: Registry, clock: Clock) -> list[Alert]:
+def auto_rollback(
+    alert: Alert, registry: Registry, clock: Clock, before: int | None = None
+) -> list[Alert]:
     """Roll ``alert.model``'s champion back to the version it named before; the alerts that
-    say so (or say why not)."""
-    before = registry.served_version(alert.model)
+    say so (or say why not). ``before`` is the version served when the action was decided
+    (read now when not given); a champion no longer there is not rolled back again."""
     try:
-        after = registry.rollback(alert.model)
+        if before is None:
+            before = registry.served_version(alert.model)
+        after = registry.rollback(alert.model, expected=before)
         summary = (
             f"{alert.model}: champion rolled back from v{before} to v{after} "
             f"after {alert.dedup_key} fired"

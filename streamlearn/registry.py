@@ -76,10 +76,15 @@ class Registry:
         self.store.meta(model_name, version)  # exists, and its signature verifies
         self.store.update_registry(model_name, lambda d: d.promoted(alias, version))
 
-    def rollback(self, model_name: str, alias: str = CHAMPION) -> int:
-        """Point the alias back at the version it named before; returns that version."""
+    def rollback(self, model_name: str, alias: str = CHAMPION, expected: int | None = None) -> int:
+        """Point the alias back at the version it named before; returns the version it names
+        after. With ``expected``, only while the alias still names that version: one that has
+        moved on (rolled back already, say) is left as it is."""
 
         def back(doc: RegistryDocument) -> RegistryDocument:
+            current = doc.aliases.get(alias)
+            if expected is not None and current is not None and current != expected:
+                return doc
             try:
                 return doc.rolled_back(alias)
             except SnapshotError as exc:

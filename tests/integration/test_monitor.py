@@ -11,11 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamlearn.alerting import Alert
 from streamlearn.clock import ManualClock
+from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed
-from tests.conftest import Processes, configure, free_port, produce, wait_until
-from tests.factories import SECRET, Receiver
+from streamlearn.snapshots import open_store
+from tests.conftest import Processes, configure, free_port, produce, read_topic, wait_until
+from tests.factories import SECRET, Receiver, example, trained
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +123,60 @@ def test_outcomes_that_stop_raise_a_join_health_alarm(
     page = next(p for _, p in receiver.accepted if p["dedup_key"] == "join/outcomes-stopped/stream")
     assert float(str(page["at"])) >= started + 12 + 4  # not before the outcomes had stopped
     assert page["severity"] == "error" and page["value"] == 0
+
+
+def test_a_crash_between_a_rollback_and_the_save_rolls_back_once(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor is killed right after an automatic rollback, before it saves: restarted, it
+    neither rolls back a second time nor says so twice, and it does say it once."""
+    busy = {"name": "busy", "metric": "count", "window": "5m", "bad": "above", "threshold": 10}
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_PARTITIONS="1",
+        STREAMLEARN_MONITOR_EVALUATE_S="1",
+        STREAMLEARN_MONITOR_RULES=json.dumps([busy]),
+        STREAMLEARN_AUTO_ACTION="rollback",
+        STREAMLEARN_AUTO_ACTION_RULES='["busy"]',
+        STREAMLEARN_MONITOR_METRICS_PORT="0",
+    )
+    store = open_store(s)
+    registry = Registry(store)
+    for version in (1, 2):
+        store.put(trained(version))
+        registry.promote("ctr", version)
+    now = time.time()
+    served = [
+        example(n % 2 == 0).model_copy(
+            update={
+                "example_id": f"r{n}:i",
+                "served_score": 0.5,
+                "model_version": "ctr:v2",
+                "recommendation_time": now,
+            }
+        )
+        for n in range(100)
+    ]
+    topic = s.topic("examples")
+    produce(s, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in served])
+
+    processes.env["STREAMLEARN_FAILPOINT"] = "monitor.acted"
+    first = processes.start("monitor", "-m", "consumers.monitor")
+    del processes.env["STREAMLEARN_FAILPOINT"]
+    assert first.wait(120) == -signal.SIGKILL  # killed by the failpoint, after acting
+    assert registry.served_version("ctr") == 1
+
+    processes.start("monitor-restarted", "-m", "consumers.monitor")
+
+    def told() -> list[Alert]:
+        raw = read_topic(s.kafka_bootstrap, s.topic("alerts"))
+        alerts = [Alert.model_validate_json(v) for _, _, v in raw]
+        return [a for a in alerts if a.rule == "auto-rollback"]
+
+    wait_until(lambda: len(told()) >= 2, "the rollback announced")
+    time.sleep(3)  # a few more evaluations: nothing more may come
+    assert [(a.status, a.severity) for a in told()] == [("firing", "info"), ("resolved", "info")]
+    assert "rolled back from v2 to v1" in told()[0].summary
+    assert registry.served_version("ctr") == 1
+    assert store.read_registry("ctr").history == {"champion": []}  # one rollback, not two
