@@ -157,7 +157,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "API_BUFFER_MAX": ("9", lambda s: s.api.buffer_max, 9),
     "API_DELIVERY_TIMEOUT_S": ("9", lambda s: s.api.delivery_timeout_s, 9.0),
 }
-NOT_SETTINGS = {"CONFIG", "HOME", "CI"}  # read by the CLI, the loop and make, not Settings
+# Read by the CLI, the loop, the failpoints and make, not by Settings.
+NOT_SETTINGS = {"CONFIG", "HOME", "CI", "FAILPOINT"}
 
 
 def documented() -> set[str]:
