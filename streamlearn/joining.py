@@ -19,13 +19,16 @@ Semantics
   positive is emitted when the window closes, weighted by the sum (1 if the sum is 0).
 * A negative is emitted for every impression without a qualifying outcome once the partition's
   watermark has passed the window's end.
-* Watermark, per partition: each input (recommendations, outcomes) has its newest event time
-  less ``allowed_lateness``; an input that has been read to its end (the reader says so with
-  :meth:`Joiner.on_caught_up`) and then stays silent for ``idle_timeout`` of wall time advances
-  with the wall clock from there. An input with records still unread is never idle, however
-  long it has been since the last one was read: after a restart, a stall of this process or a
-  slow fetch, its backlog may hold outcomes for open windows. The watermark is the least of the
-  inputs, so a backlog of outcomes holds windows open until it is read; it never moves back.
+* Watermark, per partition: the least, over the inputs (recommendations, outcomes) that are
+  not idle, of the input's newest event time less ``allowed_lateness``. An input is idle once it
+  has been read to its end (the reader says so with :meth:`Joiner.on_caught_up`) and then stays
+  silent for ``idle_timeout`` of wall time; an idle input holds nothing back, as Flink's
+  idleness, so outcomes that stopped hours of event time before the recommendations do not hold
+  those hours open. When every input is idle, the watermark advances with the wall clock from
+  the newest event time seen. An input with records still unread is never idle, however long
+  it has been since the last one was read: after a restart, a stall of this process or a slow
+  fetch, its backlog may hold outcomes for open windows, so a backlog of outcomes holds windows
+  open until it is read. The watermark never moves back.
 * Out of order: an outcome naming a recommendation not seen yet waits until the watermark passes
   its event time plus ``early_grace``; then it is counted unmatched and dropped.
 * Late: a qualifying outcome after the window (by event time, or for a window already closed) is
@@ -257,21 +260,29 @@ class Joiner:
     def _watermark_of(self, partition: int, w: dict[str, Any]) -> float:
         now = self.clock.now()
         lateness, idle = self.policy.allowed_lateness_s, self.policy.idle_timeout_s
-        inputs = []
+        active, idle_inputs = [], []
         for source in ("r", "o"):
             newest = w[source]
             wall = self._advanced_at.setdefault((partition, source), now)
             caught_up = self._caught_up_at.get((partition, source))
-            silent = 0.0 if caught_up is None else now - max(wall, caught_up)
-            if newest is not None:
-                inputs.append(newest - lateness + max(0.0, silent - idle))
-            elif silent <= idle:
-                # Not seen yet: it holds the watermark until it has been silent for as long as
-                # an idle input; after that it no longer counts.
-                inputs.append(float("-inf"))
+            idle_for = -idle if caught_up is None else now - max(wall, caught_up) - idle
+            if idle_for <= 0:
+                # Not idle: it holds the watermark, at minus infinity while never seen.
+                active.append(float("-inf") if newest is None else newest - lateness)
+            elif newest is not None:
+                idle_inputs.append((newest, idle_for))
+        if active:
+            candidate = min(active)  # an idle input holds nothing back (Flink's idleness)
+        elif idle_inputs:
+            # Every input idle: from the newest event time seen, at wall-clock speed since the
+            # last of them went idle.
+            newest = max(n for n, _ in idle_inputs)
+            candidate = newest - lateness + min(f for _, f in idle_inputs)
+        else:
+            candidate = float("-inf")
         # ``wm`` is None until the watermark first becomes finite (JSON has no -Infinity).
         reached = float("-inf") if w["wm"] is None else w["wm"]
-        return float(max(reached, min(inputs, default=float("-inf"))))
+        return float(max(reached, candidate))
 
     def watermark_lag(self, partition: int) -> float | None:
         wm = self.watermark(partition)

@@ -120,6 +120,26 @@ def test_negatives_only_when_the_watermark_passes_the_window(joiner: Joiner) -> 
     assert joiner.stats.negatives == 1 and joiner.stats.positives == 1
 
 
+def test_replayed_history_whose_outcomes_stop_hours_early_is_labeled_at_once(
+    joiner: Joiner, clock: ManualClock
+) -> None:
+    """Three hours of history replayed in seconds, its last outcome in the first minute: once
+    the outcome input is idle it holds nothing back, and when the replay ends the last windows
+    close within the idle timeout and a window's length of wall time, not three hours."""
+    out: list[Any] = []
+    for n in range(180):  # a recommendation a minute, two items each
+        out += joiner.on_recommendation(rec(f"r{n}", T0 + 60 * n), 0)
+        if n == 0:
+            out += joiner.on_outcome(outcome("r0", "a", T0 + 1), 0)
+            caught_up(joiner, "outcomes")  # nothing more to read there
+        clock.advance(0.05)
+    caught_up(joiner, "recommendations")  # the replay is over
+    clock.advance(POLICY.idle_timeout_s + POLICY.window_s + POLICY.allowed_lateness_s + 0.1)
+    out += joiner.on_tick(0)
+    assert len(out) == 360 and joiner.pending_impressions(0) == 0
+    assert [e.example_id for e in out if e.label] == ["r0:a"]
+
+
 def test_a_lagging_outcome_input_holds_windows_open(joiner: Joiner, clock: ManualClock) -> None:
     """After a restart the recommendations may be read ahead of the outcomes: no window may
     close before the outcomes that could still land in it have been read."""
