@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,3 +419,48 @@ def test_the_dashboard_page_and_the_figures_it_polls(
     assert got["recent_alerts"] == [{"status": "resolved"}]
     assert got["api_requests_total"] >= 3  # this test's own requests count
     assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
+
+
+# Interpolations in the dashboard's script that need no escaping: numbers, constants, HTML
+# already escaped, or text set through textContent. Any other must go through esc().
+SAFE_IN_PAGE = {
+    "H", "H - 15", "W", "c", "width", "role", "recent", "model",
+    "v0.toPrecision(3)", "v1.toPrecision(3)", "m.versions.length",
+    'Number.isFinite(last) ? last.toPrecision(3) : ""',
+    "Number(v.metrics.roc_auc ?? NaN).toFixed(3)",
+    'pts.map(p => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")',
+    'a.status === "firing" ? "firing" : "muted"', 'v.pinned ? " pinned" : ""',
+    "new Date(a.at * 1000).toLocaleTimeString()",
+    "new Date(m.current.at * 1000).toLocaleTimeString()",
+    # Into textContent or a URL component:
+    "m.served.model", 'm.served.version ?? "\u2013"', "e.message", "r.status", "r.version",
+    "b.dataset.model", "b.dataset.version",
+    "encodeURIComponent(b.dataset.model)", "encodeURIComponent(served.model)",
+}  # fmt: skip
+
+
+def _interpolations(script: str) -> list[str]:
+    found, i = [], 0
+    while (start := script.find("${", i)) >= 0:
+        depth, end = 0, start + 1
+        while end < len(script):
+            depth += {"{": 1, "}": -1}.get(script[end], 0)
+            if depth == 0:
+                break
+            end += 1
+        found.append(script[start + 2 : end])
+        i = end
+    return found
+
+
+def test_the_dashboard_escapes_what_it_shows_and_runs_only_its_own_script(
+    client: TestClient,
+) -> None:
+    page = client.get("/dashboard")
+    script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    unescaped = {e for e in _interpolations(script) if not e.startswith("esc(")} - SAFE_IN_PAGE
+    assert unescaped == set(), "data written into the page without esc()"
+    assert "localStorage" not in script  # the admin key lives as long as the tab
+    policy = page.headers["content-security-policy"]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
