@@ -79,6 +79,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from api.publishing import EventPublisher
 
+        settings.check_safe()
         snapshots = store or open_store(settings)
         events = publisher or EventPublisher(settings)
         holder = ModelHolder(snapshots, settings.model.name)

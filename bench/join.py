@@ -35,6 +35,8 @@ from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from topics import delete_namespace, ensure_topics, producer_config
 
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
+
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_S = 5.0
 

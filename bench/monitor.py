@@ -32,6 +32,8 @@ from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed
 from topics import delete_namespace, ensure_topics, producer_config
 
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
+
 ROOT = Path(__file__).resolve().parent.parent
 N = 30_000
 RATE = 2000.0

@@ -43,6 +43,8 @@ from streamlearn.snapshots import SnapshotStore, open_store
 from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics
 
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
+
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (100, 250, 500)
 SECONDS = 10.0

@@ -38,6 +38,8 @@ from streamlearn.snapshots import ObjectSnapshotStore
 from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics
 
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
+
 
 def examples(n: int) -> list[LabeledExample]:
     shop = Storefront(world_seed=7, traffic_seed=1)

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     # A challenger learns beside the champion, so the dashboard has one to compare: a factorization
     # machine, which learns the user-item interactions the logistic regression only crosses.
     os.environ.setdefault("STREAMLEARN_CHALLENGERS", json.dumps([DEMO_CHALLENGER]))
+    # A simulated storefront is development: its processes may sign with the development key.
+    os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")
     for name, process in PROCESSES.items():
         if not process.in_loop:
             continue

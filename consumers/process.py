@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from confluent_kafka import Consumer, KafkaError, Message
 from prometheus_client import start_http_server
 
+from streamlearn.errors import ConfigError
 from streamlearn.settings import Settings, get_settings
 from topics import consumer_config
 
@@ -77,7 +78,12 @@ class KafkaProcess(ABC):
             level=os.environ.get("LOG_LEVEL", "INFO").upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        process = cls(get_settings())
+        settings = get_settings()
+        try:
+            settings.check_safe()
+        except ConfigError as exc:
+            raise SystemExit(f"streamlearn {cls.name}: {exc}") from None
+        process = cls(settings)
         signal.signal(signal.SIGTERM, process.stop)
         signal.signal(signal.SIGINT, process.stop)
         if port := process.metrics_port():

@@ -152,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamlearnError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    registry = Registry(open_store(get_settings()))
     try:
+        settings = get_settings()
+        settings.check_safe()
+        registry = Registry(open_store(settings))
         if args.area == "score":
             _score(registry, args, console)
         elif args.op == "list":

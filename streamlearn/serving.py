@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_validator
 
 from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
@@ -66,6 +66,13 @@ class ApiPolicy(Policy):
         default_factory=list,
         description="Keys accepted on rank, score and outcomes; empty (the default) means open.",
     )
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # ADMIN_KEY= (empty, as compose passes an unset one) leaves the admin API off.
+        return None if value == "" else value
+
     buffer_max: int = Field(
         100_000, ge=1, description="Events held while Kafka is unreachable before any is dropped."
     )

@@ -68,6 +68,9 @@ TOPIC_NAMES: dict[TopicRole, str] = {
     "joiner_state": "joiner-changelog",  # the join state's changelog
 }
 
+DEVELOPMENT_KEY = "streamlearn-dev-key-change-me"
+MIN_KEY_LENGTH = 16
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -103,7 +106,16 @@ class Settings(BaseSettings):
         description="Models learning from the same pass over the examples, each in its own "
         "lineage of snapshots, for comparison.",
     )
-    snapshot_hmac_key: SecretStr = SecretStr("streamlearn-dev-key-change-me")
+    snapshot_hmac_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_KEY),
+        description="The key that signs snapshots and the monitor's state. The default is for "
+        "development only: outside DEV_MODE a process refuses to start with it.",
+    )
+    dev_mode: bool = Field(
+        False,
+        description="Development mode (make run, the loop and the tests set it): the "
+        "development signing key is allowed.",
+    )
     archive_url: str = Field(
         f"file://{Path.home()}/.cache/streamlearn/snapshots",
         description="The durable snapshot archive: file:///dir, s3://bucket/prefix, gs://, az://",
@@ -167,6 +179,24 @@ class Settings(BaseSettings):
         if self.sim_slate_size > self.sim_items:
             raise ValueError("sim_slate_size cannot exceed sim_items")
         return self
+
+    def check_safe(self) -> None:
+        """What a process checks before it starts: outside development mode, no development
+        key. Raises ConfigError naming the setting."""
+        if self.dev_mode:
+            return
+        key = self.snapshot_hmac_key.get_secret_value()
+        if key == DEVELOPMENT_KEY:
+            raise ConfigError(
+                "STREAMLEARN_SNAPSHOT_HMAC_KEY is the development key, which anyone can read in "
+                "streamlearn's source: set your own (openssl rand -hex 32), or set "
+                "STREAMLEARN_DEV_MODE=true to develop"
+            )
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(
+                f"STREAMLEARN_SNAPSHOT_HMAC_KEY is {len(key)} characters long: use at least "
+                f"{MIN_KEY_LENGTH} (openssl rand -hex 32 makes 64)"
+            )
 
     def topic(self, role: TopicRole) -> str:
         """The full name of one of streamlearn's topics, by its role: the one way every process,

@@ -30,6 +30,9 @@ from streamlearn.settings import Settings, TopicRole
 from topics import delete_namespace, ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests are development: their processes sign with the development key (a test that checks the
+# refusal outside development mode says so itself).
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")
 E = TypeVar("E", bound=BaseModel)
 
 

@@ -3,7 +3,10 @@ gives at start-up."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,6 +159,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     ),
     "API_BUFFER_MAX": ("9", lambda s: s.api.buffer_max, 9),
     "API_DELIVERY_TIMEOUT_S": ("9", lambda s: s.api.delivery_timeout_s, 9.0),
+    # The tests run in development mode (conftest): the variable can turn it off.
+    "DEV_MODE": ("false", lambda s: s.dev_mode, False),
 }
 # Read by the CLI, the loop, the failpoints and make, not by Settings.
 NOT_SETTINGS = {"CONFIG", "HOME", "CI", "FAILPOINT"}
@@ -200,3 +205,31 @@ def test_a_bad_flat_value_names_its_section_field(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("STREAMLEARN_ATTRIBUTION_WINDOW_S", "-1")
     with pytest.raises(ValidationError, match=r"join\.window_s"):
         Settings()
+
+
+def test_outside_development_the_development_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="STREAMLEARN_SNAPSHOT_HMAC_KEY is the development key"):
+        Settings(dev_mode=False).check_safe()
+    with pytest.raises(ConfigError, match="is 0 characters long"):
+        Settings(dev_mode=False, snapshot_hmac_key="").check_safe()
+    Settings(dev_mode=False, snapshot_hmac_key="0" * 64).check_safe()
+    assert Settings(admin_key="").api.admin_key is None  # empty: the admin API stays off
+    Settings(dev_mode=True).check_safe()
+
+
+@pytest.mark.parametrize(
+    "command", [["-m", "consumers.trainer"], ["-m", "streamlearn", "registry", "list"]]
+)
+def test_a_process_refuses_to_start_with_the_development_key(command: list[str]) -> None:
+    """Before it connects to anything: no broker or Redis needed to see it refuse."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEARN_")}
+    ran = subprocess.run(
+        [sys.executable, *command],
+        env={**env, "STREAMLEARN_DEV_MODE": "false"},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode != 0
+    assert "STREAMLEARN_SNAPSHOT_HMAC_KEY is the development key" in ran.stdout + ran.stderr
