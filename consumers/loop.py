@@ -31,7 +31,7 @@ from streamlearn.errors import SnapshotNotFound
 from streamlearn.processes import PROCESSES
 from streamlearn.settings import Settings, TopicRole, get_settings
 from streamlearn.snapshots import SnapshotStore, open_store
-from topics import end_offsets, ensure_topics
+from topics import client_config, end_offsets, ensure_topics
 
 DEMO_CHALLENGER = {"name": "ctr-fm", "learner": {"kind": "fm"}}
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     api = f"http://{s.api.host}:{s.api.port}"
     console.print(f"logs in {logs}; dashboard at {api}/dashboard, API docs at {api}/docs")
     store = open_store(s)
-    probe = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamlearn-probe"})
+    probe = Consumer(client_config(s, **{"group.id": "streamlearn-probe"}))
     line = Text("starting")
     start = time.time()
     code = 0

@@ -79,7 +79,16 @@ class Settings(BaseSettings):
 
     # Infrastructure
     kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description='librdkafka properties for every Kafka client, as JSON: {"security.protocol": '
+        '"SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": ...}.',
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Every Redis client's URL: a password as redis://:PASSWORD@host:6379/0 (or "
+        "user:password), TLS as rediss://.",
+    )
     topic_prefix: str = Field(
         "streamlearn.", description="Prepended to every topic, consumer group and Redis key."
     )

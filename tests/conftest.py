@@ -271,14 +271,16 @@ class PrivateRedis:
     dir: Path
     server: subprocess.Popen[bytes] | None = None
     persist: bool = False  # an append-only file, so a restart keeps the data
+    password: str | None = None  # AUTH required (requirepass)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def answers(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=1).ping())
         except redis.RedisError:
             return False
 
@@ -286,6 +288,8 @@ class PrivateRedis:
         cmd = ["redis-server", "--port", str(self.port), "--save", "", "--dir", str(self.dir)]
         if self.persist:
             cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
         self.server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         wait_until(self.answers, "the test's Redis to answer")
 

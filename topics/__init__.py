@@ -85,7 +85,7 @@ def _settle(futures: dict[str, Any], verb: str, harmless: int) -> list[str]:
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the declared topics that do not exist yet; returns the names created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     existing = _topic_names(admin, settings, timeout)
     wanted = [
         NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
@@ -106,7 +106,7 @@ def delete_namespace(settings: Settings, timeout: float = 30.0) -> list[str]:
     """
     if not settings.topic_prefix:
         raise InfraError("refusing to delete topics without a topic prefix")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     names = sorted(
         t for t in _topic_names(admin, settings, timeout) if t.startswith(settings.topic_prefix)
     )
@@ -116,6 +116,13 @@ def delete_namespace(settings: Settings, timeout: float = 30.0) -> list[str]:
     return _settle(futures, "delete", KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """What every Kafka client of streamlearn's starts from: the bootstrap servers and the
+    configured ``kafka_options`` (security.protocol, sasl.*, ssl.*: whatever librdkafka
+    takes), so that a secured cluster needs them set once."""
+    return {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_options, **extra}
+
+
 def producer_config(settings: Settings, **extra: object) -> dict[str, object]:
     """confluent-kafka producer settings shared by every streamlearn producer.
 
@@ -123,25 +130,24 @@ def producer_config(settings: Settings, **extra: object) -> dict[str, object]:
     without it confluent-kafka hashes keys with CRC32, and a user's recommendations sent from
     Java and outcomes sent from here could land on different partitions.
     """
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "partitioner": "murmur2_random",
-        "enable.idempotence": True,
-        "linger.ms": 5,
-        **extra,
-    }
+    return client_config(
+        settings,
+        **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5, **extra},
+    )
 
 
 def consumer_config(settings: Settings, group: str, **extra: object) -> dict[str, object]:
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"{settings.topic_prefix}{group}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        # Only what the joiner's transactions committed: never an example it later aborted.
-        "isolation.level": "read_committed",
-        **extra,
-    }
+    return client_config(
+        settings,
+        **{
+            "group.id": f"{settings.topic_prefix}{group}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Only what the joiner's transactions committed: never an example it later aborted.
+            "isolation.level": "read_committed",
+            **extra,
+        },
+    )
 
 
 def end_offsets(client: Any, topic: str, timeout: float = 10.0) -> dict[int, int]:

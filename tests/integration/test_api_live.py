@@ -20,6 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from streamlearn.errors import StoreUnavailable
 from streamlearn.events import Recommendation
 from streamlearn.registry import Registry
 from streamlearn.settings import Settings
@@ -221,3 +222,25 @@ def test_fuzz_finds_no_500_and_no_response_outside_the_schema(
         except Unsatisfiable:
             # Only when there is nothing to get wrong (GET /v1/models takes no input at all).
             assert mode is GenerationMode.NEGATIVE, operation.label
+
+
+def test_a_redis_that_requires_a_password(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
+) -> None:
+    """The password in the URL reaches every Redis client of the API: the snapshot store and
+    its notices, the registry, the monitor's board; without it, the store says so."""
+    private_redis.stop()
+    private_redis.password = "s3cret-pass"
+    private_redis.start()
+    s = start_api(processes, monkeypatch, STREAMLEARN_REDIS_URL=private_redis.url)
+    store = open_store(s)
+    store.put(trained(1))
+    store.put(trained(2))
+    wait_until(lambda: served_version(s) == 2, "the newest version served, by Redis notice")
+    promote = httpx.post(url(s, "/v1/models/ctr/promote"), json={"version": 1}, headers=ADMIN)
+    assert promote.status_code == 200, promote.text
+    wait_until(lambda: served_version(s) == 1, "the promotion served")
+    assert httpx.get(url(s, "/v1/monitor"), timeout=5).status_code == 200  # the board, read
+    anonymous = Settings(redis_url=private_redis.url.replace(":s3cret-pass@", ""))
+    with pytest.raises(StoreUnavailable, match="Redis did not answer"):
+        open_store(anonymous).hot.latest_version("ctr")

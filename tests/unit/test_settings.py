@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from streamlearn.errors import ConfigError
 from streamlearn.learning import AdPredictorSpec, FactorizationMachineSpec
 from streamlearn.settings import Settings, flat_names
+from topics import client_config, consumer_config, producer_config
 
 TOML = """
 checkpoint_every_n = 500
@@ -106,6 +107,11 @@ HOOK = '[{"name": "h", "url": "http://127.0.0.1:9/x", "secret": "s"}]'
 ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "KAFKA_BOOTSTRAP": ("k:9093", lambda s: s.kafka_bootstrap, "k:9093"),
     "REDIS_URL": ("redis://r:6380/2", lambda s: s.redis_url, "redis://r:6380/2"),
+    "KAFKA_OPTIONS": (
+        '{"security.protocol": "SASL_SSL"}',
+        lambda s: s.kafka_options,
+        {"security.protocol": "SASL_SSL"},
+    ),
     "TOPIC_PREFIX": ("shop.", lambda s: s.topic_prefix, "shop."),
     "PARTITIONS": ("6", lambda s: s.partitions, 6),
     "SNAPSHOT_HMAC_KEY": ("k3y", lambda s: s.snapshot_hmac_key.get_secret_value(), "k3y"),
@@ -233,3 +239,15 @@ def test_a_process_refuses_to_start_with_the_development_key(command: list[str])
     )
     assert ran.returncode != 0
     assert "STREAMLEARN_SNAPSHOT_HMAC_KEY is the development key" in ran.stdout + ran.stderr
+
+
+def test_kafka_options_reach_every_kind_of_client() -> None:
+    s = Settings(kafka_options={"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"})
+    for config in (
+        client_config(s),
+        producer_config(s),
+        consumer_config(s, "joiner", **{"enable.partition.eof": True}),
+    ):
+        assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "PLAIN"
+        assert config["bootstrap.servers"] == s.kafka_bootstrap
+    assert consumer_config(s, "joiner")["isolation.level"] == "read_committed"
