@@ -99,10 +99,12 @@ def create_app(
         # out of the collector's sight, a full collection no longer walks it, which otherwise
         # stalls every request in flight for tens of milliseconds.
         gc.freeze()
-        stop = threading.Event()
+        stop, following = threading.Event(), threading.Event()
         threading.Thread(
-            target=holder.follow, args=(snapshots, stop), name="notices", daemon=True
+            target=holder.follow, args=(snapshots, stop, following), name="notices", daemon=True
         ).start()
+        # Serve once the follower listens: what changes from then on reaches it by notice.
+        await asyncio.to_thread(following.wait, 30.0)
 
         async def poll() -> None:
             while True:

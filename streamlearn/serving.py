@@ -170,10 +170,17 @@ class ModelHolder:
         log.info("serving %s v%d", self.model_name, snapshot.version)
         return True
 
-    def follow(self, store: SnapshotStore, stop: threading.Event) -> None:
+    def follow(
+        self,
+        store: SnapshotStore,
+        stop: threading.Event,
+        started: threading.Event | None = None,
+    ) -> None:
         """Refresh on every notice about this model until ``stop`` is set: the fast path of a
         promotion (polling is the fallback). Follows again with a capped backoff when the
-        store's notices fail (Redis gone, say)."""
+        store's notices fail (Redis gone, say). ``started`` is set once the follower has
+        listened and looked for itself, or found that it cannot listen: from then on no change
+        goes unnoticed by it, and it swaps only on a notice."""
         prefix = f"{self.model_name}:"
         backoff = 0.5
         while not stop.is_set():
@@ -184,7 +191,11 @@ class ModelHolder:
                         return
                     if notice == "" or (notice is not None and notice.startswith(prefix)):
                         self.refresh()
+                    if started is not None:
+                        started.set()
             except StoreUnavailable as exc:
+                if started is not None:
+                    started.set()
                 log.warning("notices unavailable (%s): polling only, retrying", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
