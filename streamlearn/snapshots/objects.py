@@ -50,7 +50,8 @@ def _unavailable(url: str) -> Iterator[None]:
         yield
     except (FileNotFoundError, AlreadyExistsError, PreconditionError):
         raise  # a missing object, a lost race: the caller decides what that means
-    except (BaseError, OSError, RuntimeError) as exc:  # obstore's, and its NotImplementedError
+    # obstore's own errors, I/O errors, and its NotImplementedError for what a backend lacks.
+    except (BaseError, OSError, NotImplementedError) as exc:
         raise StoreUnavailable(f"the archive {url} failed: {exc}") from exc
 
 

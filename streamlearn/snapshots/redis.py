@@ -62,10 +62,10 @@ class RedisSnapshotStore(SignedBlobs):
             try:
                 pubsub.subscribe(self.channel)
                 # Subscribed once Redis confirms it, not when the command is sent.
-                while (msg := pubsub.get_message(timeout=wait_s)) is None or msg[
-                    "type"
-                ] != "subscribe":
-                    pass
+                confirmed = False
+                while not confirmed:
+                    msg = pubsub.get_message(timeout=wait_s)
+                    confirmed = msg is not None and msg["type"] == "subscribe"
                 yield ""
                 while True:
                     msg = pubsub.get_message(timeout=wait_s)
