@@ -218,6 +218,9 @@ DEFAULT_RULES = (
         window="stream",
         bad="above",
         threshold=0.5,
+        # Held a minute after the loss settles (Prometheus's keep_firing_for): one incident,
+        # one page, even when the relearning loss wobbles at the end of it.
+        clear_for_s=60,
         severity="critical",
     ),
     Rule(

@@ -148,7 +148,9 @@ class ConceptDrift:
         if self._baseline is not None and self._quiet >= self.recovery_examples:
             back = self._recent <= self._baseline + self.tolerance
             if back or self._quiet >= 5 * self.recovery_examples:
-                self._baseline = None
+                # A fresh detector for the new normal: the old one still holds the rise and
+                # the relearning in its window, and dropping them re-detects the same incident.
+                self._baseline, self.detector = None, self.detector.clone()
         return False
 
     @property

@@ -276,6 +276,8 @@ class Monitor:
         """The rolling metrics of every model and window through the rules."""
         alerts = []
         for model, st in self.streams.items():
+            # Again on the clock, so a held alarm resolves when the examples pause.
+            alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value)
             for window, rolling in st.windows.items():
                 metrics = rolling.metrics()
                 if metrics["count"] < 50:  # too few to judge
