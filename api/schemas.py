@@ -94,7 +94,17 @@ class ModelSummary(Body):
     model: str
     aliases: dict[str, int]
     pinned: list[int]
-    versions: list[dict[str, Any]]
+    versions: list[dict[str, Any]] = Field(
+        description="The newest versions (``limit``) and every aliased or pinned one, oldest "
+        "first; older ones page through ``/v1/models/{model}/versions``."
+    )
+
+
+class VersionPage(Body):
+    versions: list[dict[str, Any]] = Field(description="Oldest first.")
+    next_before: int | None = Field(
+        description="Pass as ``before`` for the page of older versions; null on the last page."
+    )
 
 
 class Problem(Body):

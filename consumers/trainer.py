@@ -26,6 +26,7 @@ from streamlearn.errors import InvalidEventError, SnapshotNotFound, StoreUnavail
 from streamlearn.events import DeadLetter, parse_example
 from streamlearn.faults import failpoint
 from streamlearn.learning import ModelSpec
+from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.snapshots import SnapshotStore, open_store
 from streamlearn.training import Training, TrainingPolicy
@@ -80,6 +81,7 @@ class Trainer(KafkaProcess):
         self.examples = settings.topic("examples")
         self.dead_letters = settings.topic("dead_letters")
         self.store = open_store(settings)
+        self.registry = Registry(self.store)
         self.trainings = [restore(self.store, spec, settings.training) for spec in settings.models]
         self.producer = Producer(producer_config(settings))
         self.retry_at = 0.0
@@ -174,6 +176,7 @@ class Trainer(KafkaProcess):
                 return
             failpoint("trainer.after_snapshot")
             t.checkpointed(version)
+            self.retain(t)
             metrics = t.learner.metrics()
             DURABLE_VERSION.labels(t.spec.name).set(version)
             SAMPLES.labels(t.spec.name).set(t.samples_seen)
@@ -197,6 +200,21 @@ class Trainer(KafkaProcess):
         ]
         if durable:
             self.consumer.commit(offsets=durable, asynchronous=False)
+
+    def retain(self, t: Training) -> None:
+        """The model's retention, after each checkpoint: storage stays bounded unattended. A
+        store that fails here fails nothing else; the next checkpoint tries again."""
+        spec = t.spec
+        policy = spec.retention or self.settings.retention
+        if not policy.automatic:
+            return
+        try:
+            plan = self.registry.retain(spec.name, policy, t.clock.now())
+        except StoreUnavailable as exc:
+            log.warning("retention of %s postponed: %s", spec.name, exc)
+            return
+        if plan.delete:
+            log.info("retention of %s: deleted %s, kept %d", spec.name, plan.delete, len(plan.kept))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,9 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     rb = ops.add_parser("rollback", help="point an alias back at its previous version")
     rb.add_argument("model")
     rb.add_argument("--alias", default=CHAMPION)
-    keep = ops.add_parser("retain", help="delete old versions, never aliased or pinned ones")
+    keep = ops.add_parser(
+        "retain",
+        help="apply the model's retention now (the trainer does after each checkpoint): never "
+        "deletes aliased or pinned versions or rollback targets",
+    )
     keep.add_argument("model")
-    keep.add_argument("--keep-last", type=int, required=True)
+    keep.add_argument("--keep-last", type=int, help="default: the configured retention's")
     score = sub.add_parser("score", help="score a file of requests offline (.jsonl, .parquet)")
     score.add_argument("input", type=Path)
     score.add_argument("output", type=Path, help="one row per candidate: .jsonl or .parquet")
@@ -174,8 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry.pin(args.model, args.version, pinned=args.op == "pin")
             console.print(f"{args.model} v{args.version} {args.op}ned")
         elif args.op == "retain":
-            gone = registry.retain(args.model, args.keep_last)
-            console.print(f"deleted {len(gone)} versions: {gone}")
+            spec = next((m for m in settings.models if m.name == args.model), None)
+            policy = (spec and spec.retention) or settings.retention
+            if args.keep_last is not None:
+                policy = policy.model_copy(update={"keep_last": args.keep_last})
+            plan = registry.retain(args.model, policy, time.time())
+            console.print(f"deleted {len(plan.delete)} versions: {plan.delete}")
     except StreamlearnError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1

@@ -44,6 +44,7 @@ from streamlearn.features import impression_features, one_hot_candidates, one_ho
 # ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
 # importable from here so that snapshots written before streamlearn.metrics still load.
 from streamlearn.metrics import ThresholdAUC, exact_auc
+from streamlearn.retention import RetentionPolicy
 
 
 class _Strict(BaseModel):
@@ -122,6 +123,9 @@ class ModelSpec(_Strict):
     crosses: tuple[tuple[str, str], ...] = (("segment", "category"),)
     include_ids: bool = True
     rolling_window: int = Field(2000, ge=10, description="Examples in the rolling metrics.")
+    retention: RetentionPolicy | None = Field(
+        None, description="Which of its versions to keep; default: the settings' retention."
+    )
 
     @field_validator("learner", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ pinned one, nor the newest (the trainer's lineage continues from it).
 >>> import tempfile
 >>> from streamlearn.snapshots.base import Snapshot
 >>> from streamlearn.snapshots.objects import ObjectSnapshotStore
+>>> from streamlearn.retention import RetentionPolicy
 >>> store = ObjectSnapshotStore(f"file://{tempfile.mkdtemp()}", b"key")
 >>> for v in (1, 2, 3):
 ...     store.put(Snapshot(model_name="ctr", version=v, model={}, offsets={}, samples_seen=v,
@@ -17,7 +18,7 @@ pinned one, nor the newest (the trainer's lineage continues from it).
 3
 >>> reg.rollback("ctr")
 1
->>> reg.retain("ctr", keep_last=1)
+>>> reg.retain("ctr", RetentionPolicy(keep_last=1), now=1e9).delete
 [2]
 >>> [(v["version"], v["aliases"]) for v in reg.versions("ctr")]
 [(1, ['champion']), (3, [])]
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamlearn.errors import SnapshotError, SnapshotNotFound
+from streamlearn.retention import RetentionPlan, RetentionPolicy, plan_retention
 from streamlearn.snapshots.base import RegistryDocument, SnapshotStore
 
 CHAMPION = "champion"
@@ -43,11 +45,29 @@ class Registry:
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
 
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        """Every version's metadata (metrics included), with its aliases and pin."""
+    def versions(
+        self, model_name: str, limit: int | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The metadata (metrics included) of the newest ``limit`` versions below ``before``
+        (every version when None), oldest first, with their aliases and pins."""
         doc = self.store.read_registry(model_name)
+        return self._labelled(doc, self.store.versions(model_name, limit, before))
+
+    def named(self, model_name: str, doc: RegistryDocument) -> list[dict[str, Any]]:
+        """The metadata of the versions ``doc`` aliases or pins, oldest first."""
+        numbers = sorted(set(doc.aliases.values()) | set(doc.pins))
+        metas = []
+        for v in numbers:
+            try:
+                metas.append(self.store.meta(model_name, v))
+            except SnapshotNotFound:
+                continue  # named, but deleted by hand from the store
+        return self._labelled(doc, metas)
+
+    @staticmethod
+    def _labelled(doc: RegistryDocument, metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        for meta in self.store.versions(model_name):
+        for meta in metas:
             meta["aliases"] = doc.aliases_of(meta["version"])
             meta["pinned"] = meta["version"] in doc.pins
             out.append(meta)
@@ -73,7 +93,7 @@ class Registry:
         return aliases[alias] if alias in aliases else self.store.latest_version(model_name)
 
     def promote(self, model_name: str, version: int, alias: str = CHAMPION) -> None:
-        self.store.meta(model_name, version)  # exists, and its signature verifies
+        self.store.get(model_name, version)  # exists, and the snapshot itself verifies
         self.store.update_registry(model_name, lambda d: d.promoted(alias, version))
 
     def rollback(self, model_name: str, alias: str = CHAMPION, expected: int | None = None) -> int:
@@ -96,13 +116,12 @@ class Registry:
         self.store.meta(model_name, version)
         self.store.update_registry(model_name, lambda d: d.pinned(version, pinned))
 
-    def retain(self, model_name: str, keep_last: int) -> list[int]:
-        """Delete all but the newest ``keep_last`` versions, sparing aliased and pinned ones
-        and those an alias can roll back to. Returns the versions deleted."""
-        spared = self.store.read_registry(model_name).spared()
-        numbers = [m["version"] for m in self.store.versions(model_name)]
-        spared |= set(numbers[-max(1, keep_last) :])
-        gone = [v for v in numbers if v not in spared]
-        for v in gone:
+    def retain(self, model_name: str, policy: RetentionPolicy, now: float) -> RetentionPlan:
+        """Apply ``policy`` (:mod:`streamlearn.retention`): delete what it does not keep, and
+        drop the hot copies of what it keeps in the archive only. Returns the plan applied."""
+        doc = self.store.read_registry(model_name)
+        plan = plan_retention(self.store.version_times(model_name), doc, policy, now)
+        for v in plan.delete:
             self.store.delete(model_name, v)
-        return gone
+        self.store.evict(model_name, [v for v in plan.kept if v not in plan.hot])
+        return plan

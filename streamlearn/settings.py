@@ -10,8 +10,9 @@ start, or by calling ``get_settings.cache_clear()``.
 Each area's settings are a policy defined beside the code it configures, composed here as a
 section: ``join`` (:class:`~streamlearn.joining.JoinPolicy`), ``training``
 (:class:`~streamlearn.training.TrainingPolicy`), ``monitor``
-(:class:`~streamlearn.monitoring.MonitorPolicy`) and ``api``
-(:class:`~streamlearn.serving.ApiPolicy`). A section's field is set as
+(:class:`~streamlearn.monitoring.MonitorPolicy`), ``api``
+(:class:`~streamlearn.serving.ApiPolicy`) and ``retention``
+(:class:`~streamlearn.retention.RetentionPolicy`). A section's field is set as
 ``STREAMLEARN_JOIN__WINDOW_S`` or ``[join] window_s = 30``, and also by the flat name it had
 before sections existed (``STREAMLEARN_ATTRIBUTION_WINDOW_S``, ``attribution_window_s = 30``;
 each policy's ``FLAT`` lists them). Between sources the usual order holds (arguments, then the
@@ -46,6 +47,7 @@ from streamlearn.joining import JoinPolicy
 from streamlearn.learning import ModelSpec
 from streamlearn.monitoring import MonitorPolicy
 from streamlearn.policy import Policy
+from streamlearn.retention import RetentionPolicy
 from streamlearn.serving import ApiPolicy
 from streamlearn.training import TrainingPolicy
 
@@ -107,6 +109,10 @@ class Settings(BaseSettings):
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     monitor: MonitorPolicy = Field(default_factory=MonitorPolicy)
     api: ApiPolicy = Field(default_factory=ApiPolicy)
+    retention: RetentionPolicy = Field(
+        default_factory=RetentionPolicy,
+        description="Every model's retention, unless its spec sets its own.",
+    )
 
     # Models and snapshots
     model: ModelSpec = Field(ModelSpec(), description="The champion: the model the API serves.")

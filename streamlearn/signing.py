@@ -31,6 +31,7 @@ from streamlearn.errors import SignatureError
 MAGIC: Final = b"SLSG"
 SNAPSHOT: Final = "snapshot"
 MONITOR_STATE: Final = "monitor-state"
+SNAPSHOT_META: Final = "snapshot-meta"
 _MAC = 32
 # The snapshot framing from before this module, without a purpose tag: still read, never written.
 _LEGACY_SNAPSHOT = b"SLS1"

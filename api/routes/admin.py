@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from api.deps import HolderDep, RegistryDep, SettingsDep
-from api.schemas import AliasMove, ModelSummary, VersionSet, problems
+from api.schemas import AliasMove, ModelSummary, VersionPage, VersionSet, problems
 from api.security import AdminKey
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import ModelHolder
@@ -23,13 +23,19 @@ router = APIRouter(
 )
 
 
-def _summary(registry: Registry, model: str) -> ModelSummary:
+Limit = Annotated[int, Query(ge=1, le=500, description="How many of the newest versions.")]
+
+
+def _summary(registry: Registry, model: str, limit: int = 20) -> ModelSummary:
+    """Reads the registry's index, a page at a time: never every snapshot."""
     doc = registry.store.read_registry(model)
+    listed = {m["version"]: m for m in registry.versions(model, limit)}
+    listed |= {m["version"]: m for m in registry.named(model, doc) if m["version"] not in listed}
     return ModelSummary(
         model=model,
         aliases=doc.aliases,
         pinned=doc.pins,
-        versions=registry.versions(model),
+        versions=[listed[v] for v in sorted(listed)],
     )
 
 
@@ -40,15 +46,32 @@ async def _serve_now(holder: ModelHolder, model: str) -> None:
 
 
 @router.get("", response_model=list[ModelSummary])
-def list_models(registry: RegistryDep, settings: SettingsDep) -> list[ModelSummary]:
-    """Every configured or stored model, with its aliases, pins and versions (with metrics)."""
+def list_models(
+    registry: RegistryDep, settings: SettingsDep, limit: Limit = 20
+) -> list[ModelSummary]:
+    """Every configured or stored model, with its aliases, pins, and its newest and named
+    versions (with metrics)."""
     names = sorted({m.name for m in settings.models} | set(registry.store.models()))
-    return [_summary(registry, name) for name in names]
+    return [_summary(registry, name, limit) for name in names]
 
 
 @router.get("/{model}", response_model=ModelSummary)
-def show_model(model: ModelName, registry: RegistryDep) -> ModelSummary:
-    return _summary(registry, model)
+def show_model(model: ModelName, registry: RegistryDep, limit: Limit = 20) -> ModelSummary:
+    return _summary(registry, model, limit)
+
+
+@router.get("/{model}/versions", response_model=VersionPage)
+def list_versions(
+    model: ModelName,
+    registry: RegistryDep,
+    limit: Limit = 50,
+    before: Annotated[int | None, Query(ge=1, description="Only versions below this.")] = None,
+) -> VersionPage:
+    """Every kept version, newest page first: follow ``next_before`` for older ones."""
+    page = registry.versions(model, limit + 1, before)  # one more: is there an older page?
+    older = len(page) > limit
+    page = page[1:] if older else page
+    return VersionPage(versions=page, next_before=page[0]["version"] if older else None)
 
 
 @router.get("/{model}/versions/{version}")

@@ -84,6 +84,15 @@ class Snapshot:
         """The verified metadata, without unpickling the model."""
         return cls._split(cls._body(blob, key))[0]
 
+    def sign_meta(self, key: bytes) -> bytes:
+        """The metadata alone, signed: the index entry that listings read instead of blobs."""
+        return signing.sign(orjson.dumps(self.meta()), key, signing.SNAPSHOT_META)
+
+    @staticmethod
+    def verify_index_entry(entry: bytes, key: bytes) -> dict[str, Any]:
+        meta: dict[str, Any] = orjson.loads(signing.verify(entry, key, signing.SNAPSHOT_META))
+        return meta
+
     @classmethod
     def verify(cls, blob: bytes, key: bytes) -> Snapshot:
         meta, payload = cls._split(cls._body(blob, key))
@@ -185,11 +194,22 @@ class SnapshotStore(ABC):
         """Verified metadata of a version (the latest when None), without the model."""
 
     @abstractmethod
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        """Metadata of every stored version, oldest first."""
+    def versions(
+        self, model_name: str, limit: int | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Metadata of the newest ``limit`` versions (all when None) below ``before``, oldest
+        first, read from the store's index (not from the snapshots)."""
+
+    @abstractmethod
+    def version_times(self, model_name: str) -> list[tuple[int, float]]:
+        """Every version with its creation time, oldest first: what retention plans with."""
 
     @abstractmethod
     def delete(self, model_name: str, version: int) -> None: ...
+
+    @abstractmethod
+    def evict(self, model_name: str, versions: list[int]) -> None:
+        """Drop the hot copies of ``versions``, keeping them in the durable tier."""
 
     @abstractmethod
     def read_registry(self, model_name: str) -> RegistryDocument: ...
@@ -239,8 +259,40 @@ class SignedBlobs(SnapshotStore):
     def get(self, model_name: str, version: int | None = None) -> Snapshot:
         return Snapshot.verify(self._blob(model_name, version), self._key)
 
+    @abstractmethod
+    def _index_entries(self, model_name: str, versions: list[int]) -> list[bytes | None]:
+        """The signed index entries of ``versions`` (None where one is missing)."""
+
+    def indexed(self, model_name: str, versions: list[int]) -> dict[int, dict[str, Any]]:
+        """Verified metadata of those of ``versions`` the index has."""
+        entries = self._index_entries(model_name, versions)
+        return {
+            v: Snapshot.verify_index_entry(e, self._key)
+            for v, e in zip(versions, entries, strict=True)
+            if e is not None
+        }
+
     def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            version = self.latest_version(model_name)
+        if version is not None and (found := self.indexed(model_name, [version])):
+            return found[version]
+        # Not indexed (written before the index, or the index write was cut short): the blob.
         return Snapshot.verify_meta(self._blob(model_name, version), self._key)
 
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        return [self.meta(model_name, v) for v in self.version_numbers(model_name)]
+    def versions(
+        self, model_name: str, limit: int | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        page = page_of(self.version_numbers(model_name), limit, before)
+        found = self.indexed(model_name, page)
+        return [found[v] if v in found else self.meta(model_name, v) for v in page]
+
+    def version_times(self, model_name: str) -> list[tuple[int, float]]:
+        return [(m["version"], m["created_at"]) for m in self.versions(model_name)]
+
+
+def page_of(numbers: list[int], limit: int | None, before: int | None) -> list[int]:
+    """The newest ``limit`` of ``numbers`` (ascending) below ``before``."""
+    if before is not None:
+        numbers = [v for v in numbers if v < before]
+    return numbers if limit is None else numbers[-limit:] if limit > 0 else []

@@ -3,6 +3,7 @@
 Layout under the store's URL::
 
     <model>/v<version, 10 digits>.sls   the signed snapshot blob, written once (create-only)
+    <model>/v<version, 10 digits>.meta  its signed metadata, the index listings read
     <model>/registry.json               the RegistryDocument: aliases, their history, pins
 
 URLs are obstore's: ``file:///var/lib/streamlearn/snapshots`` (the default is a directory in the
@@ -55,6 +56,10 @@ def _unavailable(url: str) -> Iterator[None]:
         raise StoreUnavailable(f"the archive {url} failed: {exc}") from exc
 
 
+def _meta(path: str) -> str:
+    return path.removesuffix(".sls") + ".meta"
+
+
 @final
 class ObjectSnapshotStore(SignedBlobs):
     def __init__(
@@ -101,6 +106,8 @@ class ObjectSnapshotStore(SignedBlobs):
                 obstore.put(self._store, path, snapshot.sign(self._key), mode="create")
         except AlreadyExistsError as exc:
             raise SnapshotError(f"{path} already exists: versions are immutable") from exc
+        with _unavailable(self.url):
+            obstore.put(self._store, _meta(path), snapshot.sign_meta(self._key))
 
     def _read(self, model_name: str, version: int) -> bytes | None:
         try:
@@ -109,9 +116,25 @@ class ObjectSnapshotStore(SignedBlobs):
         except FileNotFoundError:
             return None
 
+    def _index_entries(self, model_name: str, versions: list[int]) -> list[bytes | None]:
+        entries: list[bytes | None] = []
+        for version in versions:
+            try:
+                with _unavailable(self.url):
+                    got = obstore.get(self._store, _meta(self._path(model_name, version)))
+                    entries.append(bytes(got.bytes()))
+            except FileNotFoundError:
+                entries.append(None)
+        return entries
+
     def delete(self, model_name: str, version: int) -> None:
+        path = self._path(model_name, version)
         with _unavailable(self.url):
-            obstore.delete(self._store, self._path(model_name, version))
+            obstore.delete(self._store, path)  # the blob first: it is what lists the version
+            obstore.delete(self._store, _meta(path))
+
+    def evict(self, model_name: str, versions: list[int]) -> None:
+        """Nothing: the archive is the durable tier, it has no hot copies."""
 
     # ---- the registry -------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ Keys (under the configured prefix):
 
 * ``snap:<model>:<version>``  the signed snapshot blob (immutable)
 * ``versions:<model>``        sorted set of versions, scored by version (its top is the latest)
+* ``meta:<model>``            hash of version -> its signed metadata: the index listings read
+* ``created:<model>``         sorted set of versions, scored by creation time: what retention
+                              reads
 * ``seq:<model>``             version counter
 * ``registry:<model>``        the :class:`~streamlearn.snapshots.base.RegistryDocument` (JSON),
                               changed only inside a WATCH/MULTI transaction (compare and set)
@@ -95,6 +98,8 @@ class RedisSnapshotStore(SignedBlobs):
                 )
             pipe = self._r.pipeline(transaction=True)
             pipe.zadd(f"{self._p}versions:{name}", {str(version): version})
+            pipe.hset(f"{self._p}meta:{name}", str(version), snapshot.sign_meta(self._key))
+            pipe.zadd(f"{self._p}created:{name}", {str(version): snapshot.created_at})
             pipe.publish(self.channel, f"{name}:{version}")
             pipe.execute()
 
@@ -112,12 +117,35 @@ class RedisSnapshotStore(SignedBlobs):
             blob = self._r.get(f"{self._p}snap:{model_name}:{version}")
         return None if blob is None else bytes(blob)
 
+    def _index_entries(self, model_name: str, versions: list[int]) -> list[bytes | None]:
+        if not versions:
+            return []
+        with _unavailable():
+            return list(self._r.hmget(f"{self._p}meta:{model_name}", [str(v) for v in versions]))
+
+    def version_times(self, model_name: str) -> list[tuple[int, float]]:
+        with _unavailable():
+            scored = self._r.zrange(f"{self._p}created:{model_name}", 0, -1, withscores=True)
+        return sorted((int(v), float(t)) for v, t in scored)
+
     def delete(self, model_name: str, version: int) -> None:
         with _unavailable():
             pipe = self._r.pipeline(transaction=True)
             pipe.delete(f"{self._p}snap:{model_name}:{version}")
             pipe.zrem(f"{self._p}versions:{model_name}", str(version))
+            pipe.hdel(f"{self._p}meta:{model_name}", str(version))
+            pipe.zrem(f"{self._p}created:{model_name}", str(version))
             pipe.execute()
+
+    def evict(self, model_name: str, versions: list[int]) -> None:
+        """Nothing: alone, Redis holds the only copy. As the tiered store's hot tier, it
+        drops copies with :meth:`drop_copies`."""
+
+    def drop_copies(self, model_name: str, versions: list[int]) -> None:
+        """Only the blobs go; the index keeps the versions (the archive holds their copies)."""
+        if versions:
+            with _unavailable():
+                self._r.delete(*(f"{self._p}snap:{model_name}:{v}" for v in versions))
 
     def read_registry(self, model_name: str) -> RegistryDocument:
         with _unavailable():

@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from typing import Any, final
 
 from streamlearn.errors import SnapshotNotFound, StoreUnavailable
-from streamlearn.snapshots.base import RegistryChange, RegistryDocument, Snapshot, SnapshotStore
+from streamlearn.snapshots.base import (
+    RegistryChange,
+    RegistryDocument,
+    Snapshot,
+    SnapshotStore,
+    page_of,
+)
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.redis import RedisSnapshotStore
 
@@ -60,14 +66,45 @@ class TieredSnapshotStore(SnapshotStore):
             return self.archive.get(model_name, version)
 
     def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
-        return self.archive.meta(model_name, version)
+        if version is None:
+            version = self.latest_version(model_name)
+            if version is None:
+                raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+        return self.versions_of(model_name, [version])[0]
 
-    def versions(self, model_name: str) -> list[dict[str, Any]]:
-        return self.archive.versions(model_name)
+    def versions(
+        self, model_name: str, limit: int | None = None, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The archive lists the versions (it has them all); Redis's index has their metadata,
+        one read for the page, and the archive the rest (Redis down, or refilled after it lost
+        its data)."""
+        return self.versions_of(
+            model_name, page_of(self.archive.version_numbers(model_name), limit, before)
+        )
+
+    def versions_of(self, model_name: str, numbers: list[int]) -> list[dict[str, Any]]:
+        try:
+            found = self.hot.indexed(model_name, numbers)
+        except StoreUnavailable:
+            found = {}
+        return [found[v] if v in found else self.archive.meta(model_name, v) for v in numbers]
+
+    def version_times(self, model_name: str) -> list[tuple[int, float]]:
+        try:
+            indexed = dict(self.hot.version_times(model_name))
+        except StoreUnavailable:
+            indexed = {}
+        numbers = self.archive.version_numbers(model_name)
+        missing = [v for v in numbers if v not in indexed]
+        indexed |= {m["version"]: m["created_at"] for m in self.versions_of(model_name, missing)}
+        return [(v, indexed[v]) for v in numbers]
 
     def delete(self, model_name: str, version: int) -> None:
         self.hot.delete(model_name, version)
         self.archive.delete(model_name, version)
+
+    def evict(self, model_name: str, versions: list[int]) -> None:
+        self.hot.drop_copies(model_name, versions)
 
     def read_registry(self, model_name: str) -> RegistryDocument:
         try:

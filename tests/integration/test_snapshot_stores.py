@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
 from streamlearn.registry import Registry, RegistryDocument
+from streamlearn.retention import RetentionPolicy
 from streamlearn.snapshots import RedisSnapshotStore, Snapshot, SnapshotStore
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.tiered import TieredSnapshotStore
@@ -41,6 +42,8 @@ class Backend:
     store: SnapshotStore
     # Replace the stored bytes of a version, as an attacker with write access would.
     overwrite: Callable[[str, int, bytes], None]
+    # ...and of its index entry (the metadata listings read).
+    overwrite_meta: Callable[[str, int, bytes], None]
     # Redis pushes a notice per change; object storage is polled, so a burst may come as one.
     pushes: bool
 
@@ -65,21 +68,31 @@ def s3() -> Iterator[dict[str, Any]]:
     server.stop()
 
 
-def _redis(infra: Infra) -> tuple[RedisSnapshotStore, Callable[[str, int, bytes], None]]:
+Overwrite = Callable[[str, int, bytes], None]
+
+
+def _redis(infra: Infra) -> tuple[RedisSnapshotStore, Overwrite, Overwrite]:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     store = RedisSnapshotStore.from_url(infra.redis_url, KEY, prefix)
     client = redis.Redis.from_url(infra.redis_url)
-    return store, lambda m, v, blob: client.set(f"{prefix}snap:{m}:{v}", blob) and None
+    return (
+        store,
+        lambda m, v, blob: client.set(f"{prefix}snap:{m}:{v}", blob) and None,
+        lambda m, v, entry: client.hset(f"{prefix}meta:{m}", str(v), entry) and None,
+    )
 
 
-def _objects(url: str, **options: Any) -> tuple[ObjectSnapshotStore, Any]:
+def _objects(url: str, **options: Any) -> tuple[ObjectSnapshotStore, Overwrite, Overwrite]:
     store = ObjectSnapshotStore(url, KEY, notices_poll_s=0.1, **options)
     raw = store._store
 
     def overwrite(m: str, v: int, blob: bytes) -> None:
         obstore.put(raw, store._path(m, v), blob)
 
-    return store, overwrite
+    def overwrite_meta(m: str, v: int, entry: bytes) -> None:
+        obstore.put(raw, store._path(m, v).replace(".sls", ".meta"), entry)
+
+    return store, overwrite, overwrite_meta
 
 
 @pytest.fixture(params=["redis", "directory", "s3", "tiered"])
@@ -92,8 +105,8 @@ def backend(
         return Backend(*_objects(f"file://{tmp_path}/archive"), pushes=False)
     if request.param == "s3":
         return Backend(*_objects(f"s3://snapshots/{uuid.uuid4().hex[:8]}", **s3), pushes=False)
-    hot, _ = _redis(infra)
-    archive, overwrite = _objects(f"file://{tmp_path}/archive")
+    hot, _, hot_meta = _redis(infra)
+    archive, overwrite, _ = _objects(f"file://{tmp_path}/archive")
     # Tampering with the archive alone must be caught too: reads of the hot copy are tested
     # under "redis".
     hot_client = redis.Redis.from_url(infra.redis_url)
@@ -102,7 +115,7 @@ def backend(
         overwrite(m, v, blob)
         hot_client.delete(f"{hot._p}snap:{m}:{v}")
 
-    return Backend(TieredSnapshotStore(hot, archive), both, pushes=True)
+    return Backend(TieredSnapshotStore(hot, archive), both, hot_meta, pushes=True)
 
 
 def put(store: SnapshotStore, model: str = "ctr") -> int:
@@ -141,8 +154,13 @@ def test_a_flipped_byte_is_refused(backend: Backend) -> None:
     backend.overwrite("ctr", 1, bytes(blob))
     with pytest.raises(SignatureError):
         backend.store.get("ctr", 1)
+    entry = bytearray(trained(1).sign_meta(KEY))
+    entry[-3] ^= 0x01  # a metric changed, say
+    backend.overwrite_meta("ctr", 1, bytes(entry))
     with pytest.raises(SignatureError):
         backend.store.meta("ctr", 1)
+    with pytest.raises(SignatureError):
+        backend.store.versions("ctr")
 
 
 @dataclass
@@ -182,10 +200,31 @@ def test_registry_promote_rollback_pin_retain(backend: Backend) -> None:
     reg.pin("ctr", 1)
     with pytest.raises(SnapshotNotFound):
         reg.promote("ctr", 99)
-    assert reg.retain("ctr", keep_last=1) == [3, 4]
+    plan = reg.retain("ctr", RetentionPolicy(keep_last=1, hot_last=1), now=time.time())
+    assert plan.delete == [3, 4]  # 4 is no rollback target: it was rolled back from
     listed = {m["version"]: (m["aliases"], m["pinned"]) for m in reg.versions("ctr")}
     assert listed == {1: ([], True), 2: (["champion"], False), 5: ([], False)}
     assert versions == [1, 2, 3, 4, 5] and backend.store.latest_version("ctr") == 5
+    # Kept but not hot (1, pinned): still read whole, from the archive where there is one.
+    assert backend.store.get("ctr", 1).version == 1 and backend.store.get("ctr", 2).version == 2
+    with pytest.raises(SnapshotNotFound):
+        backend.store.get("ctr", 3)
+
+
+def test_listing_pages_through_the_index(backend: Backend) -> None:
+    store = backend.store
+    for _ in range(7):
+        put(store)
+    assert [m["version"] for m in store.versions("ctr", limit=3)] == [5, 6, 7]
+    assert [m["version"] for m in store.versions("ctr", limit=3, before=5)] == [2, 3, 4]
+    assert [m["version"] for m in store.versions("ctr", before=3)] == [1, 2]
+    assert [v for v, _ in store.version_times("ctr")] == list(range(1, 8))
+    # The index, not the snapshots: a listing reads no blob (one that would not verify now).
+    backend.overwrite("ctr", 6, b"not a snapshot")
+    listed = store.versions("ctr", limit=2)
+    assert [(m["version"], m["samples_seen"]) for m in listed] == [(6, 100), (7, 100)]
+    with pytest.raises(SignatureError):
+        store.get("ctr", 6)
 
 
 def test_tiered_store_with_redis_down(infra: Infra, tmp_path: Path) -> None:

@@ -9,11 +9,13 @@ import random
 
 import httpx
 import pytest
+import redis
 from river import evaluate, metrics
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.features import example_features
+from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from streamlearn.training import Training, TrainingPolicy
@@ -174,3 +176,47 @@ def test_redis_down_at_checkpoint_time(
     hot = open_store(s).hot
     v = hot.latest_version("ctr")
     assert v is not None and hot.meta("ctr", v)["samples_seen"] == N
+
+
+def test_retention_runs_after_every_checkpoint_per_model(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage stays bounded with nobody running a command: each model keeps what its policy
+    says (a challenger its own), the champion's version whatever its age, and Redis only the
+    hot copies."""
+    challenger = {"name": "ctr-fm", "learner": {"kind": "fm"}, "retention": {"keep_last": 2}}
+    s = start(
+        processes,
+        monkeypatch,
+        STREAMLEARN_CHALLENGERS=json.dumps([challenger]),
+        STREAMLEARN_RETENTION_KEEP_LAST="3",
+        STREAMLEARN_RETENTION_HOT_LAST="1",
+    )
+    processes.start("trainer", "-m", "consumers.trainer")
+    store = open_store(s)
+    wait_until(lambda: learned_all(s), "the trainer to learn every example")
+    champion = store.latest_version("ctr")
+    assert champion is not None
+    Registry(store).promote("ctr", champion)
+    more = [e for seed in (12, 13, 14) for e in stream(seed)]  # batches of 500: 7 checkpoints
+    examples = [
+        e.model_copy(update={"example_id": f"more{n}:{e.example_id}"}) for n, e in enumerate(more)
+    ]
+    produce(
+        s,
+        [(s.topic("examples"), e.user_id.encode(), e.model_dump_json().encode()) for e in examples],
+    )
+    wait_until(lambda: store.meta("ctr")["samples_seen"] >= 4 * N, "the second batch learned")
+    wait_until(
+        lambda: len(store.versions("ctr-fm")) == 2 and len(store.versions("ctr")) == 4,
+        "the last checkpoints' retention",
+    )
+
+    latest = store.latest_version("ctr")
+    assert latest is not None and latest > champion + 3  # it would have gone
+    kept = [m["version"] for m in store.versions("ctr")]
+    assert kept == [champion, latest - 2, latest - 1, latest]
+    hot = redis.Redis.from_url(s.redis_url).keys(f"{s.topic_prefix}snap:ctr:*")
+    assert sorted(int(k.rsplit(b":", 1)[1]) for k in hot) == [champion, latest]
+    assert store.get("ctr", latest - 1).version == latest - 1  # from the archive
+    assert [m["version"] for m in store.versions("ctr-fm")][-1] == store.latest_version("ctr-fm")

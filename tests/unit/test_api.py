@@ -464,3 +464,29 @@ def test_the_dashboard_escapes_what_it_shows_and_runs_only_its_own_script(
     policy = page.headers["content-security-policy"]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
+
+
+def test_version_listings_page_and_keep_the_named_ones(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    admin = {"X-API-Key": "adm"}
+    with app_client(store, publisher, admin_key="adm") as c:
+        for v in range(1, 8):
+            serving(c, store, v)
+        c.post("/v1/models/ctr/promote", json={"version": 2}, headers=admin)
+        c.post("/v1/models/ctr/pin", json={"version": 1}, headers=admin)
+        [model] = c.get("/v1/models", params={"limit": 2}, headers=admin).json()
+        assert [v["version"] for v in model["versions"]] == [1, 2, 6, 7]
+        assert model["versions"][1]["aliases"] == ["champion"] and model["versions"][0]["pinned"]
+        pages, before = [], None
+        while True:
+            params = {"limit": 3} | ({"before": before} if before else {})
+            page = c.get("/v1/models/ctr/versions", params=params, headers=admin).json()
+            pages.append([v["version"] for v in page["versions"]])
+            before = page["next_before"]
+            if before is None:
+                break
+        assert pages == [[5, 6, 7], [2, 3, 4], [1]]
+        assert (
+            c.get("/v1/models/ctr/versions", params={"limit": 0}, headers=admin).status_code == 422
+        )
