@@ -169,6 +169,7 @@ class MonitorProcess(KafkaProcess):
                     self._save(done)
                 if evaluate:
                     self._publish()
+                    self._commit()
         finally:
             self._save([])
             stop.set()
@@ -176,6 +177,13 @@ class MonitorProcess(KafkaProcess):
                 thread.join()
             self.consumer.close()
             self.producer.flush(10)
+
+    def _commit(self) -> None:
+        """The saved offsets, committed too, for lag monitoring only (kafka-consumer-groups,
+        the soak bench): the monitor resumes from those saved with its state."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
 
     def _handle(self, msg: Message) -> list[Alert]:
         topic, p, offset = msg.topic(), msg.partition(), msg.offset()
