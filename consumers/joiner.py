@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import orjson
 from confluent_kafka import (
@@ -53,6 +54,23 @@ from streamlearn.telemetry import JoinCollector, report
 from topics import consumer_config, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
+
+
+def _retrying(call: Callable[[], object]) -> None:
+    """A transactional call the broker did not answer in time (it is restarting, or electing a
+    leader): the same call again, as librdkafka asks of a retriable error, with a capped
+    backoff, until it succeeds or fails for good."""
+    delay = 0.5
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            log.warning("%s: the broker is away, retrying in %.1f s", exc.args[0], delay)
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
 
 
 class TransactionalJoin(KafkaProcess):
@@ -193,13 +211,12 @@ class TransactionalJoin(KafkaProcess):
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
         try:
             if offsets:
-                self.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata()
-                )
+                group = self.consumer.consumer_group_metadata()
+                _retrying(lambda: self.producer.send_offsets_to_transaction(offsets, group))
             if fails("joiner.commit"):
                 self._abort("failpoint joiner.commit")
                 return
-            self.producer.commit_transaction()
+            _retrying(self.producer.commit_transaction)
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
                 raise  # fatal (fenced by a newer instance, say): the process must end
@@ -210,7 +227,7 @@ class TransactionalJoin(KafkaProcess):
 
     def _abort(self, why: str) -> None:
         log.warning("transaction aborted (%s): rewinding to the last commit", why)
-        self.producer.abort_transaction()
+        _retrying(self.producer.abort_transaction)
         self.in_transaction = False
         self.next_offsets.clear()
         self._rewind()

@@ -109,6 +109,30 @@ class MonitorProcess(KafkaProcess):
         return monitor
 
     def _save(self, alerts: list[Alert]) -> None:
+        """Save the state with ``alerts`` queued, then publish them. With Redis away the
+        monitor holds here (reading nothing further) and tries again with a capped backoff:
+        the alerts and the offsets are saved together or not at all, never lost."""
+        delay = 0.5
+        while True:
+            try:
+                self._record(alerts)
+                break
+            except redis.RedisError as exc:
+                log.warning("state not saved (%s): Redis is away, retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)
+        try:
+            self.board.record_alerts(alerts)  # the dashboard's list: paged or not, they are queued
+        except redis.RedisError as exc:
+            log.warning("recent alerts not listed: %s", exc)
+        for a in alerts:
+            self.producer.produce(
+                self.alerts_topic, a.model_dump_json().encode(), a.dedup_key.encode()
+            )
+            log.warning("alert %s %s: %s", a.status, a.dedup_key, a.summary)
+        self.producer.poll(0)
+
+    def _record(self, alerts: list[Alert]) -> None:
         state = {
             "format": STATE_FORMAT,
             "monitor": self.monitor,
@@ -117,13 +141,6 @@ class MonitorProcess(KafkaProcess):
         }
         blob = signing.dumps(state, self.key, signing.MONITOR_STATE)
         self.outbox.record(blob, alerts, [w.name for w in self.settings.monitor.webhooks])
-        self.board.record_alerts(alerts)
-        for a in alerts:
-            self.producer.produce(
-                self.alerts_topic, a.model_dump_json().encode(), a.dedup_key.encode()
-            )
-            log.warning("alert %s %s: %s", a.status, a.dedup_key, a.summary)
-        self.producer.poll(0)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -227,7 +244,10 @@ class MonitorProcess(KafkaProcess):
     def _publish(self) -> None:
         snapshot = self.monitor.snapshot()
         snapshot["at"] = time.time()
-        self.board.publish(snapshot, history_point(snapshot))
+        try:
+            self.board.publish(snapshot, history_point(snapshot))
+        except redis.RedisError as exc:  # the next evaluation publishes afresh
+            log.warning("figures not published: %s", exc)
         for model, m in snapshot["models"].items():
             for window, metrics in m["windows"].items():
                 for name, value in metrics.items():

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from consumers.process import KafkaProcess
@@ -199,7 +199,10 @@ class Trainer(KafkaProcess):
             if all(p in t.offsets for t in self.trainings)
         ]
         if durable:
-            self.consumer.commit(offsets=durable, asynchronous=False)
+            try:
+                self.consumer.commit(offsets=durable, asynchronous=False)
+            except KafkaException as exc:  # the broker is away: the next checkpoint commits
+                log.warning("offsets for lag monitoring not committed: %s", exc.args[0])
 
     def retain(self, t: Training) -> None:
         """The model's retention, after each checkpoint: storage stays bounded unattended. A

@@ -307,3 +307,114 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@dataclass
+class PrivateKafka:
+    """A Kafka broker of the test's own (KRaft, from the JARs ``infra/infra.sh`` fetched), which
+    it may stop and start again on the same log directory."""
+
+    port: int
+    controller_port: int
+    dir: Path
+    server: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def libs() -> Path:
+        pom = (ROOT / "infra" / "kafka-pom.xml").read_text()
+        version = pom.split("<kafka.version>")[1].split("</kafka.version>")[0]
+        home = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn"))
+        return home / f"kafka-{version}" / "libs"
+
+    def _java(self, *args: str) -> list[str]:
+        return [
+            "java",
+            "-Xms128m",
+            "-Xmx512m",
+            f"-Dlog4j2.configurationFile={ROOT / 'infra' / 'log4j2.properties'}",
+            "-cp",
+            f"{self.libs()}/*",
+            *args,
+        ]
+
+    def format(self) -> None:
+        props = self.dir / "server.properties"
+        host = "127.0.0.1"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={host}:{self.controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{self.port},"
+                    f"CONTROLLER://{host}:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.dir / 'logs'}",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                ]
+            )
+            + "\n"
+        )
+        cluster = subprocess.run(
+            self._java("kafka.tools.StorageTool", "random-uuid"),
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster, "-c", str(props)
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        with open(self.dir / "server.log", "ab") as out:
+            self.server = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.dir / "server.properties")),
+                stdout=out,
+                stderr=out,
+            )
+        wait_until(self.answers, "the test's Kafka broker to answer")
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM), as an operator's restart or a rolling upgrade does."""
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            try:
+                self.server.wait(60)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
+
+@pytest.fixture
+def private_kafka(infra: Infra, tmp_path: Path) -> Iterator[PrivateKafka]:
+    if not (shutil.which("java") and PrivateKafka.libs().is_dir()):
+        pytest.skip("needs the broker JARs and a JDK (make infra-up fetches them)")
+    broker = PrivateKafka(free_port(), free_port(), tmp_path / "kafka")
+    broker.dir.mkdir()
+    broker.format()
+    broker.start()
+    yield broker
+    broker.stop()

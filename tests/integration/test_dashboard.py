@@ -35,6 +35,7 @@ pytestmark = [
 ]
 
 ADMIN = "dash-admin"
+SCORING = "dash-scoring"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -72,6 +73,7 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
         monkeypatch,
         STREAMLEARN_PARTITIONS="1",
         STREAMLEARN_ADMIN_KEY=ADMIN,
+        STREAMLEARN_SCORING_KEYS=f'["{SCORING}"]',
         STREAMLEARN_MONITOR_EVALUATE_S="1",
         STREAMLEARN_MONITOR_RECOVERY_EXAMPLES="3000",
         STREAMLEARN_MONITOR_REFERENCE_RENEW_EXAMPLES="10000",
@@ -93,6 +95,9 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     wait_until(lambda: _served(base) == 2, "the API to serve the newest version")
 
     browser.get(f"{base}/dashboard")
+    # With scoring keys set, the monitor's figures need one: the page asks for it, then sends it.
+    wait_until(lambda: "enter a scoring key" in text(browser, "updated"), "the page to ask")
+    browser.find_element(By.ID, "scoring-key").send_keys(SCORING + "\n")
     wait_until(lambda: "ctr:v1" in text(browser, "auc-legend"), "the AUC chart to fill")
     assert "ctr served" in text(browser, "auc-legend")
     assert browser.find_elements(By.CSS_SELECTOR, "#auc polyline")
