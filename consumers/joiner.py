@@ -30,6 +30,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from confluent_kafka import (
@@ -42,6 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from prometheus_client import REGISTRY
+from tenacity import Retrying, before_sleep_log, retry_if_exception, wait_exponential
 
 from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
@@ -56,21 +58,23 @@ from topics import consumer_config, producer_config
 log = logging.getLogger("streamlearn.joiner")
 
 
-def _retrying(call: Callable[[], object]) -> None:
-    """A transactional call the broker did not answer in time (it is restarting, or electing a
-    leader): the same call again, as librdkafka asks of a retriable error, with a capped
-    backoff, until it succeeds or fails for good."""
-    delay = 0.5
-    while True:
-        try:
-            call()
-            return
-        except KafkaException as exc:
-            if not exc.args[0].retriable():
-                raise
-            log.warning("%s: the broker is away, retrying in %.1f s", exc.args[0], delay)
-            time.sleep(delay)
-            delay = min(10.0, delay * 2)
+T = TypeVar("T")
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+
+def _while_broker_away(call: Callable[[], T]) -> T:
+    """A call the broker must answer, again while it is away (restarting, or electing a
+    coordinator), with a capped backoff."""
+    again = Retrying(
+        retry=retry_if_exception(_retriable),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    return again(call)
 
 
 class TransactionalJoin(KafkaProcess):
@@ -98,25 +102,31 @@ class TransactionalJoin(KafkaProcess):
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.state = JoinState()
         self.joiner = Joiner(settings.join, self.state, SystemClock())
-        self.producer = Producer(
-            producer_config(
-                settings,
-                **{
-                    "transactional.id": f"{settings.topic_prefix}joiner-{self.worker}",
-                    # A crashed worker's open transaction holds back the read_committed end of
-                    # the topics it wrote until it times out: keep that short.
-                    "transaction.timeout.ms": 10_000,
-                },
-            )
-        )
+        self.producer = self._transactional_producer()
         self.partitions: set[int] = set()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.in_transaction = False
 
     # ---- the loop -------------------------------------------------------------------------
 
+    def _transactional_producer(self) -> Producer:
+        """A producer under this worker's transactional id, its transactions initialized (which
+        fences an earlier producer of the id and aborts its open transaction)."""
+        producer = Producer(
+            producer_config(
+                self.settings,
+                **{
+                    "transactional.id": f"{self.settings.topic_prefix}joiner-{self.worker}",
+                    # A crashed worker's open transaction holds back the read_committed end of
+                    # the topics it wrote until it times out: keep that short.
+                    "transaction.timeout.ms": 10_000,
+                },
+            )
+        )
+        _while_broker_away(lambda: producer.init_transactions(30))
+        return producer
+
     def run(self) -> None:
-        self.producer.init_transactions()
         self.consumer.subscribe(
             [self.recs, self.outcomes],
             on_assign=self._on_assign,
@@ -212,25 +222,36 @@ class TransactionalJoin(KafkaProcess):
         try:
             if offsets:
                 group = self.consumer.consumer_group_metadata()
-                _retrying(lambda: self.producer.send_offsets_to_transaction(offsets, group))
+                self.producer.send_offsets_to_transaction(offsets, group, 30)
             if fails("joiner.commit"):
                 self._abort("failpoint joiner.commit")
                 return
-            _retrying(self.producer.commit_transaction)
+            if fails("joiner.commit-retriable"):
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, retriable=True))
+            self.producer.commit_transaction(30)
         except KafkaException as exc:
-            if not exc.args[0].txn_requires_abort():
+            error = exc.args[0]
+            if not (error.retriable() or error.txn_requires_abort()):
                 raise  # fatal (fenced by a newer instance, say): the process must end
-            self._abort(str(exc))
+            self._abort(error.str())
             return
         self.in_transaction = False
         self.next_offsets.clear()
 
     def _abort(self, why: str) -> None:
-        log.warning("transaction aborted (%s): rewinding to the last commit", why)
-        _retrying(self.producer.abort_transaction)
-        self.in_transaction = False
+        """Abort the open transaction and go back to the last commit. The producer that met
+        the failure is not used again: after a broker restart its next transactional call can
+        hang for good, whatever its timeout (seen here with librdkafka 2.x; see
+        confluentinc/librdkafka#5511). A new producer under the same transactional id aborts
+        the open transaction as it initializes, and fences the old one."""
+        log.warning("transaction aborted (%s): a new producer, rewinding to the last commit", why)
+        self._renew_producer()
         self.next_offsets.clear()
         self._rewind()
+
+    def _renew_producer(self) -> None:
+        self.producer = self._transactional_producer()
+        self.in_transaction = False
 
     def _rewind(self) -> None:
         """Back to the last committed transaction: state from the changelog, inputs from the
@@ -242,7 +263,8 @@ class TransactionalJoin(KafkaProcess):
         # the aborted transaction are open again and must be scheduled to close again.
         self.joiner.forget_partitions()
         assigned = self.consumer.assignment()
-        for tp in self.consumer.committed(assigned, timeout=30):
+        committed = _while_broker_away(lambda: self.consumer.committed(assigned, timeout=30))
+        for tp in committed:
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
@@ -262,9 +284,9 @@ class TransactionalJoin(KafkaProcess):
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         # No longer a member: a commit would be refused, and another worker owns them now.
+        # (Lost, not revoked: the broker may have been away, so not this producer again.)
         if self.in_transaction:
-            self.producer.abort_transaction()
-            self.in_transaction = False
+            self._renew_producer()
         self.next_offsets.clear()
         self.state.drain()
         self._forget({tp.partition for tp in lost if tp.topic == self.recs})

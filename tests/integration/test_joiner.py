@@ -176,6 +176,8 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
     )
     if disrupt == "abort":  # one transaction aborted mid-stream, as a broker error would
         processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit:60"
+    if disrupt == "renew":  # a commit the broker did not answer: a new producer takes over
+        processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit-retriable:60"
     processes.start("joiner", "-m", "consumers.joiner")
     processes.env.pop("STREAMLEARN_FAILPOINT", None)
     wait_until(lambda: bool(reports(s)), "the joiner to start")
@@ -206,6 +208,8 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
     assert positives == converted(recs, outcomes, WINDOW_S)  # none lost, none invented
     if disrupt == "abort":
         assert "transaction aborted (failpoint joiner.commit)" in processes.log("joiner")
+    if disrupt == "renew":
+        assert "transaction aborted (Local: Broker transport failure)" in processes.log("joiner")
     if disrupt == "sigkill":
         restored = re.search(r": (\d+) open windows", processes.log("joiner-restarted"))
         assert restored and int(restored.group(1)) > 0, "the kill should leave windows open"
@@ -229,3 +233,11 @@ def test_an_aborted_transaction_loses_and_repeats_nothing(
     """Windows closed inside the aborted transaction open again from the changelog and close
     again: none is left open for ever, none labeled twice."""
     run_with(processes, monkeypatch, "abort")
+
+
+def test_a_commit_the_broker_did_not_answer_loses_and_repeats_nothing(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retriable error at commit (the broker restarting, say): the open transaction is
+    aborted by a new producer under the same id, and the state rewinds to the last commit."""
+    run_with(processes, monkeypatch, "renew")
