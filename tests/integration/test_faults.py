@@ -118,6 +118,7 @@ def test_a_broker_restart_under_the_running_loop(
     private_kafka.start()
 
     check_the_loop_came_through(s, processes, accepted)
+    assert "transaction aborted" in processes.log("joiner")  # the fault was felt
 
 
 def test_redis_stopped_longer_than_a_checkpoint_under_the_loop(
@@ -142,3 +143,5 @@ def test_redis_stopped_longer_than_a_checkpoint_under_the_loop(
     private_redis.start()
 
     check_the_loop_came_through(s, processes, accepted)
+    assert "checkpoint of ctr incomplete" in processes.log("trainer")  # the fault was felt
+    assert "Redis is away" in processes.log("monitor")
