@@ -2,11 +2,12 @@
 
 Starts the joiner, the trainer (champion and a challenger), the monitor, the API and a storefront
 that ranks through the API, in fresh topics, a fresh archive and a fresh Redis namespace, with
-the default checkpoints and retention. Each minute it samples every process's RSS, Redis's
-``used_memory``, the archive's size, the versions each model keeps, the joiner's open windows
-(its reports on the stats topic) and the consumer groups' lag. After a warm-up (the first
-``--warmup`` minutes) it fits each series' slope. At the end the storefront stops, the last
-windows close, and every impression must have become exactly one example.
+the default checkpoints and retention. Each minute it samples every process's RSS, what the
+run's keys take in Redis (and the server's ``used_memory``: the server may be shared), the
+archive's size, the versions each model keeps, the joiner's open windows (its reports on the
+stats topic) and the consumer groups' lag. After a warm-up (the first ``--warmup`` minutes) it
+fits each series' slope. At the end the storefront stops, the last windows close, and every
+impression must have become exactly one example.
 
 Last line: one JSON object (``minutes``, ``events_per_s``, ``max_rss_growth_mb_per_h`` of the
 worst process, ``redis_growth_mb_per_h``, ``versions_kept`` per model,
@@ -55,6 +56,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def namespace_mb(r: redis.Redis[bytes], prefix: str) -> float:
+    """What this run's keys take in Redis (MEMORY USAGE): the server may hold others' too."""
+    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+    return sum(r.memory_usage(k) or 0 for k in keys) / 2**20
 
 
 def directory_mb(path: Path) -> float:
@@ -181,6 +188,7 @@ def main() -> int:
                 "t": time.time() - start,
                 "rss_mb": {n: rss_mb(p.pid) for n, p in procs.items()},
                 "redis_mb": int(r.info("memory")["used_memory"]) / 2**20,
+                "redis_namespace_mb": namespace_mb(r, prefix),
                 "archive_mb": directory_mb(home / "archive"),
                 "versions": {m.name: len(store.version_times(m.name)) for m in s.models},
                 "open_windows": sum(h.pending_impressions for h in health(reports)),
@@ -217,6 +225,8 @@ def main() -> int:
                 p.kill()
         probe.close()
     delete_namespace(s)
+    for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        r.delete(key)
     steady = [x for x in samples if x["t"] >= warmup_s] or samples[-2:]
     growth = {name: slope_per_h([(x["t"], x["rss_mb"][name]) for x in steady]) for name in procs}
     span_s = samples[-1]["t"] - samples[0]["t"] if len(samples) > 1 else 1.0
@@ -228,8 +238,14 @@ def main() -> int:
         "rss_growth_mb_per_h": {n: round(g, 1) for n, g in growth.items()},
         "max_rss_growth_mb_per_h": round(max(growth.values()), 1),
         "rss_mb_end": {n: round(v, 1) for n, v in samples[-1]["rss_mb"].items()},
-        "redis_growth_mb_per_h": round(slope_per_h([(x["t"], x["redis_mb"]) for x in steady]), 1),
-        "redis_mb_end": round(samples[-1]["redis_mb"], 1),
+        # This run's keys; the server's used_memory beside it (the server may be shared).
+        "redis_growth_mb_per_h": round(
+            slope_per_h([(x["t"], x["redis_namespace_mb"]) for x in steady]), 1
+        ),
+        "redis_mb_end": round(samples[-1]["redis_namespace_mb"], 1),
+        "redis_used_memory_growth_mb_per_h": round(
+            slope_per_h([(x["t"], x["redis_mb"]) for x in steady]), 1
+        ),
         "versions_kept": samples[-1]["versions"],
         "versions_kept_max": {
             m.name: max(x["versions"][m.name] for x in samples) for m in s.models
