@@ -1,5 +1,6 @@
-"""The loop through infrastructure faults: the Kafka broker restarted mid-stream, Redis stopped for
-longer than a checkpoint interval. Each runs the joiner, trainer, monitor, API and a storefront
+"""The loop through infrastructure faults: the Kafka broker restarted mid-stream, Redis (with
+``requirepass``, so the loop's every Redis client must authenticate) stopped for longer than a
+checkpoint interval. Each runs the joiner, trainer, monitor, API and a storefront
 that ranks through the API, and afterwards checks what an operator would: every impression
 labeled exactly once, the trainer's learned count equal to the examples, no page from the
 monitor, and every event the API accepted during the fault on its topic once, in order."""
@@ -121,7 +122,7 @@ def test_a_broker_restart_under_the_running_loop(
     assert "transaction aborted" in processes.log("joiner")  # the fault was felt
 
 
-def test_redis_stopped_longer_than_a_checkpoint_under_the_loop(
+def test_redis_with_a_password_stopped_longer_than_a_checkpoint_under_the_loop(
     processes: Processes,
     env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -129,6 +130,7 @@ def test_redis_stopped_longer_than_a_checkpoint_under_the_loop(
 ) -> None:
     private_redis.stop()
     private_redis.persist = True  # a restart keeps its data, as a production Redis's does
+    private_redis.password = "loop-s3cret"  # and AUTH is required: every client has the URL's
     private_redis.start()
     s = configure(
         processes, monkeypatch, **{**env, **LOOP, "STREAMLEARN_REDIS_URL": private_redis.url}
