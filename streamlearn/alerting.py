@@ -253,6 +253,18 @@ DEFAULT_RULES = (
         clear_for_s=30,
         severity="critical",
     ),
+    # Outcomes that never found their recommendation (its grace ended): positives lost, as
+    # when a producer partitions outcomes unlike recommendations.
+    Rule(
+        name="outcomes-unmatched",
+        metric="unmatched_share",
+        window="stream",
+        bad="above",
+        threshold=0.05,
+        clear_threshold=0.02,
+        for_s=60,
+        severity="critical",
+    ),
     Rule(
         name="positives-stopped",
         metric="positive_rate",

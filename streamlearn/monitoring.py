@@ -28,7 +28,9 @@ The same rolling metrics per served version, for the charts and Prometheus only:
 From the joiner's reports (counter deltas between two reports of a worker), for model ``join``:
 ``label_rate`` (positives per labeled example), ``outcome_rate``, ``positive_rate``,
 ``recommendation_rate`` and ``example_rate`` per second,
-``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition).
+``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition);
+and ``unmatched_share``, over every worker's latest counters: the outcomes that never found
+their recommendation, of all outcomes.
 
 Every value goes through the :class:`~streamlearn.alerting.Alarms` book, which turns them into
 alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometheus. The names in
@@ -54,6 +56,7 @@ from streamlearn.webhooks import Webhook
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "1d": 86400.0}
 JOIN = "join"
+MIN_OUTCOMES_JUDGED = 100  # fewer outcomes say too little about the share left unmatched
 
 
 class Example(Protocol):
@@ -298,6 +301,14 @@ class Monitor:
         )
         if report.coverage is not None:
             self.join["coverage"] = report.coverage
+        # Over every joiner's latest counters: an outcome one worker never matches (its
+        # recommendation went to another partition) is lost to all of them.
+        outcomes = sum(r.counters.get("outcomes", 0) for r in self._last_reports.values())
+        if outcomes >= MIN_OUTCOMES_JUDGED:
+            unmatched = sum(
+                r.counters.get("unmatched_outcomes", 0) for r in self._last_reports.values()
+            )
+            self.join["unmatched_share"] = unmatched / outcomes
         if last is not None and report.at > last.at:
             d = {k: report.counters.get(k, 0) - last.counters.get(k, 0) for k in report.counters}
             dt = report.at - last.at

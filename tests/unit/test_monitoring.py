@@ -170,3 +170,23 @@ def test_outcomes_that_stop_raise_a_join_health_alarm() -> None:
     assert alerts[0].at - (1_700_000_000.0 + 5 * 11) >= 20  # after it had lasted for_s
     join = monitor.snapshot()["join"]
     assert join["outcome_rate"] == 0 and join["watermark_lag_s"] == 3 and join["coverage"] == 0.9
+
+
+def test_outcomes_left_unmatched_page_across_joiners() -> None:
+    """Two joiners; half of one's outcomes never find their recommendation (a producer that
+    partitions outcomes differently): the share over both pages, by the default rule."""
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(MonitorPolicy(warmup_examples=0), clock)
+    alerts = []
+    for step in range(1, 30):
+        clock.advance(5)
+        for worker, lost in (("w1", 0), ("w2", 25 if step > 5 else 0)):
+            counters = {"outcomes": 50 * step, "positives": 20 * step, "negatives": 200 * step}
+            counters["unmatched_outcomes"] = lost * max(0, step - 5)
+            r = report(clock.now(), 0, 0)
+            alerts += monitor.on_join_report(
+                r.model_copy(update={"worker": worker, "counters": counters})
+            )
+    paged = [(a.status, a.dedup_key) for a in alerts if "unmatched" in a.dedup_key]
+    assert paged == [("firing", "join/outcomes-unmatched/stream")]
+    assert 0.05 < monitor.snapshot()["join"]["unmatched_share"] < 0.25
