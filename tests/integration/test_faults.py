@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -68,6 +69,21 @@ def rank_during_fault(s: Settings, n: int) -> list[str]:
     return ids
 
 
+def through_a_fault(
+    s: Settings, processes: Processes, fault: Callable[[], None], mend: Callable[[], None]
+) -> None:
+    """The loop running and checkpointing; then the fault while a storefront ranks; then the
+    checks of what came through."""
+    start_loop(processes)
+    store = open_store(s)
+    wait_until(lambda: store.latest_version("ctr") is not None, "a first snapshot")
+    time.sleep(5)
+    fault()
+    accepted = rank_during_fault(s, 20)
+    mend()
+    check_the_loop_came_through(s, processes, accepted)
+
+
 def check_the_loop_came_through(s: Settings, processes: Processes, accepted: list[str]) -> None:
     assert processes.running["simulator"].wait(240) == 0, processes.log("simulator")
     recs, _, impressions = traffic(s)
@@ -109,16 +125,7 @@ def test_a_broker_restart_under_the_running_loop(
         monkeypatch,
         **{**env, **LOOP, "STREAMLEARN_KAFKA_BOOTSTRAP": private_kafka.bootstrap},
     )
-    start_loop(processes)
-    store = open_store(s)
-    wait_until(lambda: store.latest_version("ctr") is not None, "a first snapshot")
-    time.sleep(5)
-
-    private_kafka.stop()
-    accepted = rank_during_fault(s, 20)
-    private_kafka.start()
-
-    check_the_loop_came_through(s, processes, accepted)
+    through_a_fault(s, processes, private_kafka.stop, private_kafka.start)
     assert "transaction aborted" in processes.log("joiner")  # the fault was felt
 
 
@@ -135,15 +142,6 @@ def test_redis_with_a_password_stopped_longer_than_a_checkpoint_under_the_loop(
     s = configure(
         processes, monkeypatch, **{**env, **LOOP, "STREAMLEARN_REDIS_URL": private_redis.url}
     )
-    start_loop(processes)
-    store = open_store(s)
-    wait_until(lambda: store.latest_version("ctr") is not None, "a first snapshot")
-    time.sleep(5)
-
-    private_redis.stop()
-    accepted = rank_during_fault(s, 20)
-    private_redis.start()
-
-    check_the_loop_came_through(s, processes, accepted)
+    through_a_fault(s, processes, private_redis.stop, private_redis.start)
     assert "checkpoint of ctr incomplete" in processes.log("trainer")  # the fault was felt
     assert "Redis is away" in processes.log("monitor")
