@@ -8,10 +8,15 @@ metadata so that a worker that has lost its partitions cannot commit for them. A
 the open transaction; the next owner of a partition rebuilds its state from the changelog
 (``read_committed``) and resumes from the committed offsets, so each impression is labeled once.
 
-Recommendations and outcomes are keyed by user and have the same partition count, and the
-``range`` assignor gives a worker the same partition numbers of both, so a user's state stays
-with one worker; the changelog has that partition count too, and partition ``p``'s state lives
-in changelog partition ``p``.
+Co-partitioning is enforced, not assumed, as Kafka Streams does it. A user's state lives on
+the partition the join's own partitioner gives the ``user_id`` in the record's value (murmur2,
+the Java client's default; :mod:`streamlearn.partitioning`). A record read elsewhere (its
+producer hashed with CRC32 or FNV-1a, keyed by session, or sent no key) is forwarded to that
+partition of a repartition topic, inside the transaction that commits its input offset, and
+joined from there; records already in place take no detour. The inputs, their repartition
+topics and the changelog have one partition count, and the ``range`` assignor gives a worker the
+same partition numbers of each, so a user's state stays with one worker, and partition ``p``'s
+state lives in changelog partition ``p``.
 
 Why not faust-streaming, which this joiner first ran on: its ``exactly_once`` mode lost labels
 in our rebalance and SIGKILL tests (faust 0.15.3 over aiokafka). It commits input offsets in the
@@ -47,10 +52,11 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception, wait_expone
 
 from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
-from streamlearn.errors import InvalidEventError
+from streamlearn.errors import ConfigError, InvalidEventError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation, parse
 from streamlearn.faults import fails
-from streamlearn.joining import Joiner, JoinState
+from streamlearn.joining import Input, Joiner, JoinState
+from streamlearn.partitioning import Router
 from streamlearn.settings import Settings
 from streamlearn.telemetry import JoinCollector, report
 from topics import consumer_config, producer_config
@@ -95,6 +101,17 @@ class TransactionalJoin(KafkaProcess):
         )
         self.recs = settings.topic("recommendations")
         self.outcomes = settings.topic("outcomes")
+        # Each topic read: which input it carries, and whether its records were forwarded.
+        self.inputs: dict[str, tuple[Input, bool]] = {
+            self.recs: ("recommendations", False),
+            self.outcomes: ("outcomes", False),
+            settings.topic("recommendations_repartition"): ("recommendations", True),
+            settings.topic("outcomes_repartition"): ("outcomes", True),
+        }
+        self.repartition = {
+            self.recs: settings.topic("recommendations_repartition"),
+            self.outcomes: settings.topic("outcomes_repartition"),
+        }
         self.examples = settings.topic("examples")
         self.letters = settings.topic("dead_letters")
         self.stats_topic = settings.topic("joiner_stats")
@@ -102,6 +119,7 @@ class TransactionalJoin(KafkaProcess):
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.state = JoinState()
         self.joiner = Joiner(settings.join, self.state, SystemClock())
+        self.router = Router(self._partition_count())
         self.producer = self._transactional_producer()
         self.partitions: set[int] = set()
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -126,9 +144,21 @@ class TransactionalJoin(KafkaProcess):
         _while_broker_away(lambda: producer.init_transactions(30))
         return producer
 
+    def _partition_count(self) -> int:
+        """The one partition count of every topic the join reads or keeps state in."""
+        names = [*self.inputs, self.changelog]
+        metadata = _while_broker_away(lambda: self.consumer.list_topics(timeout=30)).topics
+        counts = {n: len(metadata[n].partitions) for n in names if n in metadata}
+        if len(counts) < len(names) or len(set(counts.values())) != 1:
+            raise ConfigError(
+                f"the join needs topics {names} with one partition count, found {counts}: "
+                "create them with `python -m topics` (or give them equal counts)"
+            )
+        return counts[self.recs]
+
     def run(self) -> None:
         self.consumer.subscribe(
-            [self.recs, self.outcomes],
+            list(self.inputs),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -161,26 +191,41 @@ class TransactionalJoin(KafkaProcess):
         return self.settings.join.metrics_port
 
     def register_metrics(self) -> None:
-        REGISTRY.register(JoinCollector(self.joiner, lambda: set(self.partitions)))
+        REGISTRY.register(JoinCollector(self.joiner, lambda: set(self.partitions), self.router))
 
     def on_end_of_partition(self, topic: str, partition: int) -> None:
-        self.joiner.on_caught_up(partition, "recommendations" if topic == self.recs else "outcomes")
+        self.joiner.on_caught_up(partition, *self.inputs[topic])
 
     def _handle(self, msg: Message) -> None:
         topic, p, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and p is not None and offset is not None
         value = msg.value()
-        limit = self.settings.max_record_bytes
+        input, forwarded = self.inputs[topic]
+        model: type[Recommendation | Outcome] = (
+            Recommendation if input == "recommendations" else Outcome
+        )
         try:
-            if topic == self.recs:
-                out = self.joiner.on_recommendation(parse(Recommendation, value, limit), p)
-            else:
-                out = self.joiner.on_outcome(parse(Outcome, value, limit), p)
+            event = parse(model, value, self.settings.max_record_bytes)
         except InvalidEventError as exc:
             letter = DeadLetter.of(str(exc), topic, p, offset, msg.key(), value, time.time())
             self._produce(self.letters, topic.encode(), letter.model_dump_json().encode(), 0)
-            out = []
-        self._emit(out, p)
+        else:
+            home = p if forwarded else self.router.home(input, event.user_id, msg.key(), p)
+            if home != p:
+                # To the worker that owns the user's partition, in this transaction: committed
+                # with this input offset, or not at all.
+                origin = f"{topic}/{p}/{offset}".encode()
+                self._produce(
+                    self.repartition[topic],
+                    event.user_id.encode(),
+                    value,
+                    home,
+                    [("streamlearn-origin", origin)],
+                )
+            elif isinstance(event, Recommendation):
+                self._emit(self.joiner.on_recommendation(event, p, forwarded), p)
+            else:
+                self._emit(self.joiner.on_outcome(event, p, forwarded), p)
         self.next_offsets[(topic, p)] = offset + 1
 
     def _emit(self, examples: list[LabeledExample], partition: int) -> None:
@@ -190,21 +235,33 @@ class TransactionalJoin(KafkaProcess):
                 self.examples, e.user_id.encode(), e.model_dump_json().encode(), partition
             )
 
-    def _produce(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         if not self.in_transaction:
             self.producer.begin_transaction()
             self.in_transaction = True
         while True:
             try:
-                self.producer.produce(topic, value, key, partition=partition)
+                self.producer.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:  # the local queue is full: let it drain
                 self.producer.poll(0.05)
 
     def _publish_stats(self) -> None:
-        stats = report(self.joiner, self.worker, self.partitions)
+        stats = report(self.joiner, self.worker, self.partitions, self.router)
         self._produce(self.stats_topic, self.worker.encode(), stats.model_dump_json().encode(), 0)
-        log.info("join stats %s coverage=%s", stats.counters, stats.coverage)
+        log.info(
+            "join stats %s coverage=%s forwarded=%s",
+            stats.counters,
+            stats.coverage,
+            stats.forwarded,
+        )
 
     # ---- transactions -----------------------------------------------------------------------
 

@@ -10,6 +10,10 @@ scores it served, so the monitor can judge the served model. Until a model is se
 the API does not answer) it draws the slate itself and publishes the event, unscored.
 ``--flip-at S`` turns every hidden preference to its opposite S seconds in: a concept change to
 watch the drift alarm fire, and resolve as the model relearns.
+``--outcomes-partitioner`` plays a conversion service that does not partition as the README
+asks (``murmur2_random`` keyed by user): librdkafka's default ``consistent_random`` (CRC32),
+``fnv1a`` (Go's sarama), ``no-key``, or ``session-key`` (keyed by the recommendation, as a
+service keying by session would), so the joiner has records to forward.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
         help="stop sending outcomes after this many seconds (recommendations go on): the "
         "outage of a storefront's conversion feed",
     )
+    parser.add_argument(
+        "--outcomes-partitioner",
+        choices=("murmur2_random", "consistent_random", "fnv1a", "no-key", "session-key"),
+        default="murmur2_random",
+        help="how the conversion service places outcomes (default: as the README asks)",
+    )
     args = parser.parse_args(argv)
     s = get_settings()
     recs_topic, outcomes_topic = s.topic("recommendations"), s.topic("outcomes")
@@ -61,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         mean_delay_s=s.sim_mean_delay_s,
     )
     producer = Producer(producer_config(s))
+    placing = args.outcomes_partitioner
+    librdkafka = placing if placing in ("consistent_random", "fnv1a") else "murmur2_random"
+    outcomes_producer = Producer(producer_config(s, partitioner=librdkafka))
     pending: list[tuple[float, int, Outcome]] = []
     seq = recs = outs = 0
     stopping = False
@@ -78,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
             _, _, outcome = heapq.heappop(pending)
             if args.outcomes_until is not None and now - start >= args.outcomes_until:
                 continue
-            producer.produce(
-                outcomes_topic,
-                key=outcome.user_id.encode(),
-                value=outcome.model_dump_json().encode(),
+            key = {
+                "no-key": None,
+                "session-key": (outcome.recommendation_id or "").encode(),
+            }.get(placing, outcome.user_id.encode())
+            outcomes_producer.produce(
+                outcomes_topic, key=key, value=outcome.model_dump_json().encode()
             )
             outs += 1
 
@@ -129,13 +144,15 @@ def main(argv: list[str] | None = None) -> None:
             next_at += 1.0 / s.sim_rate
         emit_due(now)
         producer.poll(0)
+        outcomes_producer.poll(0)
         time.sleep(min(0.01, max(0.0, next_at - time.time())))
     drain_until = time.time() + (args.drain if args.drain is not None else 4 * s.sim_mean_delay_s)
     while pending and not stopping and time.time() < drain_until:
         emit_due(time.time())
-        producer.poll(0)
+        outcomes_producer.poll(0)
         time.sleep(0.01)
     producer.flush(30)
+    outcomes_producer.flush(30)
     log.info(
         "produced %d recommendations and %d outcomes (%d outcomes not yet due dropped)",
         recs,

@@ -236,3 +236,6 @@ class JoinReport(BaseModel):
     counters: dict[str, int]
     coverage: float | None
     partitions: dict[int, PartitionHealth]
+    # Records found on a partition other than their user's and forwarded through a repartition
+    # topic: input -> the guess at the producer's partitioner -> count, since the process started.
+    forwarded: dict[str, dict[str, int]] = {}

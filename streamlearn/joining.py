@@ -29,6 +29,12 @@ Semantics
   it has been since the last one was read: after a restart, a stall of this process or a slow
   fetch, its backlog may hold outcomes for open windows, so a backlog of outcomes holds windows
   open until it is read. The watermark never moves back.
+* Forwarded records: the joiner process sends a record found on a partition other than its
+  user's (see :mod:`streamlearn.partitioning`) through a repartition topic to the worker that
+  owns the user's partition. Each repartition topic is one more input of the watermark, so
+  records still in transit hold windows open like a backlog; one that has never carried a
+  record for the partition holds nothing, so producers that partition as the join does wait
+  for nothing.
 * Out of order: an outcome naming a recommendation not seen yet waits until the watermark passes
   its event time plus ``early_grace``; then it is counted unmatched and dropped.
 * Late: a qualifying outcome after the window (by event time, or for a window already closed) is
@@ -58,6 +64,11 @@ from pydantic import Field
 from streamlearn.clock import Clock
 from streamlearn.events import LabeledExample, Outcome, OutcomeKind, Recommendation
 from streamlearn.policy import Policy
+
+Input = Literal["recommendations", "outcomes"]
+# The watermark's inputs: each input topic, and its repartition topic (upper case), where records
+# another worker found on the wrong partition come from.
+SOURCES = ("r", "o", "R", "O")
 
 
 class JoinPolicy(Policy):
@@ -172,9 +183,11 @@ class Joiner:
 
     # ---- inputs -------------------------------------------------------------------------------
 
-    def on_recommendation(self, rec: Recommendation, partition: int) -> list[LabeledExample]:
+    def on_recommendation(
+        self, rec: Recommendation, partition: int, forwarded: bool = False
+    ) -> list[LabeledExample]:
         self.stats.recommendations += 1
-        self._observe(partition, "r", rec.event_time)
+        self._observe(partition, _source("recommendations", forwarded), rec.event_time)
         rid = rec.recommendation_id
         if f"r/{rid}" in self.state or f"c/{rid}" in self.state:
             self.stats.duplicate_recommendations += 1
@@ -203,9 +216,11 @@ class Joiner:
         out.extend(self._expire(partition))
         return out
 
-    def on_outcome(self, outcome: Outcome, partition: int) -> list[LabeledExample]:
+    def on_outcome(
+        self, outcome: Outcome, partition: int, forwarded: bool = False
+    ) -> list[LabeledExample]:
         self.stats.outcomes += 1
-        self._observe(partition, "o", outcome.event_time)
+        self._observe(partition, _source("outcomes", forwarded), outcome.event_time)
         rid = outcome.recommendation_id
         if rid is None and self.policy.match_by_user_item:
             latest = self.state.get(f"u/{outcome.user_id}/{outcome.item_id}")
@@ -235,10 +250,10 @@ class Joiner:
         self._schedule(partition, until, f"e/{rid}")
         return []
 
-    def on_caught_up(self, partition: int, source: Literal["recommendations", "outcomes"]) -> None:
-        """The reader has read all there is of this input partition: from now until its next
-        record, silence is idleness."""
-        self._caught_up_at.setdefault((partition, source[0]), self.clock.now())
+    def on_caught_up(self, partition: int, input: Input, forwarded: bool = False) -> None:
+        """The reader has read all there is of this input partition (of its repartition topic
+        when ``forwarded``): from now until its next record, silence is idleness."""
+        self._caught_up_at.setdefault((partition, _source(input, forwarded)), self.clock.now())
 
     def on_tick(self, partition: int) -> list[LabeledExample]:
         """Let wall time advance an idle partition's watermark, and close what it passes."""
@@ -261,8 +276,13 @@ class Joiner:
         now = self.clock.now()
         lateness, idle = self.policy.allowed_lateness_s, self.policy.idle_timeout_s
         active, idle_inputs = [], []
-        for source in ("r", "o"):
-            newest = w[source]
+        for source in SOURCES:
+            newest = w.get(source)
+            if newest is None and source.isupper():
+                # Nothing ever forwarded here: producers that partition as the join does pay
+                # no wait. Once something has been, the repartition topic holds the watermark
+                # like any input, across restarts too (its newest time is in the state).
+                continue
             wall = self._advanced_at.setdefault((partition, source), now)
             caught_up = self._caught_up_at.get((partition, source))
             idle_for = -idle if caught_up is None else now - max(wall, caught_up) - idle
@@ -290,8 +310,8 @@ class Joiner:
 
     def _observe(self, partition: int, source: str, event_time: float) -> None:
         key = f"w/{partition}"
-        w = self.state.get(key) or {"r": None, "o": None, "wm": None}
-        newest = w[source]
+        w = self.state.get(key) or {"wm": None}
+        newest = w.get(source)
         advancing = newest is None or event_time > newest
         if not advancing and (partition, source) not in self._caught_up_at:
             return
@@ -454,6 +474,10 @@ class Joiner:
     def pending_impressions(self, partition: int) -> int:
         """Open impressions of a partition, as of its last expiry pass."""
         return self._pending.get(partition, 0)
+
+
+def _source(input: Input, forwarded: bool) -> str:
+    return input[0].upper() if forwarded else input[0]
 
 
 def _example(

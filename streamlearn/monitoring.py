@@ -29,8 +29,10 @@ From the joiner's reports (counter deltas between two reports of a worker), for 
 ``label_rate`` (positives per labeled example), ``outcome_rate``, ``positive_rate``,
 ``recommendation_rate`` and ``example_rate`` per second,
 ``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition);
-and ``unmatched_share``, over every worker's latest counters: the outcomes that never found
-their recommendation, of all outcomes.
+``unmatched_share``, over every worker's latest counters: the outcomes that never found their
+recommendation, of all outcomes; and ``forwarded_share``, likewise: the input records found off
+their user's partition and forwarded through a repartition topic, of all input records (what
+producers that do not partition as the join does cost).
 
 Every value goes through the :class:`~streamlearn.alerting.Alarms` book, which turns them into
 alerts; :meth:`Monitor.snapshot` is what the monitor writes to Redis and Prometheus. The names in
@@ -309,6 +311,15 @@ class Monitor:
                 r.counters.get("unmatched_outcomes", 0) for r in self._last_reports.values()
             )
             self.join["unmatched_share"] = unmatched / outcomes
+        read = sum(
+            r.counters.get("outcomes", 0) + r.counters.get("recommendations", 0)
+            for r in self._last_reports.values()
+        )
+        if read:
+            forwarded = sum(
+                sum(g.values()) for r in self._last_reports.values() for g in r.forwarded.values()
+            )
+            self.join["forwarded_share"] = forwarded / read
         if last is not None and report.at > last.at:
             d = {k: report.counters.get(k, 0) - last.counters.get(k, 0) for k in report.counters}
             dt = report.at - last.at

@@ -59,6 +59,8 @@ TopicRole = Literal[
     "joiner_stats",
     "alerts",
     "joiner_state",
+    "recommendations_repartition",
+    "outcomes_repartition",
 ]
 TOPIC_NAMES: dict[TopicRole, str] = {
     "recommendations": "recommendations",
@@ -68,6 +70,10 @@ TOPIC_NAMES: dict[TopicRole, str] = {
     "joiner_stats": "joiner-stats",
     "alerts": "alerts",
     "joiner_state": "joiner-changelog",  # the join state's changelog
+    # Where the joiner forwards input records found on the wrong partition (Kafka Streams'
+    # naming: <application>-<name>-repartition).
+    "recommendations_repartition": "joiner-recommendations-repartition",
+    "outcomes_repartition": "joiner-outcomes-repartition",
 }
 
 DEVELOPMENT_KEY = "streamlearn-dev-key-change-me"

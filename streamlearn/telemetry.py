@@ -13,9 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from streamlearn.events import JoinReport, PartitionHealth
 from streamlearn.joining import Joiner, JoinStats
+from streamlearn.partitioning import Router
 
 
-def report(joiner: Joiner, worker: str, partitions: Iterable[int]) -> JoinReport:
+def report(joiner: Joiner, worker: str, partitions: Iterable[int], router: Router) -> JoinReport:
     return JoinReport(
         worker=worker,
         at=joiner.clock.now(),
@@ -29,16 +30,20 @@ def report(joiner: Joiner, worker: str, partitions: Iterable[int]) -> JoinReport
             )
             for p in sorted(partitions)
         },
+        forwarded=router.counts(),
     )
 
 
 class JoinCollector:
-    def __init__(self, joiner: Joiner, partitions: Callable[[], Iterable[int]]) -> None:
+    def __init__(
+        self, joiner: Joiner, partitions: Callable[[], Iterable[int]], router: Router
+    ) -> None:
         self._joiner = joiner
         self._partitions = partitions
+        self._router = router
 
     def collect(self) -> Iterator[Any]:
-        r = report(self._joiner, "", self._partitions())
+        r = report(self._joiner, "", self._partitions(), self._router)
         help_text = JoinStats.help()
         for name, value in r.counters.items():
             family = CounterMetricFamily(f"streamlearn_join_{name}", help_text[name])
@@ -64,3 +69,13 @@ class JoinCollector:
                 lag.add_metric([str(p)], health.watermark_lag_s)
         yield pending
         yield lag
+        forwarded = CounterMetricFamily(
+            "streamlearn_join_forwarded",
+            "Input records found off their user's partition and forwarded through a "
+            "repartition topic, by a guess at the producer's partitioner",
+            labels=["input", "guess"],
+        )
+        for input, guesses in r.forwarded.items():
+            for guessed, n in guesses.items():
+                forwarded.add_metric([input, guessed], n)
+        yield forwarded

@@ -52,6 +52,14 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
         "alerts": TopicSpec(
             settings.topic("alerts"), "dedup key", Alert, 1, {"retention.ms": str(30 * DAY_MS)}
         ),
+        # Input records another joiner found on the wrong partition, at their user's partition
+        # (written in the joiner's transactions; the co-partitioned inputs' count).
+        "recommendations_repartition": TopicSpec(
+            settings.topic("recommendations_repartition"), "user_id", Recommendation, n, week
+        ),
+        "outcomes_repartition": TopicSpec(
+            settings.topic("outcomes_repartition"), "user_id", Outcome, n, week
+        ),
         # The join state's changes, written in the joiner's transactions.
         "joiner_state": TopicSpec(
             settings.topic("joiner_state"),

@@ -162,8 +162,15 @@ def test_scripted_stream_gives_exactly_the_expected_examples(
 WINDOW_S = 3.0
 
 
-def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str) -> None:
-    """Simulated traffic through the joiner while ``disrupt`` happens, then the exact check."""
+def run_with(
+    processes: Processes,
+    monkeypatch: pytest.MonkeyPatch,
+    disrupt: str,
+    outcomes_partitioner: str = "murmur2_random",
+) -> None:
+    """Simulated traffic through the joiner while ``disrupt`` happens, then the exact check.
+    With another ``outcomes_partitioner`` than the README's, most outcomes are forwarded
+    through the repartition topic, in the transactions the disruption falls on."""
     s = configure(
         processes,
         monkeypatch,
@@ -182,7 +189,15 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
     processes.env.pop("STREAMLEARN_FAILPOINT", None)
     wait_until(lambda: bool(reports(s)), "the joiner to start")
     sim = processes.start(
-        "simulator", "-m", "consumers.simulator", "--duration", "30", "--drain", "8"
+        "simulator",
+        "-m",
+        "consumers.simulator",
+        "--duration",
+        "30",
+        "--drain",
+        "8",
+        "--outcomes-partitioner",
+        outcomes_partitioner,
     )
     time.sleep(10)
     if disrupt == "sigkill":
@@ -210,6 +225,11 @@ def run_with(processes: Processes, monkeypatch: pytest.MonkeyPatch, disrupt: str
         assert "transaction aborted (failpoint joiner.commit)" in processes.log("joiner")
     if disrupt == "renew":
         assert "transaction aborted (Local: Broker transport failure)" in processes.log("joiner")
+    forwarded = sum(sum(g.values()) for r in reports(s) for g in r.forwarded.values())
+    if outcomes_partitioner == "murmur2_random":
+        assert forwarded == 0
+    else:
+        assert forwarded > len(outcomes) / 3, "most outcomes should have taken the detour"
     if disrupt == "sigkill":
         restored = re.search(r": (\d+) open windows", processes.log("joiner-restarted"))
         assert restored and int(restored.group(1)) > 0, "the kill should leave windows open"
@@ -225,6 +245,21 @@ def test_a_second_joiner_joining_then_one_leaving(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_with(processes, monkeypatch, "rebalance")
+
+
+def test_sigkill_while_forwarding_misplaced_outcomes(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes placed by librdkafka's default (CRC32): the kill aborts forwards in flight,
+    and the restarted joiner forwards them again, once."""
+    run_with(processes, monkeypatch, "sigkill", "consistent_random")
+
+
+def test_a_rebalance_while_forwarding_unkeyed_outcomes(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes without a key, anywhere: forwarded to a partition whose owner changes."""
+    run_with(processes, monkeypatch, "rebalance", "no-key")
 
 
 def test_an_aborted_transaction_loses_and_repeats_nothing(

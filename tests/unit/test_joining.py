@@ -157,6 +157,36 @@ def test_a_lagging_outcome_input_holds_windows_open(joiner: Joiner, clock: Manua
     assert labels(joiner.on_tick(0)) == [("r2:a", False), ("r2:b", False)]
 
 
+def test_forwarded_outcomes_hold_windows_open_once_they_have_come(
+    joiner: Joiner, clock: ManualClock
+) -> None:
+    """Outcomes another worker forwards through the repartition topic trail the ones read in
+    place: once any has come, their input holds the watermark like the others, so a forwarded
+    outcome still in transit lands in its window; before any has come, it holds nothing."""
+    joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0 + 5)
+    joiner.on_outcome(outcome("r1", "a", T0 + 1), 0, forwarded=True)
+    joiner.on_recommendation(rec("r2", T0 + 30), 0)
+    assert joiner.on_outcome(outcome(None, "zz", T0 + 30), 0) == []  # in place: far ahead
+    assert labels(joiner.on_outcome(outcome("r1", "b", T0 + 9), 0, forwarded=True)) == [
+        ("r1:b", True)
+    ]
+    assert joiner.watermark(0) == T0 + 9 - POLICY.allowed_lateness_s
+    # Read to its end and silent for the idle timeout: it holds nothing back any more.
+    joiner.on_caught_up(0, "outcomes", forwarded=True)
+    clock.advance(POLICY.idle_timeout_s + 0.1)
+    assert joiner.watermark(0) == T0 + 30 - POLICY.allowed_lateness_s
+
+
+def test_a_partition_nothing_was_forwarded_to_does_not_wait_for_it(joiner: Joiner) -> None:
+    joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0 + 12)
+    assert labels(joiner.on_recommendation(rec("r2", T0 + 12), 0)) == [
+        ("r1:a", False),
+        ("r1:b", False),
+    ]
+
+
 def test_windows_are_per_partition(joiner: Joiner) -> None:
     outcomes_reach(joiner, T0 + 100, partition=0)
     outcomes_reach(joiner, T0 + 100, partition=1)

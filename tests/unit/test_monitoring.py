@@ -190,3 +190,16 @@ def test_outcomes_left_unmatched_page_across_joiners() -> None:
     paged = [(a.status, a.dedup_key) for a in alerts if "unmatched" in a.dedup_key]
     assert paged == [("firing", "join/outcomes-unmatched/stream")]
     assert 0.05 < monitor.snapshot()["join"]["unmatched_share"] < 0.25
+
+
+def test_forwarded_share_is_over_every_joiner() -> None:
+    """The share of input records that took the detour, over both workers' latest reports."""
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(MonitorPolicy(warmup_examples=0), clock)
+    base = report(clock.now(), 0, 0)
+    for worker, forwarded in (("w1", {}), ("w2", {"outcomes": {"crc32": 30, "no_key": 20}})):
+        counters = {"recommendations": 100, "outcomes": 100}
+        monitor.on_join_report(
+            base.model_copy(update={"worker": worker, "counters": counters, "forwarded": forwarded})
+        )
+    assert monitor.snapshot()["join"]["forwarded_share"] == 50 / 400
