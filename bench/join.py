@@ -6,7 +6,12 @@
 3. Starts one joiner process on the backlog and counts committed examples as they appear; the
    rate is taken between 10% and 90% of the examples, so the joiner's start-up and the last windows
    (closed by the idle fallback) do not count.
-4. In this process: the pure join logic on the same events (where the time goes), and the memory
+4. The same with half the outcomes on a partition other than their user's, as a producer with
+   another partitioner would place them (``impressions_per_s_misrouted``: the cost of the
+   joiner's detour through the repartition topic), and with half the recommendations so placed
+   (``impressions_per_s_recs_misrouted``: they are most of the records, so the worst case).
+   Each run has fresh topics.
+5. In this process: the pure join logic on the same events (where the time goes), and the memory
    of the state per pending impression (tracemalloc over open windows).
 
 Prints figures; the last line is one JSON object. Run: ``python bench/join.py [N]`` after
@@ -31,6 +36,7 @@ from confluent_kafka import Consumer, Producer
 from streamlearn.clock import ManualClock
 from streamlearn.events import Outcome, Recommendation
 from streamlearn.joining import Joiner, JoinPolicy, JoinState
+from streamlearn.partitioning import join_partition
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from topics import delete_namespace, ensure_topics, producer_config
@@ -125,37 +131,37 @@ def bytes_per_pending(recs: list[Recommendation]) -> float:
     return grown / sum(len(r.items) for r in recs)
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    prefix = f"bench{uuid.uuid4().hex[:8]}."
-    env = {
-        "STREAMLEARN_TOPIC_PREFIX": prefix,
-        "STREAMLEARN_ATTRIBUTION_WINDOW_S": str(WINDOW_S),
-        "STREAMLEARN_ALLOWED_LATENESS_S": "0",
-        "STREAMLEARN_IDLE_TIMEOUT_S": "2",
-        "STREAMLEARN_JOINER_METRICS_PORT": "0",
-        "LOG_LEVEL": "warn",
-    }
-    os.environ.update(env)
+def namespace() -> Settings:
+    """Fresh topics for one run, deleted when the bench ends."""
+    os.environ["STREAMLEARN_TOPIC_PREFIX"] = f"bench{uuid.uuid4().hex[:8]}."
     s = Settings()
     ensure_topics(s)
     atexit.register(delete_namespace, s)  # a bench's topics are throwaway
-    recs, outs = events(n)
-    impressions = sum(len(r.items) for r in recs)
+    return s
+
+
+def produce(
+    s: Settings, recs: list[Recommendation], outs: list[Outcome], misroute: str | None
+) -> None:
+    """The backlog; with ``misroute``, half of those records on a partition not their user's."""
     producer = Producer(producer_config(s, **{"linger.ms": 20}))
-    for r in recs:
+    coin = random.Random(1)
+    records = [("recommendations", r) for r in recs]
+    records += [("outcomes", o) for o in random.Random(0).sample(outs, len(outs))]
+    for role, event in records:
+        partition = -1  # the producer's partitioner: the join's own
+        if role == misroute and coin.random() < 0.5:
+            partition = (join_partition(event.user_id, s.partitions) + 1) % s.partitions
+        topic = s.topic("recommendations" if role == "recommendations" else "outcomes")
         producer.produce(
-            s.topic("recommendations"), key=r.user_id.encode(), value=r.model_dump_json().encode()
-        )
-        producer.poll(0)
-    for o in random.Random(0).sample(outs, len(outs)):
-        producer.produce(
-            s.topic("outcomes"), key=o.user_id.encode(), value=o.model_dump_json().encode()
+            topic, event.model_dump_json().encode(), event.user_id.encode(), partition=partition
         )
         producer.poll(0)
     producer.flush(60)
 
-    raw_per_s = raw_consume(s, s.topic("recommendations"), n)
+
+def joined_rate(s: Settings, impressions: int) -> tuple[float, int]:
+    """Impressions joined per second by one joiner process on the backlog, and how many."""
     joiner = subprocess.Popen(
         [sys.executable, "-m", "consumers.joiner"],
         cwd=ROOT,
@@ -169,13 +175,41 @@ def main() -> None:
         joiner.terminate()
         joiner.wait(30)
     lo, hi = arrivals[len(arrivals) // 10], arrivals[(len(arrivals) * 9) // 10]
-    joined_per_s = (0.8 * len(arrivals)) / (hi - lo)
+    return (0.8 * len(arrivals)) / (hi - lo), len(arrivals)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    os.environ.update(
+        {
+            "STREAMLEARN_ATTRIBUTION_WINDOW_S": str(WINDOW_S),
+            "STREAMLEARN_ALLOWED_LATENESS_S": "0",
+            "STREAMLEARN_IDLE_TIMEOUT_S": "2",
+            "STREAMLEARN_JOINER_METRICS_PORT": "0",
+            "LOG_LEVEL": "warn",
+        }
+    )
+    recs, outs = events(n)
+    impressions = sum(len(r.items) for r in recs)
+    s = namespace()
+    produce(s, recs, outs, None)
+    raw_per_s = raw_consume(s, s.topic("recommendations"), n)
+    joined_per_s, seen = joined_rate(s, impressions)
+    rates = {}
+    for misroute in ("outcomes", "recommendations"):
+        s = namespace()
+        produce(s, recs, outs, misroute)
+        rates[misroute], _ = joined_rate(s, impressions)
 
     figures = {
         "recommendations": n,
         "impressions": impressions,
-        "examples_seen": len(arrivals),
+        "examples_seen": seen,
         "impressions_per_s": round(joined_per_s),
+        "impressions_per_s_misrouted": round(rates["outcomes"]),
+        "ratio_misrouted_to_in_place": round(rates["outcomes"] / joined_per_s, 2),
+        "impressions_per_s_recs_misrouted": round(rates["recommendations"]),
+        "ratio_recs_misrouted_to_in_place": round(rates["recommendations"] / joined_per_s, 2),
         "raw_consume_per_s": round(raw_per_s),
         "raw_consume_impressions_per_s": round(raw_per_s * impressions / n),
         "ratio_raw_to_joined": round(raw_per_s * impressions / n / joined_per_s, 1),
