@@ -35,6 +35,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 import orjson
@@ -47,6 +48,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 from tenacity import Retrying, before_sleep_log, retry_if_exception, wait_exponential
 
@@ -59,7 +61,7 @@ from streamlearn.joining import Input, Joiner, JoinState
 from streamlearn.partitioning import Router
 from streamlearn.settings import Settings
 from streamlearn.telemetry import JoinCollector, report
-from topics import consumer_config, producer_config
+from topics import client_config, consumer_config, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
 
@@ -81,6 +83,12 @@ def _while_broker_away(call: Callable[[], T]) -> T:
         reraise=True,
     )
     return again(call)
+
+
+def _log_purge_failure(done: Future[object]) -> None:
+    # Nothing is lost: the records are deleted at the next purge, or by retention.
+    if (exc := done.exception()) is not None:
+        log.warning("could not purge a repartition topic: %s", exc)
 
 
 class TransactionalJoin(KafkaProcess):
@@ -120,6 +128,9 @@ class TransactionalJoin(KafkaProcess):
         self.state = JoinState()
         self.joiner = Joiner(settings.join, self.state, SystemClock())
         self.router = Router(self._partition_count())
+        self.admin = AdminClient(client_config(settings))
+        # Up to where each repartition partition has been joined and committed: deletable.
+        self.joined: dict[tuple[str, int], int] = {}
         self.producer = self._transactional_producer()
         self.partitions: set[int] = set()
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -164,7 +175,7 @@ class TransactionalJoin(KafkaProcess):
             on_lost=self._on_lost,
         )
         policy = self.settings.join
-        last_commit = last_tick = last_stats = time.monotonic()
+        last_commit = last_tick = last_stats = last_purge = time.monotonic()
         try:
             while not self.stopping:
                 for msg in self.consume(1000, timeout=0.05):
@@ -180,6 +191,9 @@ class TransactionalJoin(KafkaProcess):
                 if now - last_commit >= policy.commit_s:
                     last_commit = now
                     self.commit()
+                if now - last_purge >= policy.purge_s:
+                    last_purge = now
+                    self._purge()
             self.commit()
         finally:
             # Leaves the group at once (no session timeout to wait out); the revoke callback
@@ -293,7 +307,20 @@ class TransactionalJoin(KafkaProcess):
             self._abort(error.str())
             return
         self.in_transaction = False
+        for (topic, p), offset in self.next_offsets.items():
+            if self.inputs[topic][1]:
+                self.joined[(topic, p)] = offset
         self.next_offsets.clear()
+
+    def _purge(self) -> None:
+        """Delete the forwarded records already joined, as Kafka Streams purges its
+        repartition topics: their offsets are committed, so nobody reads them again."""
+        if not self.joined:
+            return
+        upto = [TopicPartition(t, p, o) for (t, p), o in self.joined.items()]
+        self.joined.clear()
+        for future in self.admin.delete_records(upto, request_timeout=30).values():
+            future.add_done_callback(_log_purge_failure)
 
     def _abort(self, why: str) -> None:
         """Abort the open transaction and go back to the last commit. The producer that met

@@ -87,6 +87,7 @@ class JoinPolicy(Policy):
         "tick_s": "joiner_tick_s",
         "commit_s": "joiner_commit_s",
         "stats_s": "joiner_stats_s",
+        "purge_s": "joiner_repartition_purge_s",
         "metrics_port": "joiner_metrics_port",
     }
 
@@ -123,6 +124,12 @@ class JoinPolicy(Policy):
         0.1, gt=0, description="How often the joiner commits a transaction (as Kafka Streams)."
     )
     stats_s: float = Field(5.0, gt=0, description="How often join stats are published.")
+    purge_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often forwarded records already joined are deleted from the "
+        "repartition topics (Kafka Streams' repartition.purge.interval.ms).",
+    )
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
     )

@@ -132,6 +132,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "JOINER_TICK_S": ("2", lambda s: s.join.tick_s, 2.0),
     "JOINER_COMMIT_S": ("0.2", lambda s: s.join.commit_s, 0.2),
     "JOINER_STATS_S": ("7", lambda s: s.join.stats_s, 7.0),
+    "JOINER_REPARTITION_PURGE_S": ("9", lambda s: s.join.purge_s, 9.0),
     "JOINER_METRICS_PORT": ("0", lambda s: s.join.metrics_port, 0),
     "CHECKPOINT_EVERY_N": ("50", lambda s: s.training.checkpoint_every_n, 50),
     "RETENTION_AUTOMATIC": ("false", lambda s: s.retention.automatic, False),
