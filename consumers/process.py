@@ -81,9 +81,9 @@ class KafkaProcess(ABC):
         settings = get_settings()
         try:
             settings.check_safe()
+            process = cls(settings)
         except ConfigError as exc:
             raise SystemExit(f"streamlearn {cls.name}: {exc}") from None
-        process = cls(settings)
         signal.signal(signal.SIGTERM, process.stop)
         signal.signal(signal.SIGINT, process.stop)
         if port := process.metrics_port():

@@ -20,6 +20,14 @@ from streamlearn.events import DeadLetter, JoinReport, LabeledExample, Outcome, 
 from streamlearn.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
+# The topics the joiner reads or keeps its state in: one partition count for all.
+JOIN_ROLES = (
+    "recommendations",
+    "outcomes",
+    "recommendations_repartition",
+    "outcomes_repartition",
+    "joiner_state",
+)
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,12 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
     }
 
 
-def _topic_names(admin: AdminClient, settings: Settings, timeout: float) -> set[str]:
+def _partition_counts(admin: AdminClient, settings: Settings, timeout: float) -> dict[str, int]:
     try:
-        return set(admin.list_topics(timeout=timeout).topics)
+        topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise InfraError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+    return {name: len(t.partitions) for name, t in topics.items()}
 
 
 def _settle(futures: dict[str, Any], verb: str, harmless: int) -> list[str]:
@@ -94,10 +103,19 @@ def _settle(futures: dict[str, Any], verb: str, harmless: int) -> list[str]:
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the declared topics that do not exist yet; returns the names created."""
     admin = AdminClient(client_config(settings))
-    existing = _topic_names(admin, settings, timeout)
+    existing = _partition_counts(admin, settings, timeout)
+    # The join's topics take the count of the recommendations already there, as Kafka Streams
+    # sizes a repartition topic by its source: one made before a change of PARTITIONS stays
+    # co-partitioned with the topics added since.
+    joined = existing.get(settings.topic("recommendations"), settings.partitions)
     wanted = [
-        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config)
-        for t in declared(settings).values()
+        NewTopic(
+            t.name,
+            num_partitions=joined if role in JOIN_ROLES else t.partitions,
+            replication_factor=1,
+            config=t.config,
+        )
+        for role, t in declared(settings).items()
         if t.name not in existing
     ]
     if not wanted:
@@ -116,7 +134,9 @@ def delete_namespace(settings: Settings, timeout: float = 30.0) -> list[str]:
         raise InfraError("refusing to delete topics without a topic prefix")
     admin = AdminClient(client_config(settings))
     names = sorted(
-        t for t in _topic_names(admin, settings, timeout) if t.startswith(settings.topic_prefix)
+        t
+        for t in _partition_counts(admin, settings, timeout)
+        if t.startswith(settings.topic_prefix)
     )
     if not names:
         return []

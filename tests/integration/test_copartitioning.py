@@ -16,12 +16,13 @@ import uuid
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from streamlearn.events import JoinReport
 from streamlearn.partitioning import crc32_partition, guess, join_partition, sarama_partition
 from streamlearn.settings import Settings
 from tests.conftest import Processes, configure, examples, read_topic, wait_until
-from topics import producer_config
+from topics import JOIN_ROLES, client_config, producer_config
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +199,39 @@ def test_three_joiners_join_every_click_however_it_was_partitioned(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_with_joiners(processes, monkeypatch, 3)
+
+
+def test_the_joins_topics_take_the_partition_count_of_the_recommendations_there(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Topics made before PARTITIONS changed: the repartition topics added since follow the
+    recommendations' count, so the join stays co-partitioned; a joiner facing topics of
+    different counts refuses to start and says which."""
+    monkeypatch.setenv("STREAMLEARN_PARTITIONS", "4")
+    for key, value in processes.env.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    admin = AdminClient(client_config(s))
+    made = admin.create_topics(
+        [NewTopic(s.topic(r), num_partitions=4) for r in ("recommendations", "outcomes")]
+    )
+    for future in made.values():
+        future.result()
+    s = configure(processes, monkeypatch, STREAMLEARN_PARTITIONS="2")
+    counts = {
+        name: len(t.partitions)
+        for name, t in admin.list_topics(timeout=30).topics.items()
+        if name.startswith(s.topic_prefix)
+    }
+    for role in JOIN_ROLES:
+        assert counts[s.topic(role)] == 4, counts
+    assert counts[s.topic("examples")] == 2  # not the join's: as configured
+
+    grown = admin.create_partitions([NewPartitions(s.topic("outcomes_repartition"), 6)])
+    for future in grown.values():
+        future.result()
+    joiner = processes.start("joiner", "-m", "consumers.joiner")
+    assert joiner.wait(120) != 0
+    assert "streamlearn joiner: the join needs topics" in processes.log("joiner")
+    assert "Traceback" not in processes.log("joiner")
+    assert f"'{s.topic('outcomes_repartition')}': 6" in processes.log("joiner")
