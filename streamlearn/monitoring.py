@@ -59,6 +59,7 @@ from streamlearn.webhooks import Webhook
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "1d": 86400.0}
 JOIN = "join"
 MIN_OUTCOMES_JUDGED = 100  # fewer outcomes say too little about the share left unmatched
+JOINER_GONE_AFTER_S = 60.0  # a joiner silent this long has stopped; its partitions moved on
 
 
 class Example(Protocol):
@@ -192,6 +193,8 @@ class Monitor:
         self.unscored = 0
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
+        # Per joiner: its counters' changes over its last two reports, and the seconds between.
+        self._join_deltas: dict[str, tuple[float, dict[str, int]]] = {}
 
     def configure(self, policy: MonitorPolicy) -> None:
         """Today's policy for a monitor restored from a saved state: its rules and bounds apply
@@ -296,13 +299,24 @@ class Monitor:
     def on_join_report(self, report: JoinReport) -> list[Alert]:
         last = self._last_reports.get(report.worker)
         self._last_reports[report.worker] = report
-        lags = [h.watermark_lag_s for h in report.partitions.values() if h.watermark_lag_s]
+        if last is not None and report.at > last.at:
+            d = {k: report.counters.get(k, 0) - last.counters.get(k, 0) for k in report.counters}
+            self._join_deltas[report.worker] = (report.at - last.at, d)
+        # The joiners reporting now, each for its own partitions: the figures are over all of
+        # them, whichever reported last.
+        live = {
+            w: r for w, r in self._last_reports.items() if r.at >= report.at - JOINER_GONE_AFTER_S
+        }
+        health = [h for r in live.values() for h in r.partitions.values()]
+        lags = [h.watermark_lag_s for h in health if h.watermark_lag_s]
         self.join["watermark_lag_s"] = max(lags, default=0.0)
-        self.join["pending_windows"] = float(
-            sum(h.pending_impressions for h in report.partitions.values())
+        self.join["pending_windows"] = float(sum(h.pending_impressions for h in health))
+        positives = sum(r.counters.get("positives", 0) for r in live.values())
+        eventual = positives + sum(
+            r.counters.get("late_positive_impressions", 0) for r in live.values()
         )
-        if report.coverage is not None:
-            self.join["coverage"] = report.coverage
+        if eventual:
+            self.join["coverage"] = positives / eventual
         # Over every joiner's latest counters: an outcome one worker never matches (its
         # recommendation went to another partition) is lost to all of them.
         outcomes = sum(r.counters.get("outcomes", 0) for r in self._last_reports.values())
@@ -320,18 +334,23 @@ class Monitor:
                 sum(g.values()) for r in self._last_reports.values() for g in r.forwarded.values()
             )
             self.join["forwarded_share"] = forwarded / read
-        if last is not None and report.at > last.at:
-            d = {k: report.counters.get(k, 0) - last.counters.get(k, 0) for k in report.counters}
-            dt = report.at - last.at
-            labeled = d.get("positives", 0) + d.get("negatives", 0)
-            self.join["outcome_rate"] = d.get("outcomes", 0) / dt
-            self.join["recommendation_rate"] = d.get("recommendations", 0) / dt
-            self.join["example_rate"] = labeled / dt
-            self.join["positive_rate"] = d.get("positives", 0) / dt
-            if labeled:
-                self.join["label_rate"] = d.get("positives", 0) / labeled
-            if d.get("outcomes", 0):
-                self.join["late_share"] = d.get("late_outcomes", 0) / d["outcomes"]
+        deltas = [self._join_deltas[w] for w in live if w in self._join_deltas]
+        if deltas:
+
+            def rate(*names: str) -> float:
+                return sum(sum(d.get(n, 0) for n in names) / dt for dt, d in deltas)
+
+            def total(name: str) -> int:
+                return sum(d.get(name, 0) for _, d in deltas)
+
+            self.join["outcome_rate"] = rate("outcomes")
+            self.join["recommendation_rate"] = rate("recommendations")
+            self.join["example_rate"] = rate("positives", "negatives")
+            self.join["positive_rate"] = rate("positives")
+            if labeled := total("positives") + total("negatives"):
+                self.join["label_rate"] = total("positives") / labeled
+            if total("outcomes"):
+                self.join["late_share"] = total("late_outcomes") / total("outcomes")
         alerts = []
         for name, value in self.join.items():
             alerts += self.alarms.observe(JOIN, name, "stream", value)

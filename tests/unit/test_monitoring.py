@@ -150,8 +150,13 @@ def report(at: float, outcomes: int, positives: int) -> JoinReport:
     return JoinReport(
         worker="w1",
         at=at,
-        counters={"outcomes": outcomes, "positives": positives, "negatives": 10 * positives},
-        coverage=0.9,
+        counters={
+            "outcomes": outcomes,
+            "positives": positives,
+            "negatives": 10 * positives,
+            "late_positive_impressions": positives // 4,
+        },
+        coverage=positives / (positives + positives // 4) if positives else None,
         partitions={0: PartitionHealth(pending_impressions=5, watermark=at - 3, watermark_lag_s=3)},
     )
 
@@ -169,7 +174,7 @@ def test_outcomes_that_stop_raise_a_join_health_alarm() -> None:
     assert [(a.status, a.dedup_key) for a in alerts] == [("firing", "join/outcomes-stopped/stream")]
     assert alerts[0].at - (1_700_000_000.0 + 5 * 11) >= 20  # after it had lasted for_s
     join = monitor.snapshot()["join"]
-    assert join["outcome_rate"] == 0 and join["watermark_lag_s"] == 3 and join["coverage"] == 0.9
+    assert join["outcome_rate"] == 0 and join["watermark_lag_s"] == 3 and join["coverage"] == 0.8
 
 
 def test_outcomes_left_unmatched_page_across_joiners() -> None:
@@ -203,3 +208,47 @@ def test_forwarded_share_is_over_every_joiner() -> None:
             base.model_copy(update={"worker": worker, "counters": counters, "forwarded": forwarded})
         )
     assert monitor.snapshot()["join"]["forwarded_share"] == 50 / 400
+
+
+def test_join_rates_and_health_are_over_every_live_joiner() -> None:
+    """Two joiners reporting in turn, one with twice the other's traffic: the rates are their
+    sum whichever reported last, and a joiner silent for a minute no longer counts."""
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(MonitorPolicy(warmup_examples=0), clock)
+    base = report(clock.now(), 0, 0)
+    rates = []
+    for step in range(1, 6):
+        for worker, per_s, lag in (("w1", 10, 2.0), ("w2", 20, 7.0)):
+            clock.advance(2.5)
+            counters = {"outcomes": per_s * 5 * step, "positives": step, "negatives": 3 * step}
+            health = {
+                0 if worker == "w1" else 1: PartitionHealth(
+                    pending_impressions=4, watermark=clock.now() - lag, watermark_lag_s=lag
+                )
+            }
+            monitor.on_join_report(
+                base.model_copy(
+                    update={
+                        "worker": worker,
+                        "at": clock.now(),
+                        "counters": counters,
+                        "partitions": health,
+                    }
+                )
+            )
+            rates.append(monitor.snapshot()["join"].get("outcome_rate"))
+    assert rates[-4:] == [30.0] * 4
+    join = monitor.snapshot()["join"]
+    assert (join["watermark_lag_s"], join["pending_windows"], join["label_rate"]) == (
+        7.0,
+        8.0,
+        0.25,
+    )
+    # w2 stops; w1 goes on alone.
+    for step in range(6, 40):
+        clock.advance(5)
+        counters = {"outcomes": 50 * step, "positives": step, "negatives": 3 * step}
+        monitor.on_join_report(
+            base.model_copy(update={"worker": "w1", "at": clock.now(), "counters": counters})
+        )
+    assert monitor.snapshot()["join"]["outcome_rate"] == 10.0
