@@ -6,6 +6,7 @@ whole running loop. The screenshots taken after the resolve are kept in ``test-a
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import time
@@ -175,9 +176,16 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     wait_until(lambda: f"firing {drift}" in text(browser, "alarms"), "the drift alarm on screen")
     wait_until(lambda: ("resolved", drift) in _alerts(base, flipped_at), "its resolve", timeout=600)
     wait_until(lambda: f"resolved {drift}" in text(browser, "alarms"), "the resolve on screen")
-    # None before the flip (the model learning is no drift), and the incident paged once.
-    paged = [status for status, key in _alerts(base, 0) if key == drift]
-    assert paged == ["firing", "resolved"], _alerts(base, 0)
+    # None before the flip (the model learning is no drift), and the flip's incident paged
+    # once each way. A later rise of the served loss, as the loop's model goes on changing, is
+    # an incident of its own (seen once in CI, two minutes after the first had resolved).
+    recent = httpx.get(f"{base}/v1/monitor?minutes=1&points=10", timeout=5).json()
+    pages = [
+        (a["at"], a["status"]) for a in reversed(recent["recent_alerts"]) if a["dedup_key"] == drift
+    ]
+    paged = [status for at, status in pages if at >= flipped_at]
+    assert len(paged) == len(pages) and paged[:2] == ["firing", "resolved"], pages
+    assert all(a != b for a, b in itertools.pairwise(paged)), paged  # never twice in a row
     wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open", timeout=600)
     wait_until(lambda: _served_auc(base) > 0.6, "the relearned model's AUC on the 5 min chart")
     ARTIFACTS.mkdir(exist_ok=True)
