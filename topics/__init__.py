@@ -2,7 +2,8 @@
 
 Inputs are keyed by ``user_id`` and have the same partition count, so a user's recommendations
 and outcomes land on the same partition number and the joiner's state for them stays local. The
-joiner's state changelog is declared with that count too: partition ``p``'s state lives there.
+joiner's repartition topics (where it forwards records a producer placed elsewhere) and its
+state changelog have that count too: partition ``p``'s state lives in changelog partition ``p``.
 """
 
 from __future__ import annotations
