@@ -25,9 +25,10 @@ shifted distribution becomes the new normal (0: never renewed).
 The same rolling metrics per served version, for the charts and Prometheus only: the
 ``max_versions`` most recently served are kept.
 
-From the joiner's reports (counter deltas between two reports of a worker), for model ``join``:
-``label_rate`` (positives per labeled example), ``outcome_rate``, ``positive_rate``,
-``recommendation_rate`` and ``example_rate`` per second,
+From the joiners' reports, for model ``join``, over every joiner that reported in the last
+``JOINER_GONE_AFTER_S`` (each reports only its own partitions; rates from each one's counter
+changes between its last two reports, summed): ``label_rate`` (positives per labeled example),
+``outcome_rate``, ``positive_rate``, ``recommendation_rate`` and ``example_rate`` per second,
 ``late_share``, ``coverage``, ``pending_windows`` and ``watermark_lag_s`` (the worst partition);
 ``unmatched_share``, over every worker's latest counters: the outcomes that never found their
 recommendation, of all outcomes; and ``forwarded_share``, likewise: the input records found off
