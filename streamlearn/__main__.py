@@ -14,6 +14,9 @@
                                                one process in the foreground
     streamlearn simulate [ARGS...]             storefront traffic (run simulator --help)
     streamlearn replay FILE                    historical events from a JSON-lines file
+    streamlearn archive query SQL [--csv F | --parquet F]
+                                               SQL over the event archive (DuckDB): views
+                                               recommendations, outcomes, examples, dead_letters
 
 Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 """
@@ -85,7 +88,40 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("args", nargs=argparse.REMAINDER)
     replay = sub.add_parser("replay", help="historical events from a JSON-lines file")
     replay.add_argument("file")
+    archive = sub.add_parser("archive", help="the event archive: SQL over its Parquet files")
+    aops = archive.add_subparsers(dest="op", required=True)
+    query = aops.add_parser("query", help="run SQL; prints a table, or writes CSV or Parquet")
+    query.add_argument("sql")
+    out = query.add_mutually_exclusive_group()
+    out.add_argument("--csv", help="write the result to this CSV file")
+    out.add_argument("--parquet", help="write the result to this Parquet file")
     return parser
+
+
+def _query(args: argparse.Namespace, console: Console) -> int:
+    import duckdb
+
+    from streamlearn.archive_query import connect
+
+    settings = get_settings()
+    try:
+        result = connect(settings.archive_url, settings.archive_options).sql(args.sql)
+        if result is None:
+            return 0
+        if args.csv or args.parquet:
+            (result.write_csv if args.csv else result.write_parquet)(args.csv or args.parquet)
+            console.print(f"{len(result)} rows -> {args.csv or args.parquet}")
+            return 0
+        table = Table()
+        for column in result.columns:
+            table.add_column(column)
+        for row in result.fetchall():
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+        return 0
+    except duckdb.Error as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
 
 
 def _process(command: list[str]) -> int:
@@ -154,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _process(PROCESSES["simulator"].command(*args.args))
         if args.area == "replay":
             return _process([sys.executable, "-m", "consumers.replay", args.file])
+        if args.area == "archive":
+            return _query(args, console)
     except StreamlearnError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1

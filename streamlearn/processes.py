@@ -23,6 +23,9 @@ PROCESSES = {
     "joiner": Process("consumers.joiner", "recommendations x outcomes -> examples, exactly once"),
     "trainer": Process("consumers.trainer", "examples -> models -> snapshots, then offsets"),
     "monitor": Process("consumers.monitor", "rolling metrics, drift, alarms, webhooks"),
+    "archiver": Process(
+        "consumers.archiver", "the event topics -> Hive-partitioned Parquet in the object store"
+    ),
     "api": Process("api", "rank, score, outcomes, model admin, dashboard"),
     # In the loop a storefront that asks /v1/rank for its slates, so the served scores reach
     # the monitor.

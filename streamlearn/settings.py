@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources import EnvSettingsSource
 
+from streamlearn.archive import ArchivePolicy
 from streamlearn.errors import ConfigError
 from streamlearn.events import MAX_RECORD_BYTES
 from streamlearn.joining import JoinPolicy
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
         default_factory=RetentionPolicy,
         description="Every model's retention, unless its spec sets its own.",
     )
+    archive: ArchivePolicy = Field(default_factory=ArchivePolicy)
 
     # Models and snapshots
     model: ModelSpec = Field(ModelSpec(), description="The champion: the model the API serves.")

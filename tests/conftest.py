@@ -94,6 +94,7 @@ def env(infra: Infra, tmp_path: Path) -> Iterator[dict[str, str]]:
         "STREAMLEARN_JOINER_METRICS_PORT": str(free_port()),
         "STREAMLEARN_TRAINER_METRICS_PORT": str(free_port()),
         "STREAMLEARN_MONITOR_METRICS_PORT": str(free_port()),
+        "STREAMLEARN_ARCHIVER_METRICS_PORT": str(free_port()),
     }
     try:
         delete_namespace(Settings(kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=prefix))

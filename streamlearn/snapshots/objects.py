@@ -44,6 +44,8 @@ from obstore.store import from_url
 from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.snapshots.base import RegistryChange, RegistryDocument, SignedBlobs, Snapshot
 
+EVENTS_PREFIX = "events"  # where the event archive (streamlearn.archive) keeps its files
+
 
 @contextmanager
 def _unavailable(url: str) -> Iterator[None]:
@@ -93,7 +95,10 @@ class ObjectSnapshotStore(SignedBlobs):
     def models(self) -> list[str]:
         with _unavailable(self.url):
             listing = obstore.list_with_delimiter(self._store)
-        return sorted(p.rstrip("/") for p in listing["common_prefixes"])
+        # The event archive shares the store, under its own prefix: not a model.
+        return sorted(
+            p.rstrip("/") for p in listing["common_prefixes"] if p.rstrip("/") != EVENTS_PREFIX
+        )
 
     def next_version(self, model_name: str) -> int:
         return (self.latest_version(model_name) or 0) + 1
