@@ -85,8 +85,8 @@ class Archiver(KafkaProcess):
             _, ms = msg.timestamp()
             row = spec.row(event, p, offset, ms if ms > 0 else None)
         roll.add(row, offset, len(value))
-        if self.redo.get(key) == offset:
-            del self.redo[key]
+        if key in self.redo and offset >= self.redo[key]:
+            del self.redo[key]  # the roll again, to its last offset: the same files
             self._write(key)
         elif key not in self.redo and len(roll.rows) >= self.policy.roll_rows:
             self._write(key)
