@@ -42,28 +42,7 @@ os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
 
 
 def examples(n: int) -> list[LabeledExample]:
-    shop = Storefront(world_seed=7, traffic_seed=1)
-    out: list[LabeledExample] = []
-    while len(out) < n:
-        user, slate = shop.impressions()
-        for pos, item in enumerate(slate):
-            out.append(
-                LabeledExample(
-                    example_id=f"{len(out)}:{item.item_id}",
-                    recommendation_id=str(len(out)),
-                    user_id=user.user_id,
-                    item_id=item.item_id,
-                    position=pos,
-                    propensity=1.0,
-                    served_score=None,
-                    model_version=None,
-                    context=shop.context(user),
-                    item_features=shop.item_features(item, pos),
-                    label=shop.rng.random() < shop.probability(user, item, pos),
-                    recommendation_time=0.0,
-                )
-            )
-    return out[:n]
+    return Storefront(world_seed=7, traffic_seed=1).labeled_examples(n)
 
 
 REPEAT = 3

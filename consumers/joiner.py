@@ -30,13 +30,17 @@ Run: ``python -m consumers.joiner``.
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+from pathlib import Path
+from typing import IO, TypeVar
 
 import orjson
 from confluent_kafka import (
@@ -85,6 +89,33 @@ def _while_broker_away(call: Callable[[], T]) -> T:
     return again(call)
 
 
+def _transactional_id(prefix: str) -> str:
+    """This host's first free joiner slot, held (by a lock file) for the life of the process.
+
+    A joiner restarted on the same host takes the slot its crashed predecessor held, and so its
+    transactional id: initializing it fences the old producer and aborts its open transaction
+    at once (as Kafka Streams reuses the process id kept in its state directory). Under a new
+    id, that transaction would live until the broker times it out (10 s, checked every 10 s),
+    and hold back, meanwhile, what every read_committed reader sees of the topics it wrote: the
+    repartition topics among them, whose forwarded records would arrive that much later.
+    """
+    locks = Path(tempfile.gettempdir()) / "streamlearn-joiner-slots"
+    locks.mkdir(exist_ok=True)
+    for slot in itertools.count():
+        lock = open(locks / f"{prefix or '-'}{slot}.lock", "a")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _held_slots.append(lock)
+        return f"{prefix}joiner-{socket.gethostname()}-{slot}"
+    raise AssertionError("unreachable")
+
+
+_held_slots: list[IO[str]] = []
+
+
 def _log_purge_failure(done: Future[object]) -> None:
     # Nothing is lost: the records are deleted at the next purge, or by retention.
     if (exc := done.exception()) is not None:
@@ -125,6 +156,7 @@ class TransactionalJoin(KafkaProcess):
         self.stats_topic = settings.topic("joiner_stats")
         self.changelog = settings.topic("joiner_state")
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
+        self.transactional_id = _transactional_id(settings.topic_prefix)
         self.state = JoinState()
         self.joiner = Joiner(settings.join, self.state, SystemClock())
         self.router = Router(self._partition_count())
@@ -145,7 +177,7 @@ class TransactionalJoin(KafkaProcess):
             producer_config(
                 self.settings,
                 **{
-                    "transactional.id": f"{self.settings.topic_prefix}joiner-{self.worker}",
+                    "transactional.id": self.transactional_id,
                     # A crashed worker's open transaction holds back the read_committed end of
                     # the topics it wrote until it times out: keep that short.
                     "transaction.timeout.ms": 10_000,

@@ -69,6 +69,11 @@ Input = Literal["recommendations", "outcomes"]
 # The watermark's inputs: each input topic, and its repartition topic (upper case), where records
 # another worker found on the wrong partition come from.
 SOURCES = ("r", "o", "R", "O")
+# A repartition topic is written in other workers' transactions: what one of them forwarded just
+# before it crashed stays invisible to read_committed readers until the broker aborts the
+# transaction (its timeout, 10 s, checked every 10 s). Reading to the end of such a topic proves
+# less than of an input, so its silence counts as idleness only this much later.
+FORWARDED_IDLE_EXTRA_S = 20.0
 
 
 class JoinPolicy(Policy):
@@ -292,7 +297,8 @@ class Joiner:
                 continue
             wall = self._advanced_at.setdefault((partition, source), now)
             caught_up = self._caught_up_at.get((partition, source))
-            idle_for = -idle if caught_up is None else now - max(wall, caught_up) - idle
+            wait = idle + FORWARDED_IDLE_EXTRA_S if source.isupper() else idle
+            idle_for = -wait if caught_up is None else now - max(wall, caught_up) - wait
             if idle_for <= 0:
                 # Not idle: it holds the watermark, at minus infinity while never seen.
                 active.append(float("-inf") if newest is None else newest - lateness)

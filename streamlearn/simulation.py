@@ -150,6 +150,31 @@ class Storefront:
         }
         return user, body
 
+    def labeled_examples(self, n: int, start: float = 0.0) -> list[LabeledExample]:
+        """``n`` impressions labeled by the hidden truth, as the joiner would emit them for
+        random slates (no model served them), 10 ms apart from ``start``: for the benches."""
+        out: list[LabeledExample] = []
+        while len(out) < n:
+            user, slate = self.impressions()
+            for pos, item in enumerate(slate):
+                out.append(
+                    LabeledExample(
+                        example_id=f"{len(out)}:{item.item_id}",
+                        recommendation_id=str(len(out)),
+                        user_id=user.user_id,
+                        item_id=item.item_id,
+                        position=pos,
+                        propensity=1.0,
+                        served_score=None,
+                        model_version=None,
+                        context=self.context(user),
+                        item_features=self.item_features(item, pos),
+                        label=self.rng.random() < self.probability(user, item, pos),
+                        recommendation_time=start + len(out) * 0.01,
+                    )
+                )
+        return out[:n]
+
     def item(self, item_id: str) -> Item:
         return self._by_id[item_id]
 

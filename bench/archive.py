@@ -1,0 +1,121 @@
+"""The archiver's throughput through the real broker, next to the raw consume rate of the topic.
+
+1. Produces N labeled examples (the widest records, with features) into a fresh examples topic.
+2. Raw baseline: one confluent-kafka consumer reads the topic end to end.
+3. Starts one archiver process on the backlog (rolls of 50,000 rows) and waits until its rows
+   are all in the local archive, counted with SQL over the Parquet files; the rate is taken
+   from the first file written to the last.
+
+Prints figures; the last line is one JSON object. Run: ``python bench/archive.py [N]`` after
+``make infra-up``. Not yet measured here: backfill and replay (issue 13, parts 3 and 5).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+
+from streamlearn.archive import PREFIX
+from streamlearn.archive_query import connect
+from streamlearn.settings import Settings
+from streamlearn.simulation import Storefront
+from topics import delete_namespace, ensure_topics, producer_config
+
+os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL_ROWS_PER_S = 20_000
+
+
+def raw_consume(s: Settings, topic: str, n: int) -> float:
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    got, start = 0, None
+    while got < n:
+        msgs = c.consume(10_000, timeout=1.0)
+        if msgs and start is None:
+            start = time.perf_counter()
+        got += sum(1 for m in msgs if not m.error())
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    c.close()
+    return got / elapsed
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    archive = Path(tempfile.mkdtemp(prefix="bench-archive-"))
+    os.environ.update(
+        {
+            "STREAMLEARN_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}.",
+            "STREAMLEARN_ARCHIVE_URL": f"file://{archive}",
+            "STREAMLEARN_ARCHIVE_ROLL_ROWS": "50000",
+            "STREAMLEARN_ARCHIVER_METRICS_PORT": "0",
+            "LOG_LEVEL": "warn",
+        }
+    )
+    s = Settings()
+    ensure_topics(s)
+    atexit.register(delete_namespace, s)
+    producer = Producer(producer_config(s, **{"linger.ms": 20}))
+    made = 0
+    for example in Storefront(traffic_seed=5).labeled_examples(n, start=time.time() - 3600):
+        producer.produce(
+            s.topic("examples"), example.model_dump_json().encode(), example.user_id.encode()
+        )
+        producer.poll(0)
+        made += 1
+    producer.flush(60)
+    raw_per_s = raw_consume(s, s.topic("examples"), made)
+
+    archiver = subprocess.Popen(
+        [sys.executable, "-m", "consumers.archiver"],
+        cwd=ROOT,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            time.sleep(1)
+            files = list((archive / PREFIX / "examples").glob("dt=*/hour=*/*.parquet"))
+            count = connect(s.archive_url).execute("SELECT count(*) FROM examples").fetchone()
+            if count is not None and count[0] >= made:
+                break
+    finally:
+        archiver.terminate()
+        archiver.wait(30)
+    times = sorted(f.stat().st_mtime for f in files)
+    first_rows = 50_000  # the first roll was read before its file appeared
+    rows_per_s = (made - first_rows) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    figures = {
+        "rows": made,
+        "files": len(files),
+        "archive_rows_per_s": round(rows_per_s),
+        "raw_consume_per_s": round(raw_per_s),
+        "ratio_raw_to_archived": round(raw_per_s / rows_per_s, 1),
+        "goal_rows_per_s": GOAL_ROWS_PER_S,
+        "archive_bytes_per_row": round(sum(f.stat().st_size for f in files) / made, 1),
+    }
+    for key, value in figures.items():
+        print(f"{key:24} {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
