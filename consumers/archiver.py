@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import obstore
@@ -38,9 +39,12 @@ class Archiver(KafkaProcess):
     name = "archiver"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+        # A crashed archiver's partitions move on after 10 s, not librdkafka's 45.
+        super().__init__(settings, **{"session.timeout.ms": 10_000})
         self.policy = settings.archive
         self.tables: dict[str, Table] = {settings.topic(t): t for t in tables()}
+        if settings.archive_url.startswith("file://"):
+            Path(settings.archive_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
         self.store = from_url(settings.archive_url, **settings.archive_options)
         self.rolls: dict[tuple[str, int], Roll] = {}
         # A roll a crash cut short, to be written again: (topic, partition) -> its last offset.
