@@ -95,8 +95,9 @@ def main() -> None:
     try:
         while True:
             time.sleep(1)
-            files = list((archive / PREFIX / "examples").glob("dt=*/hour=*/*.parquet"))
-            count = connect(s.archive_url).execute("SELECT count(*) FROM examples").fetchone()
+            root = Path(s.store_url.removeprefix("file://"))
+            files = list((root / PREFIX / "examples").glob("dt=*/hour=*/*.parquet"))
+            count = connect(s.store_url).execute("SELECT count(*) FROM examples").fetchone()
             if count is not None and count[0] >= made:
                 break
     finally:

@@ -43,9 +43,10 @@ class Archiver(KafkaProcess):
         super().__init__(settings, **{"session.timeout.ms": 10_000})
         self.policy = settings.archive
         self.tables: dict[str, Table] = {settings.topic(t): t for t in tables()}
-        if settings.archive_url.startswith("file://"):
-            Path(settings.archive_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-        self.store = from_url(settings.archive_url, **settings.archive_options)
+        url = settings.store_url
+        if url.startswith("file://"):
+            Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        self.store = from_url(url, **settings.archive_options)
         self.rolls: dict[tuple[str, int], Roll] = {}
         # A roll a crash cut short, to be written again: (topic, partition) -> its last offset.
         self.redo: dict[tuple[str, int], int] = {}

@@ -105,7 +105,7 @@ def _query(args: argparse.Namespace, console: Console) -> int:
 
     settings = get_settings()
     try:
-        result = connect(settings.archive_url, settings.archive_options).sql(args.sql)
+        result = connect(settings.store_url, settings.archive_options).sql(args.sql)
         if result is None:
             return 0
         if args.csv or args.parquet:

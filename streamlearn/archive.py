@@ -1,6 +1,7 @@
 """The event archive: every record of the four event topics as immutable, Hive-partitioned Parquet.
 
-Layout, under the object store the snapshots use (``ARCHIVE_URL``)::
+Layout, in the namespace the snapshots use in the object store (``ARCHIVE_URL``, then the topic
+prefix: ``Settings.store_url``)::
 
     events/<table>/dt=<YYYY-MM-DD>/hour=<HH>/part-<partition>-<first offset>-<last offset>.parquet
 

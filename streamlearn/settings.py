@@ -221,6 +221,12 @@ class Settings(BaseSettings):
                 f"{MIN_KEY_LENGTH} (openssl rand -hex 32 makes 64)"
             )
 
+    @property
+    def store_url(self) -> str:
+        """This namespace's root in the object store (``ARCHIVE_URL``): its snapshots, and its
+        event archive under ``events/``, namespaced by the topic prefix as everything else is."""
+        return f"{self.archive_url.rstrip('/')}/{self.topic_prefix.strip('.') or 'default'}"
+
     def topic(self, role: TopicRole) -> str:
         """The full name of one of streamlearn's topics, by its role: the one way every process,
         test and bench names a topic (``topics.declared`` holds their specs)."""

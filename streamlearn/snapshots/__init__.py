@@ -19,8 +19,8 @@ def open_store(settings: Settings) -> TieredSnapshotStore:
     key = settings.snapshot_hmac_key.get_secret_value().encode()
     prefix = settings.topic_prefix
     hot = RedisSnapshotStore.from_url(settings.redis_url, key, prefix)
-    url = f"{settings.archive_url.rstrip('/')}/{prefix.strip('.') or 'default'}"
-    return TieredSnapshotStore(hot, ObjectSnapshotStore(url, key, **settings.archive_options))
+    store = ObjectSnapshotStore(settings.store_url, key, **settings.archive_options)
+    return TieredSnapshotStore(hot, store)
 
 
 __all__ = [

@@ -29,7 +29,7 @@ def topic_offsets(s: Settings, table: str) -> set[tuple[int, int]]:
 
 
 def archived(s: Settings, table: str) -> list[tuple[int, int]]:
-    con = connect(s.archive_url)
+    con = connect(s.store_url)
     return con.execute(f"SELECT kafka_partition, kafka_offset FROM {table}").fetchall()
 
 
@@ -52,7 +52,7 @@ def test_every_record_once_through_a_crash_between_files_and_commit_and_a_sigkil
         STREAMLEARN_ARCHIVE_ROLL_ROWS="150",
         STREAMLEARN_ARCHIVE_ROLL_S="2",
     )
-    root = Path(s.archive_url.removeprefix("file://"))
+    root = Path(s.store_url.removeprefix("file://"))
     processes.start("joiner", "-m", "consumers.joiner")
     # The third roll's files are written, then the archiver dies before its commit.
     processes.env["STREAMLEARN_FAILPOINT"] = "archiver.before_commit:3"
@@ -107,7 +107,7 @@ def test_sql_over_the_archive_counts_what_the_topics_hold(
     examples = read_topic(s.kafka_bootstrap, s.topic("examples"))
     wait_until(lambda: len(archived(s, "examples")) >= len(examples) > 0, "the examples archived")
 
-    con = connect(s.archive_url)
+    con = connect(s.store_url)
     by_position = con.execute(
         "SELECT position, count(*), avg(label::INT) FROM examples GROUP BY position ORDER BY 1"
     ).fetchall()
