@@ -17,6 +17,9 @@
     streamlearn archive query SQL [--csv F | --parquet F]
                                                SQL over the event archive (DuckDB): views
                                                recommendations, outcomes, examples, dead_letters
+    streamlearn backfill --model NAME --from DATE --to DATE
+                                               a configured model spec trained on the archived
+                                               examples of those days, as a new lineage
 
 Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 """
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
@@ -37,7 +40,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from streamlearn.batch import read_rows, score_file
-from streamlearn.errors import SnapshotNotFound, StreamlearnError
+from streamlearn.errors import ConfigError, SnapshotNotFound, StreamlearnError
 from streamlearn.processes import PROCESSES
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import Served
@@ -95,7 +98,44 @@ def _parser() -> argparse.ArgumentParser:
     out = query.add_mutually_exclusive_group()
     out.add_argument("--csv", help="write the result to this CSV file")
     out.add_argument("--parquet", help="write the result to this Parquet file")
+    fill = sub.add_parser("backfill", help="train a configured model spec on archived days")
+    fill.add_argument("--model", required=True, help="a configured model (champion or challenger)")
+    fill.add_argument("--from", dest="start", required=True, type=date.fromisoformat)
+    fill.add_argument("--to", dest="end", required=True, type=date.fromisoformat)
     return parser
+
+
+def _backfill(registry: Registry, args: argparse.Namespace, console: Console) -> None:
+    from streamlearn.archive_query import connect
+    from streamlearn.backfill import backfill
+    from streamlearn.clock import SystemClock
+
+    settings = get_settings()
+    spec = next((m for m in settings.models if m.name == args.model), None)
+    if spec is None:
+        names = [m.name for m in settings.models]
+        raise ConfigError(f"{args.model!r} is not a configured model ({names}): add its spec")
+    con = connect(settings.store_url, settings.archive_options)
+    with Progress(console=console, transient=False) as bar:
+        task = bar.add_task(f"backfilling {spec.name}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = backfill(
+            con,
+            spec,
+            registry.store,
+            settings.training,
+            SystemClock(),
+            args.start,
+            args.end,
+            progress,
+        )
+    console.print(
+        f"{spec.name}: {result.examples} examples learned, versions {result.versions}; the "
+        f"trainer goes on from offsets {result.offsets}"
+    )
 
 
 def _query(args: argparse.Namespace, console: Console) -> int:
@@ -201,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = Registry(open_store(settings))
         if args.area == "score":
             _score(registry, args, console)
+        elif args.area == "backfill":
+            _backfill(registry, args, console)
         elif args.op == "list":
             for model in [args.model] if args.model else registry.store.models():
                 console.print(_table(registry, model))

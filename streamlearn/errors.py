@@ -11,7 +11,9 @@
     │   │                      verify, or was signed for another purpose: never unpickled
     │   └── StoreUnavailable   a store whose backend failed (Redis down, the archive erring):
     │                          every RedisError and obstore error becomes this, at the store
-    └── InfraError             Kafka or Redis not reachable or misbehaving
+    ├── InfraError             Kafka or Redis not reachable or misbehaving
+    └── ArchiveError           the event archive cannot do what was asked (a backfill over an
+                               existing lineage, a period with nothing archived)
 """
 
 
@@ -44,4 +46,8 @@ class StoreUnavailable(SnapshotError):
 
 
 class InfraError(StreamlearnError):
+    pass
+
+
+class ArchiveError(StreamlearnError):
     pass

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from streamlearn.archive import PREFIX
 from streamlearn.archive_query import connect
 from streamlearn.events import Recommendation
 from streamlearn.settings import Settings
+from streamlearn.snapshots import open_store
 from tests.conftest import Processes, configure, read_topic, records, wait_until
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,17 @@ def topic_offsets(s: Settings, table: str) -> set[tuple[int, int]]:
 def archived(s: Settings, table: str) -> list[tuple[int, int]]:
     con = connect(s.store_url)
     return con.execute(f"SELECT kafka_partition, kafka_offset FROM {table}").fetchall()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``streamlearn ARGS`` with this test's settings (the environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamlearn", *args],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def files(root: Path) -> dict[str, str]:
@@ -125,24 +137,69 @@ def test_sql_over_the_archive_counts_what_the_topics_hold(
     # The same through the command, as CSV.
     out = tmp_path / "by_position.csv"
     query = "SELECT position, count(*) AS n FROM examples GROUP BY position ORDER BY position"
-    done = subprocess.run(
-        [sys.executable, "-m", "streamlearn", "archive", "query", query, "--csv", str(out)],
-        env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli("archive", "query", query, "--csv", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = out.read_text().splitlines()
     assert lines[0] == "position,n"
     assert [tuple(map(int, line.split(","))) for line in lines[1:]] == [
         (p, n) for p, n, _ in by_position
     ]
-    bad = subprocess.run(
-        [sys.executable, "-m", "streamlearn", "archive", "query", "SELECT nope FROM examples"],
-        env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = cli("archive", "query", "SELECT nope FROM examples")
     assert bad.returncode == 1 and "error" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_a_backfilled_challenger_learns_on_live_with_nothing_skipped_or_doubled(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History archived, a new challenger backfilled on it; the trainer then takes it on from
+    the topic where the backfill's offsets say, through more live traffic."""
+    challenger = '[{"name": "ctr-bf", "learner": {"kind": "logistic"}}]'
+    s = configure(
+        processes,
+        monkeypatch,
+        STREAMLEARN_ATTRIBUTION_WINDOW_S="3",
+        STREAMLEARN_SIM_RATE="30",
+        STREAMLEARN_SIM_MEAN_DELAY_S="1",
+        STREAMLEARN_ARCHIVE_ROLL_S="1",
+        STREAMLEARN_CHALLENGERS=challenger,
+    )
+    processes.start("joiner", "-m", "consumers.joiner")
+    processes.start("archiver", "-m", "consumers.archiver")
+    first = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
+    assert first.wait(120) == 0
+
+    def archived_all() -> bool:
+        topic = topic_offsets(s, "examples")
+        return bool(topic) and set(archived(s, "examples")) >= topic
+
+    wait_until(archived_all, "the history archived")
+    today = datetime.now(UTC).date()
+    days = [str(today - timedelta(days=1)), str(today + timedelta(days=1))]
+    done = cli("backfill", "--model", "ctr-bf", "--from", days[0], "--to", days[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = open_store(s)
+    backfilled = store.get("ctr-bf")
+    history = archived(s, "examples")
+    assert backfilled.samples_seen == len(history)
+    cut = {}
+    for p, o in history:
+        cut[p] = max(cut.get(p, -1), o + 1)
+    assert backfilled.offsets == cut
+    again = cli("backfill", "--model", "ctr-bf", "--from", days[0], "--to", days[1])
+    assert again.returncode == 1 and "new lineage" in again.stdout  # never over a lineage
+
+    # Live: the trainer resumes the challenger from the backfill's offsets, through more traffic.
+    processes.start("trainer", "-m", "consumers.trainer")
+    more = processes.start("simulator-2", "-m", "consumers.simulator", "--duration", "8")
+    assert more.wait(120) == 0
+    wait_until(lambda: "resuming ctr-bf from v" in processes.log("trainer"), "the resume")
+
+    def caught_up() -> bool:
+        topic = topic_offsets(s, "examples")
+        ends: dict[int, int] = {}
+        for p, o in topic:
+            ends[p] = max(ends.get(p, -1), o + 1)
+        latest = store.get("ctr-bf")
+        return latest.offsets == ends and latest.samples_seen == len(topic)
+
+    wait_until(caught_up, "the challenger to learn every example once", every=2)
