@@ -6,8 +6,12 @@
    its rows are all in the local archive, counted with SQL over the Parquet files; the rate is
    the rows of every file but the first over the time from the first file to the last.
 
+4. Backfills a new model on the archived examples, in process (``backfill_per_s``, from
+   reading the files to the last snapshot), beside the trainer's own code learning the same
+   examples from memory (``train_in_memory_per_s``).
+
 Prints figures; the last line is one JSON object. Run: ``python bench/archive.py [N]`` after
-``make infra-up``. Not yet measured here: backfill and replay (issue 13, parts 3 and 5).
+``make infra-up``. Not yet measured here: replay (issue 13, part 5).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,8 +32,13 @@ from confluent_kafka import Consumer, Producer
 
 from streamlearn.archive import PREFIX
 from streamlearn.archive_query import connect
+from streamlearn.backfill import backfill
+from streamlearn.clock import SystemClock
+from streamlearn.learning import ModelSpec
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
+from streamlearn.snapshots.objects import ObjectSnapshotStore
+from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics, producer_config
 
 os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
@@ -76,7 +86,8 @@ def main() -> None:
     atexit.register(delete_namespace, s)
     producer = Producer(producer_config(s, **{"linger.ms": 20}))
     made = 0
-    for example in Storefront(traffic_seed=5).labeled_examples(n, start=time.time() - 3600):
+    made_examples = Storefront(traffic_seed=5).labeled_examples(n, start=time.time() - 3600)
+    for example in made_examples:
         producer.produce(
             s.topic("examples"), example.model_dump_json().encode(), example.user_id.encode()
         )
@@ -106,6 +117,26 @@ def main() -> None:
     # From the first file to the last: the rows of every file but the first (read before it).
     written = sorted((f.stat().st_mtime, pq.read_metadata(f).num_rows) for f in files)
     rows_per_s = sum(n for _, n in written[1:]) / (written[-1][0] - written[0][0])
+    con = connect(s.store_url)
+    snapshots = ObjectSnapshotStore(f"file://{archive}/bench-snapshots", b"b" * 32)
+    today = datetime.now(UTC).date()
+    started = time.perf_counter()
+    filled = backfill(
+        con,
+        ModelSpec(name="bench-bf"),
+        snapshots,
+        TrainingPolicy(),
+        SystemClock(),
+        today - timedelta(days=1),
+        today + timedelta(days=1),
+    )
+    backfill_per_s = filled.examples / (time.perf_counter() - started)
+    training = Training(ModelSpec(name="bench-mem"), SystemClock())
+    started = time.perf_counter()
+    for offset, example in enumerate(made_examples):
+        training.learn(example, 0, offset)
+    in_memory_per_s = len(made_examples) / (time.perf_counter() - started)
+
     figures = {
         "rows": made,
         "files": len(files),
@@ -114,6 +145,10 @@ def main() -> None:
         "ratio_raw_to_archived": round(raw_per_s / rows_per_s, 1),
         "goal_rows_per_s": GOAL_ROWS_PER_S,
         "archive_bytes_per_row": round(sum(f.stat().st_size for f in files) / made, 1),
+        "backfill_examples": filled.examples,
+        "backfill_per_s": round(backfill_per_s),
+        "train_in_memory_per_s": round(in_memory_per_s),
+        "ratio_backfill_to_in_memory": round(backfill_per_s / in_memory_per_s, 2),
     }
     for key, value in figures.items():
         print(f"{key:24} {value}")
