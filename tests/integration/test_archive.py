@@ -153,7 +153,7 @@ def test_a_backfilled_challenger_learns_on_live_with_nothing_skipped_or_doubled(
 ) -> None:
     """History archived, a new challenger backfilled on it; the trainer then takes it on from
     the topic where the backfill's offsets say, through more live traffic."""
-    challenger = '[{"name": "ctr-bf", "learner": {"kind": "logistic"}}]'
+    challenger = '[{"name": "ctr-bf"}]'
     s = configure(
         processes,
         monkeypatch,
