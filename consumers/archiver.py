@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import obstore
 from confluent_kafka import Consumer, Message, TopicPartition
+from obstore.exceptions import GenericError
 from obstore.store import from_url
 from prometheus_client import Counter
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from consumers.process import KafkaProcess
 from streamlearn.archive import PREFIX, SPECS, Roll, Table, marker, parse_marker, tables
@@ -33,6 +35,13 @@ log = logging.getLogger("streamlearn.archiver")
 
 ROWS = Counter("streamlearn_archive_rows", "Rows written to the event archive", ["table"])
 FILES = Counter("streamlearn_archive_files", "Parquet files written to the archive", ["table"])
+
+T = TypeVar("T")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A store that is away (a network or disk error), not a call that can never succeed."""
+    return isinstance(exc, GenericError | OSError)
 
 
 class Archiver(KafkaProcess):
@@ -124,15 +133,9 @@ class Archiver(KafkaProcess):
     def _put(self, path: str, data: bytes) -> None:
         self._retrying(lambda: obstore.put(self.store, path, data))
 
-    def _retrying(self, call: Any) -> None:
+    def _retrying(self, call: Callable[[], T]) -> T:
         """An object-store call, again while the store is away; the offsets wait for it."""
-        again = Retrying(
-            retry=retry_if_exception_type(Exception),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
-        again(call)
+        return self.patiently(call, away=_transient, what="the object store")
 
     # ---- rebalances -------------------------------------------------------------------------
 
@@ -142,22 +145,24 @@ class Archiver(KafkaProcess):
             table = self.tables[tp.topic]
             start = tp.offset  # negative when nothing was ever committed
             prefix = f"{PREFIX}/_rolls/{table}/{tp.partition}/"
-            for batch in obstore.list(self.store, prefix):
-                for obj in batch:
-                    first, last = parse_marker(obj["path"])
-                    if start >= 0 and last < start:
-                        # Committed, and the crash came before the marker was cleared: done.
-                        obstore.delete(self.store, obj["path"])
-                        continue
-                    # The roll starting where reading resumes: the same records, again.
-                    self.redo[(tp.topic, tp.partition)] = last
-                    log.warning(
-                        "%s[%d] %d-%d was cut short by a crash: writing it again",
-                        tp.topic,
-                        tp.partition,
-                        first,
-                        last,
-                    )
+            for path in self._retrying(partial(self._listed, prefix)):
+                first, last = parse_marker(path)
+                if start >= 0 and last < start:
+                    # Committed, and the crash came before the marker was cleared: done.
+                    self._retrying(partial(obstore.delete, self.store, path))
+                    continue
+                # The roll starting where reading resumes: the same records, again.
+                self.redo[(tp.topic, tp.partition)] = last
+                log.warning(
+                    "%s[%d] %d-%d was cut short by a crash: writing it again",
+                    tp.topic,
+                    tp.partition,
+                    first,
+                    last,
+                )
+
+    def _listed(self, prefix: str) -> list[str]:
+        return [obj["path"] for batch in obstore.list(self.store, prefix) for obj in batch]
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         # Still a member: write what was read, and commit it, before another takes over.

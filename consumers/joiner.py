@@ -37,10 +37,9 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import orjson
 from confluent_kafka import (
@@ -54,7 +53,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
-from tenacity import Retrying, before_sleep_log, retry_if_exception, wait_exponential
 
 from consumers.process import KafkaProcess
 from streamlearn.clock import SystemClock
@@ -70,23 +68,8 @@ from topics import client_config, consumer_config, producer_config
 log = logging.getLogger("streamlearn.joiner")
 
 
-T = TypeVar("T")
-
-
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
-
-
-def _while_broker_away(call: Callable[[], T]) -> T:
-    """A call the broker must answer, again while it is away (restarting, or electing a
-    coordinator), with a capped backoff."""
-    again = Retrying(
-        retry=retry_if_exception(_retriable),
-        wait=wait_exponential(multiplier=0.5, max=10),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
-    return again(call)
 
 
 def _transactional_id(prefix: str) -> str:
@@ -184,13 +167,17 @@ class TransactionalJoin(KafkaProcess):
                 },
             )
         )
-        _while_broker_away(lambda: producer.init_transactions(30))
+        self.patiently(
+            lambda: producer.init_transactions(30), away=_retriable, what="starting transactions"
+        )
         return producer
 
     def _partition_count(self) -> int:
         """The one partition count of every topic the join reads or keeps state in."""
         names = [*self.inputs, self.changelog]
-        metadata = _while_broker_away(lambda: self.consumer.list_topics(timeout=30)).topics
+        metadata = self.patiently(
+            lambda: self.consumer.list_topics(timeout=30), away=_retriable, what="reading metadata"
+        ).topics
         counts = {n: len(metadata[n].partitions) for n in names if n in metadata}
         if len(counts) < len(names) or len(set(counts.values())) != 1:
             raise ConfigError(
@@ -379,7 +366,11 @@ class TransactionalJoin(KafkaProcess):
         # the aborted transaction are open again and must be scheduled to close again.
         self.joiner.forget_partitions()
         assigned = self.consumer.assignment()
-        committed = _while_broker_away(lambda: self.consumer.committed(assigned, timeout=30))
+        committed = self.patiently(
+            lambda: self.consumer.committed(assigned, timeout=30),
+            away=_retriable,
+            what="reading committed offsets",
+        )
         for tp in committed:
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))

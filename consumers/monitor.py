@@ -30,7 +30,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from prometheus_client import Gauge
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from consumers.process import KafkaProcess
 from streamlearn import signing
@@ -65,12 +64,6 @@ JOIN_FIGURE = Gauge(
 )
 STATE_FORMAT = 5  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
-
-
-def _saving_later(state: RetryCallState) -> None:
-    wait = state.next_action.sleep if state.next_action else 0.0
-    error = state.outcome.exception() if state.outcome else None
-    log.warning("state not saved (%s): Redis is away, retrying in %.1f s", error, wait)
 
 
 class MonitorProcess(KafkaProcess):
@@ -119,14 +112,11 @@ class MonitorProcess(KafkaProcess):
         """Save the state with ``alerts`` queued, then publish them. With Redis away the
         monitor holds here (reading nothing further) and tries again with a capped backoff:
         the alerts and the offsets are saved together or not at all, never lost."""
-        again = Retrying(
-            retry=retry_if_exception_type(redis.RedisError),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            stop=lambda _: self.stopping,  # asked to stop: what is not saved is read again
-            before_sleep=_saving_later,
-            reraise=True,
+        self.patiently(
+            lambda: self._record(alerts),
+            away=lambda e: isinstance(e, redis.RedisError),
+            what="saving the state (Redis away?)",
         )
-        again(self._record, alerts)
         try:
             self.board.record_alerts(alerts)  # the dashboard's list: paged or not, they are queued
         except redis.RedisError as exc:

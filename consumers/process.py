@@ -14,16 +14,19 @@ import logging
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message
 from prometheus_client import start_http_server
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from streamlearn.errors import ConfigError
 from streamlearn.settings import Settings, get_settings
 from topics import consumer_config
+
+T = TypeVar("T")
 
 
 class KafkaProcess(ABC):
@@ -62,6 +65,28 @@ class KafkaProcess(ABC):
                     self.on_end_of_partition(topic, partition)
             else:
                 self.log.warning("consume error: %s", error)
+
+    def patiently(
+        self, call: Callable[[], T], *, away: Callable[[BaseException], bool], what: str
+    ) -> T:
+        """``call``, again with a capped backoff while it fails with an error ``away`` says
+        will pass (a broker, Redis or the object store restarting), until the process is asked
+        to stop; any other error, or the last one when stopping, is raised. The caller holds
+        its offsets meanwhile: what is not done is read again."""
+
+        def waiting(state: RetryCallState) -> None:
+            wait = state.next_action.sleep if state.next_action else 0.0
+            error = state.outcome.exception() if state.outcome else None
+            self.log.warning("%s failed (%s): trying again in %.1f s", what, error, wait)
+
+        again = Retrying(
+            retry=retry_if_exception(away),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            stop=lambda _: self.stopping,
+            before_sleep=waiting,
+            reraise=True,
+        )
+        return again(call)
 
     def on_end_of_partition(self, topic: str, partition: int) -> None:
         """The consumer has read everything there is in the partition, for now (only with

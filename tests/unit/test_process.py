@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError
 
 from consumers.process import KafkaProcess
@@ -76,3 +77,47 @@ def test_an_end_of_partition_comes_after_the_records_before_it() -> None:
         ("record", "outs", 1),
         ("end", "outs", 1),
     ]
+
+
+class Flaky:
+    """A call that fails with ``error`` its first ``times`` calls, then answers."""
+
+    def __init__(self, error: BaseException, times: int, on_call: Any = None) -> None:
+        self.error, self.times, self.calls, self.on_call = error, times, 0, on_call
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
+        if self.calls <= self.times:
+            raise self.error
+        return "answer"
+
+
+def test_a_call_is_made_again_while_its_failure_will_pass() -> None:
+    process = Recorder([])
+    call = Flaky(OSError("store away"), times=2)
+    answer = process.patiently(call, away=lambda e: isinstance(e, OSError), what="a put")
+    assert (answer, call.calls) == ("answer", 3)
+
+
+def test_a_failure_that_will_not_pass_is_raised_at_once() -> None:
+    process = Recorder([])
+    call = Flaky(ValueError("a bad path"), times=1)
+    with pytest.raises(ValueError, match="a bad path"):
+        process.patiently(call, away=lambda e: isinstance(e, OSError), what="a put")
+    assert call.calls == 1
+
+
+def test_a_process_asked_to_stop_gives_up_waiting() -> None:
+    """SIGTERM while the store is away: the process stops (what it had not made durable is
+    read again by the next), instead of waiting forever."""
+    process = Recorder([])
+
+    def sigterm() -> None:
+        process.stopping = True
+
+    call = Flaky(OSError("store away"), times=100, on_call=sigterm)
+    with pytest.raises(OSError, match="store away"):
+        process.patiently(call, away=lambda e: isinstance(e, OSError), what="a put")
+    assert call.calls == 1
