@@ -28,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, Producer
+from common import raw_consume_per_s
+from confluent_kafka import Producer
 
 from streamlearn.archive import PREFIX
 from streamlearn.archive_query import connect
@@ -45,27 +46,6 @@ os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_ROWS_PER_S = 20_000
-
-
-def raw_consume(s: Settings, topic: str, n: int) -> float:
-    c = Consumer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    c.subscribe([topic])
-    got, start = 0, None
-    while got < n:
-        msgs = c.consume(10_000, timeout=1.0)
-        if msgs and start is None:
-            start = time.perf_counter()
-        got += sum(1 for m in msgs if not m.error())
-    elapsed = time.perf_counter() - (start or time.perf_counter())
-    c.close()
-    return got / elapsed
 
 
 def main() -> None:
@@ -94,7 +74,7 @@ def main() -> None:
         producer.poll(0)
         made += 1
     producer.flush(60)
-    raw_per_s = raw_consume(s, s.topic("examples"), made)
+    raw_per_s = raw_consume_per_s(s, s.topic("examples"), made)
 
     archiver = subprocess.Popen(
         [sys.executable, "-m", "consumers.archiver"],

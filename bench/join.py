@@ -31,6 +31,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
+from common import raw_consume_per_s
 from confluent_kafka import Consumer, Producer
 
 from streamlearn.clock import ManualClock
@@ -78,27 +79,6 @@ def count_examples(s: Settings, want: int, timeout: float) -> list[float]:
                 times.append(time.perf_counter())
     c.close()
     return times
-
-
-def raw_consume(s: Settings, topic: str, n: int) -> float:
-    c = Consumer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    c.subscribe([topic])
-    got, start = 0, None
-    while got < n:
-        msgs = c.consume(10_000, timeout=1.0)
-        if msgs and start is None:
-            start = time.perf_counter()
-        got += sum(1 for m in msgs if not m.error())
-    elapsed = time.perf_counter() - (start or time.perf_counter())
-    c.close()
-    return got / elapsed
 
 
 def pure_join(recs: list[Recommendation], outs: list[Outcome]) -> float:
@@ -193,7 +173,7 @@ def main() -> None:
     impressions = sum(len(r.items) for r in recs)
     s = namespace()
     produce(s, recs, outs, None)
-    raw_per_s = raw_consume(s, s.topic("recommendations"), n)
+    raw_per_s = raw_consume_per_s(s, s.topic("recommendations"), n)
     joined_per_s, seen = joined_rate(s, impressions)
     rates = {}
     for misroute in ("outcomes", "recommendations"):

@@ -25,7 +25,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
+from common import raw_consume_per_s
+from confluent_kafka import Producer
 
 from streamlearn.clock import ManualClock
 from streamlearn.settings import Settings
@@ -59,26 +60,6 @@ def produce(s: Settings, world: Deployed, n: int, producer: Producer) -> None:
         producer.produce(topic, e.model_dump_json().encode(), e.user_id.encode())
         producer.poll(0)
     producer.flush(60)
-
-
-def raw_consume_per_s(s: Settings) -> float:
-    c = Consumer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "group.id": f"raw-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    c.subscribe([s.topic("examples")])
-    seen, start = 0, 0.0
-    while seen < N:
-        for m in c.consume(1000, timeout=1):
-            if m.error() is None:
-                start = start or time.perf_counter()
-                seen += 1
-    elapsed = time.perf_counter() - start
-    c.close()
-    return N / elapsed
 
 
 def monitor_per_s(s: Settings) -> float:
@@ -156,7 +137,7 @@ def drift_to_webhook() -> tuple[float, int]:
 def main() -> None:
     s = fresh()
     produce(s, Deployed(ManualClock(1_700_000_000.0)), N, Producer(producer_config(s)))
-    raw = raw_consume_per_s(s)
+    raw = raw_consume_per_s(s, s.topic("examples"), N, batch=1000)
     ours = monitor_per_s(s)
     seconds, sent = drift_to_webhook()
     figures = {

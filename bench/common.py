@@ -1,0 +1,33 @@
+"""What the benches share: the baseline of reading a topic with raw confluent-kafka."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer
+
+from streamlearn.settings import Settings
+
+
+def raw_consume_per_s(s: Settings, topic: str, n: int, batch: int = 10_000) -> float:
+    """Records/s a bare consumer reads ``n`` records of ``topic`` at, from its first record
+    (a new group, from the earliest offset, no commits): what any consumer of it can reach."""
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    got, start = 0, None
+    while got < n:
+        msgs = c.consume(batch, timeout=1.0)
+        if msgs and start is None:
+            start = time.perf_counter()
+        got += sum(1 for m in msgs if not m.error())
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    c.close()
+    return got / elapsed
