@@ -20,6 +20,9 @@
     streamlearn backfill --model NAME --from DATE --to DATE
                                                a configured model spec trained on the archived
                                                examples of those days, as a new lineage
+    streamlearn verify MODEL VERSION [--source auto|archive|topic]
+                                               rebuild a version from its parent and the
+                                               examples between them: identical, bit for bit?
 
 Configuration comes from the same ``STREAMLEARN_*`` settings as every process.
 """
@@ -30,7 +33,7 @@ import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from streamlearn.batch import read_rows, score_file
-from streamlearn.errors import ConfigError, SnapshotNotFound, StreamlearnError
+from streamlearn.errors import ConfigError, ReplayError, SnapshotNotFound, StreamlearnError
 from streamlearn.processes import PROCESSES
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import Served
@@ -102,7 +105,53 @@ def _parser() -> argparse.ArgumentParser:
     fill.add_argument("--model", required=True, help="a configured model (champion or challenger)")
     fill.add_argument("--from", dest="start", required=True, type=date.fromisoformat)
     fill.add_argument("--to", dest="end", required=True, type=date.fromisoformat)
+    check = sub.add_parser(
+        "verify", help="rebuild a version from its parent and the examples between them"
+    )
+    check.add_argument("model")
+    check.add_argument("version", help="a number or an alias")
+    check.add_argument(
+        "--source",
+        choices=["auto", "archive", "topic"],
+        default="auto",
+        help="where the examples come from; auto: the archive when it holds them, else the topic",
+    )
     return parser
+
+
+def _verify(registry: Registry, args: argparse.Namespace, console: Console) -> int:
+    from streamlearn.archive_query import connect
+    from streamlearn.verification import Example, archived, from_topic, span, verify
+
+    settings = get_settings()
+    version = registry.resolve(args.model, args.version)
+    if version is None:
+        raise SnapshotNotFound(f"model {args.model!r} has no version {args.version!r}")
+    child = registry.store.get(args.model, version)
+    parent = None
+    if child.parent_version is not None:
+        parent = registry.store.get(args.model, child.parent_version)
+    starts, ends = span(parent, child)
+    examples: Iterable[Example] | None = None
+    if args.source != "topic":
+        examples = archived(connect(settings.store_url, settings.archive_options), starts, ends)
+        if examples is None and args.source == "archive":
+            raise ReplayError(f"the archive does not hold the examples from {starts} to {ends}")
+    source = "archive"
+    if examples is None:
+        source = "topic"
+        examples = from_topic(settings.kafka_bootstrap, settings.topic("examples"), starts, ends)
+    verdict = verify(parent, child, examples, source)
+    what = f"{args.model} v{version} from v{child.parent_version} + {verdict.examples} examples"
+    if verdict.identical:
+        console.print(f"identical: {what} ({source}), fingerprint {verdict.expected}")
+        return 0
+    console.print(
+        f"[red]DIFFERS:[/red] {what} ({source}): the snapshot's fingerprint {verdict.expected}, "
+        f"rebuilt {verdict.rebuilt} (examples learned: {verdict.examples}, the snapshot says "
+        f"{child.samples_seen - (parent.samples_seen if parent else 0)})"
+    )
+    return 1
 
 
 def _backfill(registry: Registry, args: argparse.Namespace, console: Console) -> None:
@@ -243,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _score(registry, args, console)
         elif args.area == "backfill":
             _backfill(registry, args, console)
+        elif args.area == "verify":
+            return _verify(registry, args, console)
         elif args.op == "list":
             for model in [args.model] if args.model else registry.store.models():
                 console.print(_table(registry, model))

@@ -127,7 +127,9 @@ class TableSpec:
     ) -> dict[str, Any]:
         row = event.model_dump(mode="json")
         for column in self.json_columns:
-            row[column] = orjson.dumps(row[column], option=orjson.OPT_SORT_KEYS).decode()
+            # Keys in the record's own order: a model sums its features in that order, and a
+            # replay from the archive must sum them as the trainer did (streamlearn.verification).
+            row[column] = orjson.dumps(row[column]).decode()
         at = float(row[self.time_field])
         row["event_at"] = dt.datetime.fromtimestamp(at, dt.UTC)
         row["kafka_partition"] = partition

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import msgspec
 import orjson
 
 from streamlearn.archive import SPECS
 from streamlearn.clock import Clock
 from streamlearn.errors import ArchiveError
-from streamlearn.events import LabeledExample
+from streamlearn.events import ExampleRecord
 from streamlearn.learning import ModelSpec
 from streamlearn.snapshots.base import SnapshotStore
 from streamlearn.training import Training, TrainingPolicy
@@ -61,7 +62,7 @@ def _within(upto: dict[int, int]) -> str:
 
 def examples(
     con: duckdb.DuckDBPyConnection, start: dt.date, upto: dict[int, int]
-) -> Iterator[tuple[LabeledExample, int, int]]:
+) -> Iterator[tuple[ExampleRecord, int, int]]:
     """(example, partition, offset) in the topic's order, up to each partition's cut."""
     if not upto:
         return
@@ -73,6 +74,14 @@ def examples(
         f" FROM examples WHERE {_within(upto)}) ORDER BY seen, kafka_partition, kafka_offset",
         [start],
     )
+    yield from decoded(result)
+
+
+def decoded(
+    result: duckdb.DuckDBPyConnection,
+) -> Iterator[tuple[ExampleRecord, int, int]]:
+    """(example, partition, offset) of each row of a query over the archived examples, as the
+    trainer decodes the topic's records (the same types, so the same features)."""
     columns = [d[0] for d in result.description]
     json_columns = SPECS["examples"].json_columns
     while batch := result.fetchmany(10_000):
@@ -82,7 +91,7 @@ def examples(
             fields = {k: v for k, v in row.items() if k not in _ARCHIVE_ONLY}
             for c in json_columns:
                 fields[c] = orjson.loads(fields[c])
-            yield LabeledExample.model_validate(fields), partition, offset
+            yield msgspec.convert(fields, ExampleRecord), partition, offset
 
 
 def backfill(

@@ -12,8 +12,10 @@
     │   └── StoreUnavailable   a store whose backend failed (Redis down, the archive erring):
     │                          every RedisError and obstore error becomes this, at the store
     ├── InfraError             Kafka or Redis not reachable or misbehaving
-    └── ArchiveError           the event archive cannot do what was asked (a backfill over an
-                               existing lineage, a period with nothing archived)
+    ├── ArchiveError           the event archive cannot do what was asked (a backfill over an
+    │                          existing lineage, a period with nothing archived)
+    └── ReplayError            a snapshot that cannot be rebuilt (no learning order recorded,
+                               its examples held neither by the archive nor by the topic)
 """
 
 
@@ -50,4 +52,8 @@ class InfraError(StreamlearnError):
 
 
 class ArchiveError(StreamlearnError):
+    pass
+
+
+class ReplayError(StreamlearnError):
     pass

@@ -55,6 +55,10 @@ class TrainingPolicy(Policy):
     )
 
 
+REPLAYED = {"correction_policy", "correction_weight"}
+"""The policy's fields that change what is learned: each snapshot records them."""
+
+
 class Training:
     """A learner, the next offset of every input partition, and when to checkpoint."""
 
@@ -80,6 +84,7 @@ class Training:
             self.version = snapshot.version
         self._since = 0
         self._last = clock.now()
+        self.order: list[tuple[int, int]] = []  # since the last checkpoint: see Snapshot.order
 
     @property
     def samples_seen(self) -> int:
@@ -104,7 +109,12 @@ class Training:
 
     def skip(self, partition: int, offset: int) -> None:
         """Move past a record without learning from it (dead-lettered or ignored)."""
-        self.offsets[partition] = max(self.offsets.get(partition, 0), offset + 1)
+        upto = max(self.offsets.get(partition, 0), offset + 1)
+        self.offsets[partition] = upto
+        if self.order and self.order[-1][0] == partition:
+            self.order[-1] = (partition, upto)
+        else:
+            self.order.append((partition, upto))
 
     def checkpoint_due(self) -> bool:
         if self._since == 0:
@@ -126,9 +136,13 @@ class Training:
             spec=self.spec.model_dump(mode="json"),
             parent_version=self.version,
             created_at=self.clock.now(),
+            # What a replay needs besides the parent and the examples (see streamlearn.replay).
+            extra={"training": self.policy.model_dump(include=REPLAYED)},
+            order=list(self.order),
         )
 
     def checkpointed(self, version: int) -> None:
         self.version = version
+        self.order = []
         self._since = 0
         self._last = self.clock.now()

@@ -10,13 +10,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+from streamlearn.archive import SPECS, Roll
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
+from streamlearn.simulation import Storefront
 from streamlearn.snapshots import Snapshot
 from streamlearn.training import Training, TrainingPolicy
 from streamlearn.webhooks import verify
+
+DAY = 86_400.0
+T0 = 1_764_374_400.0  # 2025-11-29 00:00 UTC
 
 
 def example(label: bool, segment: str = "a") -> LabeledExample:
@@ -108,3 +114,26 @@ class Receiver:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+def archive_of_examples(root: Path) -> list[tuple[int, int, float]]:
+    """Two partitions of examples over two days, written as the archiver writes them; one
+    example of the second day sits below the first day's last offset in partition 0. Returns
+    (partition, offset, time) of each."""
+    shop = Storefront(traffic_seed=3)
+    made = shop.labeled_examples(300, start=T0 + 3600)
+    written = []
+    for p in (0, 1):
+        roll = Roll("examples", p, 0, opened_at=0.0)
+        for offset in range(150):
+            e = made[offset * 2 + p]  # the partitions' times interleave
+            at = e.recommendation_time + (DAY if offset == 100 and p == 0 else 0.0)
+            if offset >= 140:
+                at += DAY  # the tail: the next day
+            e = e.model_copy(update={"recommendation_time": at})
+            roll.add(SPECS["examples"].row(e, p, offset, int(at * 1000)), offset, 100)
+            written.append((p, offset, at))
+        for path, data in roll.files():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(data)
+    return written

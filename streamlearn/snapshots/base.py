@@ -41,6 +41,7 @@ from streamlearn import __version__, signing
 from streamlearn.errors import SnapshotError, SnapshotNotFound
 
 SCHEMA_VERSION = 1
+_BLOB_ONLY = frozenset({"model", "order"})
 
 
 @dataclass
@@ -57,15 +58,20 @@ class Snapshot:
     schema_version: int = SCHEMA_VERSION
     code_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    order: list[tuple[int, int]] = field(default_factory=list)
+    """How the examples since the parent were learned: runs of (partition, the offset that
+    partition was learned up to, exclusive), in order. Kafka orders records within a partition
+    only; this is what a replay needs to learn them as the trainer did. Kept in the snapshot's
+    blob, not in listings."""
 
     def meta(self) -> dict[str, Any]:
-        """Everything but the model: what listings show."""
-        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        """Everything but the model and its learning order: what listings show."""
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BLOB_ONLY}
         meta["offsets"] = {str(p): o for p, o in self.offsets.items()}
         return meta
 
     def sign(self, key: bytes) -> bytes:
-        meta = orjson.dumps(self.meta())
+        meta = orjson.dumps({**self.meta(), "order": self.order})
         body = struct.pack(">I", len(meta)) + meta + pickle.dumps(self.model, protocol=5)
         return signing.sign(body, key, signing.SNAPSHOT)
 
@@ -82,7 +88,9 @@ class Snapshot:
     @classmethod
     def verify_meta(cls, blob: bytes, key: bytes) -> dict[str, Any]:
         """The verified metadata, without unpickling the model."""
-        return cls._split(cls._body(blob, key))[0]
+        meta = cls._split(cls._body(blob, key))[0]
+        meta.pop("order", None)
+        return meta
 
     def sign_meta(self, key: bytes) -> bytes:
         """The metadata alone, signed: the index entry that listings read instead of blobs."""
@@ -98,8 +106,9 @@ class Snapshot:
         meta, payload = cls._split(cls._body(blob, key))
         # JSON object keys are strings: partitions come back as ints.
         offsets = {int(p): o for p, o in meta.pop("offsets").items()}
+        order = [(int(p), int(o)) for p, o in meta.pop("order", [])]
         model = pickle.loads(payload)  # only after the HMAC verified above
-        return cls(model=model, offsets=offsets, **meta)
+        return cls(model=model, offsets=offsets, order=order, **meta)
 
 
 class RegistryDocument(BaseModel):

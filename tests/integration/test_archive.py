@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +24,20 @@ from tests.conftest import Processes, configure, read_topic, records, wait_until
 pytestmark = pytest.mark.integration
 
 TABLES = ("recommendations", "outcomes", "examples", "dead_letters")
+
+
+def joining(processes: Processes, monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    """A namespace of its own with a short window and a slow storefront (``env`` on top), and
+    its joiner running: what every test here archives."""
+    quick = {
+        "STREAMLEARN_ATTRIBUTION_WINDOW_S": "3",
+        "STREAMLEARN_SIM_RATE": "30",
+        "STREAMLEARN_SIM_MEAN_DELAY_S": "1",
+        "STREAMLEARN_ARCHIVE_ROLL_S": "1",
+    }
+    s = configure(processes, monkeypatch, **{**quick, **env})
+    processes.start("joiner", "-m", "consumers.joiner")
+    return s
 
 
 def topic_offsets(s: Settings, table: str) -> set[tuple[int, int]]:
@@ -55,17 +70,14 @@ def files(root: Path) -> dict[str, str]:
 def test_every_record_once_through_a_crash_between_files_and_commit_and_a_sigkill(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = configure(
+    s = joining(
         processes,
         monkeypatch,
-        STREAMLEARN_ATTRIBUTION_WINDOW_S="3",
         STREAMLEARN_SIM_RATE="40",
-        STREAMLEARN_SIM_MEAN_DELAY_S="1",
         STREAMLEARN_ARCHIVE_ROLL_ROWS="150",
         STREAMLEARN_ARCHIVE_ROLL_S="2",
     )
     root = Path(s.store_url.removeprefix("file://"))
-    processes.start("joiner", "-m", "consumers.joiner")
     # The third roll's files are written, then the archiver dies before its commit.
     processes.env["STREAMLEARN_FAILPOINT"] = "archiver.before_commit:3"
     first = processes.start("archiver", "-m", "consumers.archiver")
@@ -104,15 +116,7 @@ def test_every_record_once_through_a_crash_between_files_and_commit_and_a_sigkil
 def test_sql_over_the_archive_counts_what_the_topics_hold(
     processes: Processes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    s = configure(
-        processes,
-        monkeypatch,
-        STREAMLEARN_ATTRIBUTION_WINDOW_S="3",
-        STREAMLEARN_SIM_RATE="30",
-        STREAMLEARN_SIM_MEAN_DELAY_S="1",
-        STREAMLEARN_ARCHIVE_ROLL_S="1",
-    )
-    processes.start("joiner", "-m", "consumers.joiner")
+    s = joining(processes, monkeypatch)
     processes.start("archiver", "-m", "consumers.archiver")
     sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
     assert sim.wait(120) == 0
@@ -154,16 +158,7 @@ def test_a_backfilled_challenger_learns_on_live_with_nothing_skipped_or_doubled(
     """History archived, a new challenger backfilled on it; the trainer then takes it on from
     the topic where the backfill's offsets say, through more live traffic."""
     challenger = '[{"name": "ctr-bf"}]'
-    s = configure(
-        processes,
-        monkeypatch,
-        STREAMLEARN_ATTRIBUTION_WINDOW_S="3",
-        STREAMLEARN_SIM_RATE="30",
-        STREAMLEARN_SIM_MEAN_DELAY_S="1",
-        STREAMLEARN_ARCHIVE_ROLL_S="1",
-        STREAMLEARN_CHALLENGERS=challenger,
-    )
-    processes.start("joiner", "-m", "consumers.joiner")
+    s = joining(processes, monkeypatch, STREAMLEARN_CHALLENGERS=challenger)
     processes.start("archiver", "-m", "consumers.archiver")
     first = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
     assert first.wait(120) == 0
@@ -203,3 +198,45 @@ def test_a_backfilled_challenger_learns_on_live_with_nothing_skipped_or_doubled(
         return latest.offsets == ends and latest.samples_seen == len(topic)
 
     wait_until(caught_up, "the challenger to learn every example once", every=2)
+
+
+def test_a_version_the_live_trainer_wrote_replays_identically(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``streamlearn verify`` rebuilds versions of the live trainer from their parents and the
+    examples between them, from the archive and from the topic: the same weights, bit for bit.
+    The trainer learns two models (one with random initial factors) from several partitions."""
+    s = joining(
+        processes,
+        monkeypatch,
+        STREAMLEARN_CHALLENGERS='[{"name": "fm", "learner": {"kind": "fm", "n_factors": 4}}]',
+        STREAMLEARN_CHECKPOINT_EVERY_N="60",
+        STREAMLEARN_CORRECTION_POLICY="learn",
+    )
+    processes.start("archiver", "-m", "consumers.archiver")
+    processes.start("trainer", "-m", "consumers.trainer")
+    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
+    assert sim.wait(120) == 0
+    store = open_store(s)
+    wait_until(lambda: (store.latest_version("fm") or 0) >= 4, "several versions")
+
+    def archived_all() -> bool:
+        topic = topic_offsets(s, "examples")
+        return bool(topic) and set(archived(s, "examples")) >= topic
+
+    wait_until(archived_all, "the examples archived")
+    for model in ("ctr", "fm"):
+        latest = store.latest_version(model)
+        assert latest is not None and latest >= 3
+        child = store.get(model, latest)
+        assert len({p for p, _ in child.order}) > 1 or len(child.offsets) == 1
+        for version, source in ((latest, "archive"), (latest - 1, "topic"), (1, "archive")):
+            done = cli("verify", model, str(version), "--source", source)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"identical: {model} v{version}" in done.stdout, done.stdout
+    # A version whose weights are not what its offsets say is caught.
+    tampered = store.get("ctr", 2)
+    tampered.model.learn_one({"segment": "x"}, True)
+    store.put(replace(tampered, version=store.next_version("ctr"), parent_version=1))
+    bad = cli("verify", "ctr", str(store.latest_version("ctr")))
+    assert bad.returncode == 1 and "DIFFERS" in bad.stdout, bad.stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from streamlearn.archive import SPECS, Roll
 from streamlearn.archive_query import connect
 from streamlearn.backfill import backfill
 from streamlearn.clock import ManualClock
@@ -17,37 +16,13 @@ from streamlearn.learning import ModelSpec
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.training import Training, TrainingPolicy
+from tests.factories import DAY, T0, archive_of_examples
 
-DAY = 86_400.0
-T0 = 1_764_374_400.0  # 2025-11-29 00:00 UTC
 KEY = b"k" * 32
 
 
-def archive(root: Path) -> list[tuple[int, int, float]]:
-    """Two partitions of examples over two days, written as the archiver writes them; one
-    example of the second day sits below the first day's last offset in partition 0. Returns
-    (partition, offset, time) of each."""
-    shop = Storefront(traffic_seed=3)
-    made = shop.labeled_examples(300, start=T0 + 3600)
-    written = []
-    for p in (0, 1):
-        roll = Roll("examples", p, 0, opened_at=0.0)
-        for offset in range(150):
-            e = made[p * 150 + offset]
-            at = e.recommendation_time + (DAY if offset == 100 and p == 0 else 0.0)
-            if offset >= 140:
-                at += DAY  # the tail: the next day
-            e = e.model_copy(update={"recommendation_time": at})
-            roll.add(SPECS["examples"].row(e, p, offset, int(at * 1000)), offset, 100)
-            written.append((p, offset, at))
-        for path, data in roll.files():
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(data)
-    return written
-
-
 def test_a_backfill_learns_the_period_up_to_each_partitions_cut(tmp_path: Path) -> None:
-    written = archive(tmp_path / "events-root")
+    written = archive_of_examples(tmp_path / "events-root")
     con = connect(f"file://{tmp_path / 'events-root'}")
     store = ObjectSnapshotStore(f"file://{tmp_path / 'snapshots'}", KEY, notices_poll_s=None)
     spec = ModelSpec(name="ctr-bf")
@@ -86,13 +61,8 @@ def test_a_backfill_learns_the_period_up_to_each_partitions_cut(tmp_path: Path) 
         if o < 140:
             order.append((int(newest[p] * 1000), p, o))
     order.sort()
-    rows = {
-        (p, o): e
-        for p in (0, 1)
-        for o, e in enumerate(
-            Storefront(traffic_seed=3).labeled_examples(300)[p * 150 : p * 150 + 150]
-        )
-    }
+    made = Storefront(traffic_seed=3).labeled_examples(300)
+    rows = {(p, o): made[o * 2 + p] for p in (0, 1) for o in range(150)}
     for _, p, o in order:
         direct.learn(rows[(p, o)], p, o)
     probe = rows[(1, 3)]
@@ -104,7 +74,7 @@ def test_a_backfill_learns_the_period_up_to_each_partitions_cut(tmp_path: Path) 
 
 
 def test_a_period_with_nothing_archived_is_an_error(tmp_path: Path) -> None:
-    archive(tmp_path / "root")
+    archive_of_examples(tmp_path / "root")
     con = connect(f"file://{tmp_path / 'root'}")
     store = ObjectSnapshotStore(f"file://{tmp_path / 's'}", KEY, notices_poll_s=None)
     with pytest.raises(ArchiveError, match="no archived example"):
