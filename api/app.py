@@ -24,7 +24,13 @@ from api.middleware import BodyLimit, RequestMetrics
 from api.routes import admin, dashboard, health, scoring
 from streamlearn import __version__
 from streamlearn.clock import SystemClock
-from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
+from streamlearn.errors import (
+    ArchiveError,
+    SignatureError,
+    SnapshotError,
+    SnapshotNotFound,
+    StoreUnavailable,
+)
 from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings, get_settings
@@ -129,6 +135,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid_request)
     for error, status in (
         (SnapshotNotFound, 404),
+        (ArchiveError, 404),
         (SignatureError, 409),
         (StoreUnavailable, 503),
         (RedisError, 503),

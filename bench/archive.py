@@ -9,9 +9,12 @@
 4. Backfills a new model on the archived examples, in process (``backfill_per_s``, from
    reading the files to the last snapshot), beside the trainer's own code learning the same
    examples from memory (``train_in_memory_per_s``).
+5. Replays every version of the backfilled lineage from its parent and the archive
+   (``streamlearn verify``'s code): ``replay_identical`` when every rebuilt model's
+   fingerprint equals its snapshot's.
 
 Prints figures; the last line is one JSON object. Run: ``python bench/archive.py [N]`` after
-``make infra-up``. Not yet measured here: replay (issue 13, part 5).
+``make infra-up``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.training import Training, TrainingPolicy
+from streamlearn.verification import archived, span, verify
 from topics import delete_namespace, ensure_topics, producer_config
 
 os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
@@ -111,6 +115,15 @@ def main() -> None:
         today + timedelta(days=1),
     )
     backfill_per_s = filled.examples / (time.perf_counter() - started)
+    # Every version of the lineage rebuilt from its parent and the archive, bit for bit.
+    verdicts, parent, started = [], None, time.perf_counter()
+    for version in filled.versions:
+        child = snapshots.get("bench-bf", version)
+        examples = archived(con, *span(parent, child))
+        assert examples is not None, "the archive holds what was backfilled"
+        verdicts.append(verify(parent, child, examples, "archive"))
+        parent = child
+    replay_per_s = sum(v.examples for v in verdicts) / (time.perf_counter() - started)
     training = Training(ModelSpec(name="bench-mem"), SystemClock())
     started = time.perf_counter()
     for offset, example in enumerate(made_examples):
@@ -129,6 +142,10 @@ def main() -> None:
         "backfill_per_s": round(backfill_per_s),
         "train_in_memory_per_s": round(in_memory_per_s),
         "ratio_backfill_to_in_memory": round(backfill_per_s / in_memory_per_s, 2),
+        "replay_versions": len(verdicts),
+        "replay_examples": sum(v.examples for v in verdicts),
+        "replay_per_s": round(replay_per_s),
+        "replay_identical": all(v.identical for v in verdicts),
     }
     for key, value in figures.items():
         print(f"{key:24} {value}")

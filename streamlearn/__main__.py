@@ -20,6 +20,9 @@
     streamlearn backfill --model NAME --from DATE --to DATE
                                                a configured model spec trained on the archived
                                                examples of those days, as a new lineage
+    streamlearn evaluate MODEL VERSION [VERSION...] --from DATE --to DATE [--html F] [--json F]
+                                               versions scored on the archived examples of
+                                               those days, side by side per day, no learning
     streamlearn verify MODEL VERSION [--source auto|archive|topic]
                                                rebuild a version from its parent and the
                                                examples between them: identical, bit for bit?
@@ -105,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     fill.add_argument("--model", required=True, help="a configured model (champion or challenger)")
     fill.add_argument("--from", dest="start", required=True, type=date.fromisoformat)
     fill.add_argument("--to", dest="end", required=True, type=date.fromisoformat)
+    judge = sub.add_parser(
+        "evaluate", help="score versions on archived days, without learning, side by side"
+    )
+    judge.add_argument("model")
+    judge.add_argument("versions", nargs="+", help="numbers or aliases")
+    judge.add_argument("--from", dest="start", required=True, type=date.fromisoformat)
+    judge.add_argument("--to", dest="end", required=True, type=date.fromisoformat)
+    judge.add_argument("--html", type=Path, help="write an HTML report with charts here")
+    judge.add_argument("--json", type=Path, help="write the figures as JSON here")
     check = sub.add_parser(
         "verify", help="rebuild a version from its parent and the examples between them"
     )
@@ -117,6 +129,43 @@ def _parser() -> argparse.ArgumentParser:
         help="where the examples come from; auto: the archive when it holds them, else the topic",
     )
     return parser
+
+
+def _evaluate(registry: Registry, args: argparse.Namespace, console: Console) -> None:
+    from streamlearn.archive_query import connect
+    from streamlearn.evaluation import Figures, evaluate_versions
+    from streamlearn.reports import evaluation_html
+
+    settings = get_settings()
+    con = connect(settings.store_url, settings.archive_options)
+    ev = evaluate_versions(registry, con, args.model, args.versions, args.start, args.end)
+    table = Table(title=f"{args.model}: offline evaluation, {args.start} to {args.end}")
+    table.add_column("day")
+    table.add_column("examples")
+    table.add_column("conversion")
+    for v in ev.versions:
+        for figure in ("AUC", "log loss", "calibration"):
+            table.add_column(f"v{v} {figure}")
+
+    def cells(by: dict[int, Figures]) -> list[str]:
+        first = by[ev.versions[0]]
+        out = [str(first.examples), f"{first.conversion_rate:.4f}"]
+        for v in ev.versions:
+            f = by[v]
+            for value in (f.roc_auc, f.log_loss, f.calibration):
+                out.append("-" if value is None else f"{value:.4f}")
+        return out
+
+    for day, by in ev.days.items():
+        table.add_row(day, *cells(by))
+    table.add_row("period", *cells(ev.period), style="bold")
+    console.print(table)
+    if args.html:
+        args.html.write_text(evaluation_html(ev))
+        console.print(f"report -> {args.html}")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(ev.as_json(), option=orjson.OPT_INDENT_2))
+        console.print(f"figures -> {args.json}")
 
 
 def _verify(registry: Registry, args: argparse.Namespace, console: Console) -> int:
@@ -292,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _score(registry, args, console)
         elif args.area == "backfill":
             _backfill(registry, args, console)
+        elif args.area == "evaluate":
+            _evaluate(registry, args, console)
         elif args.area == "verify":
             return _verify(registry, args, console)
         elif args.op == "list":

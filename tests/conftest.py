@@ -23,6 +23,9 @@ import pytest
 import redis
 from confluent_kafka import KafkaException, Producer
 from pydantic import BaseModel
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamlearn.errors import InfraError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
@@ -419,3 +422,35 @@ def private_kafka(infra: Infra, tmp_path: Path) -> Iterator[PrivateKafka]:
     broker.start()
     yield broker
     broker.stop()
+
+
+ARTIFACTS = ROOT / "test-artifacts"
+"""Screenshots the browser tests keep (CI uploads the directory)."""
+
+NEEDS_BROWSER = pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (make browser installs them)",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium through its ChromeDriver (Debian's)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1400",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()

@@ -137,3 +137,12 @@ def archive_of_examples(root: Path) -> list[tuple[int, int, float]]:
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_bytes(data)
     return written
+
+
+def brute_auc(scored: list[tuple[float, bool]]) -> float:
+    """ROC AUC by its definition, every positive against every negative, ties half: the
+    slow and obvious way, to check the fast one."""
+    pos = [p for p, y in scored if y]
+    neg = [p for p, y in scored if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import HolderDep, RegistryDep, SettingsDep
 from api.schemas import AliasMove, ModelSummary, VersionPage, VersionSet, problems
 from api.security import AdminKey
+from streamlearn.archive_query import connect
+from streamlearn.evaluation import evaluate_versions
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import ModelHolder
 
@@ -22,6 +25,9 @@ router = APIRouter(
     responses=problems(400, 401, 403, 404, 409, 413, 503),
 )
 
+
+MAX_EVALUATION_DAYS = 92
+"""A quarter: more is a batch job (``streamlearn evaluate``), not a request."""
 
 Limit = Annotated[int, Query(ge=1, le=500, description="How many of the newest versions.")]
 
@@ -78,6 +84,33 @@ def list_versions(
 def show_version(model: ModelName, version: str, registry: RegistryDep) -> dict[str, Any]:
     """One version's metadata: ``version`` is a number or an alias (``champion``)."""
     return registry.show(model, version)
+
+
+@router.get("/{model}/evaluation")
+async def evaluation(
+    model: ModelName,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    start: Annotated[dt.date, Query(alias="from", description="First UTC day, ISO 8601.")],
+    end: Annotated[dt.date, Query(alias="to", description="Last UTC day, ISO 8601.")],
+    version: Annotated[
+        list[str],
+        Query(min_length=1, max_length=8, description="Numbers or aliases; repeat for more."),
+    ],
+) -> dict[str, Any]:
+    """The versions scored on the archived examples of the period, without learning: per day
+    and over the period, ROC AUC, log loss, calibration and conversion rate, and a reliability
+    curve (what ``streamlearn evaluate`` prints and charts)."""
+    if start > end:
+        raise HTTPException(400, detail=f"from ({start}) is after to ({end})")
+    if (end - start).days >= MAX_EVALUATION_DAYS:
+        raise HTTPException(400, detail=f"at most {MAX_EVALUATION_DAYS} days at a time")
+
+    def run() -> dict[str, Any]:
+        con = connect(settings.store_url, settings.archive_options)
+        return evaluate_versions(registry, con, model, version, start, end).as_json()
+
+    return await asyncio.to_thread(run)
 
 
 @router.post("/{model}/promote", response_model=AliasMove)

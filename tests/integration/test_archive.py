@@ -4,6 +4,7 @@ crashes, and SQL over it that counts what the topics hold."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -13,13 +14,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamlearn.archive import PREFIX
 from streamlearn.archive_query import connect
-from streamlearn.events import Recommendation
+from streamlearn.events import LabeledExample, Recommendation
+from streamlearn.features import example_features
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
-from tests.conftest import Processes, configure, read_topic, records, wait_until
+from tests.conftest import (
+    ARTIFACTS,
+    NEEDS_BROWSER,
+    Processes,
+    configure,
+    read_topic,
+    records,
+    wait_until,
+)
+from tests.factories import brute_auc
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +254,65 @@ def test_a_version_the_live_trainer_wrote_replays_identically(
     store.put(replace(tampered, version=store.next_version("ctr"), parent_version=1))
     bad = cli("verify", "ctr", str(store.latest_version("ctr")))
     assert bad.returncode == 1 and "DIFFERS" in bad.stdout, bad.stdout
+
+
+@NEEDS_BROWSER
+def test_offline_evaluation_of_live_versions_equals_figures_computed_from_the_topic(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, browser: WebDriver, tmp_path: Path
+) -> None:
+    """``streamlearn evaluate`` scores two versions the trainer wrote on the archived days; its
+    figures equal those computed here from the topic's own records; its HTML report opens in
+    Chromium, a point's value on hover (screenshot: ``test-artifacts/evaluation.png``)."""
+    s = joining(processes, monkeypatch, STREAMLEARN_CHECKPOINT_EVERY_N="200")
+    processes.start("archiver", "-m", "consumers.archiver")
+    processes.start("trainer", "-m", "consumers.trainer")
+    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
+    assert sim.wait(120) == 0
+    store = open_store(s)
+    wait_until(lambda: (store.latest_version("ctr") or 0) >= 2, "two versions")
+    examples = records(s, "examples", LabeledExample)
+    wait_until(lambda: len(archived(s, "examples")) >= len(examples), "the examples archived")
+
+    latest = store.latest_version("ctr")
+    assert cli("registry", "promote", "ctr", str(latest)).returncode == 0  # named by its alias
+    today = datetime.now(UTC).date()
+    period = [str(today - timedelta(days=1)), str(today)]
+    report, figures = tmp_path / "evaluation.html", tmp_path / "evaluation.json"
+    done = cli(
+        "evaluate", "ctr", "1", "champion", "--from", period[0], "--to", period[1],
+        "--html", str(report), "--json", str(figures),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "period" in done.stdout and "v1 AUC" in done.stdout
+    got = json.loads(figures.read_text())
+    assert got["versions"] == [1, latest]
+
+    days: dict[str, list[LabeledExample]] = {}
+    for e in examples:
+        day = str(datetime.fromtimestamp(e.recommendation_time, UTC).date())
+        days.setdefault(day, []).append(e)
+    assert set(got["days"]) == set(days)
+    for version in (1, latest):
+        model = store.get("ctr", version).model
+        for day, held in days.items():
+            scored = [
+                (model.predict_proba_one(example_features(model.spec, e)), e.label) for e in held
+            ]
+            figure = got["days"][day][str(version)]
+            assert figure["examples"] == len(scored)
+            assert figure["conversion_rate"] == pytest.approx(
+                sum(y for _, y in scored) / len(scored)
+            )
+            assert figure["roc_auc"] == pytest.approx(brute_auc(scored), abs=1e-9)
+
+    browser.get(report.as_uri())
+    assert browser.title == "Offline evaluation: ctr"
+    charts = browser.find_elements(By.TAG_NAME, "svg")
+    assert len(charts) == 5
+    point = charts[0].find_element(By.TAG_NAME, "circle")
+    ActionChains(browser).move_to_element(point).perform()
+    hover = point.find_element(By.TAG_NAME, "title").get_attribute("textContent") or ""
+    assert hover.startswith("v1 · ") and float(hover.rsplit(": ", 1)[1]) > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "evaluation.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

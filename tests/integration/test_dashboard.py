@@ -8,58 +8,28 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamlearn.clock import ManualClock
 from streamlearn.simulation import Deployed
 from streamlearn.snapshots import open_store
-from tests.conftest import ROOT, Processes, configure, produce, wait_until
+from tests.conftest import ARTIFACTS, NEEDS_BROWSER, Processes, configure, produce, wait_until
 from tests.factories import trained
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        not (shutil.which("chromium") and shutil.which("chromedriver")),
-        reason="needs Debian's chromium and chromium-driver (make browser installs them)",
-    ),
+    NEEDS_BROWSER,
 ]
 
 ADMIN = "dash-admin"
 SCORING = "dash-scoring"
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or ""
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1400",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    yield driver
-    driver.quit()
 
 
 def text(driver: WebDriver, element_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterator
@@ -13,12 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from streamlearn.archive_query import connect
 from streamlearn.errors import SignatureError
+from streamlearn.evaluation import evaluate
 from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder
 from streamlearn.settings import Settings
 from streamlearn.snapshots import ObjectSnapshotStore
-from tests.factories import RANK, trained
+from tests.factories import RANK, archive_of_examples, trained
 
 
 @pytest.fixture
@@ -490,3 +493,39 @@ def test_version_listings_page_and_keep_the_named_ones(
         assert (
             c.get("/v1/models/ctr/versions", params={"limit": 0}, headers=admin).status_code == 422
         )
+
+
+def test_admin_evaluation_gives_the_commands_figures(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher, tmp_path: Path
+) -> None:
+    config = Settings(archive_url=f"file://{tmp_path}/archive", topic_prefix="")
+    archive_of_examples(Path(config.store_url.removeprefix("file://")))
+    for version in (1, 2):
+        store.put(trained(version, n=50 * version))
+    admin = {"X-API-Key": "adm"}
+    period = {"from": "2025-11-29", "to": "2025-11-30"}
+    with app_client(
+        store, publisher, admin_key="adm", archive_url=config.archive_url, topic_prefix=""
+    ) as c:
+        url = "/v1/models/ctr/evaluation"
+        r = c.get(url, params={**period, "version": ["1", "2"]}, headers=admin)
+        assert r.status_code == 200, r.text
+        direct = evaluate(
+            connect(config.store_url),
+            "ctr",
+            {v: store.get("ctr", v).model for v in (1, 2)},
+            dt.date(2025, 11, 29),
+            dt.date(2025, 11, 30),
+        )
+        assert r.json() == json.loads(json.dumps(direct.as_json()))
+        assert set(r.json()["days"]) == {"2025-11-29", "2025-11-30"}
+
+        backwards = {"from": "2025-11-30", "to": "2025-11-29", "version": "1"}
+        assert c.get(url, params=backwards, headers=admin).status_code == 400
+        unknown = c.get(url, params={**period, "version": "9"}, headers=admin)
+        assert unknown.status_code == 404 and "no version" in unknown.json()["detail"]
+        empty = {"from": "2024-01-01", "to": "2024-01-02", "version": "1"}
+        assert c.get(url, params=empty, headers=admin).status_code == 404
+        bad = c.get(url, params={**period, "from": "yesterday", "version": "1"}, headers=admin)
+        assert 400 <= bad.status_code < 500
+        assert c.get(url, params={**period, "version": "1"}).status_code == 401
