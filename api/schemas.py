@@ -94,6 +94,9 @@ class ModelSummary(Body):
     model: str
     aliases: dict[str, int]
     pinned: list[int]
+    challengers: list[str] = Field(
+        default_factory=list, description="Retrained challengers learning live beside it."
+    )
     versions: list[dict[str, Any]] = Field(
         description="The newest versions (``limit``) and every aliased or pinned one, oldest "
         "first; older ones page through ``/v1/models/{model}/versions``."

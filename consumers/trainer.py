@@ -34,6 +34,9 @@ from topics import producer_config
 
 log = logging.getLogger("streamlearn.trainer")
 
+CHALLENGERS_POLL_S = 10.0
+"""How often the trainer looks for challengers retrained from its models."""
+
 CHECKPOINT_FAILURES = Counter(
     "streamlearn_trainer_checkpoint_failures", "Checkpoints the snapshot store did not complete"
 )
@@ -83,6 +86,8 @@ class Trainer(KafkaProcess):
         self.store = open_store(settings)
         self.registry = Registry(self.store)
         self.trainings = [restore(self.store, spec, settings.training) for spec in settings.models]
+        self.followed_at = 0.0
+        self.follow_challengers()
         self.producer = Producer(producer_config(settings))
         self.retry_at = 0.0
         self.failures = 0
@@ -111,6 +116,8 @@ class Trainer(KafkaProcess):
             self.handle(msg)
             read += 1
         self.producer.poll(0)
+        if time.monotonic() - self.followed_at >= CHALLENGERS_POLL_S:
+            self.follow_challengers()
         due = any(t.checkpoint_due() for t in self.trainings)
         if due and time.monotonic() >= self.retry_at:
             self.checkpoint()
@@ -147,6 +154,53 @@ class Trainer(KafkaProcess):
         for t in self.trainings:
             t.learn(example, partition, offset)
         failpoint("trainer.learned")
+
+    def follow_challengers(self) -> None:
+        """Learn, beside the configured models, the challengers retrained from them (the daily
+        drift job backfills one and names it in the model's registry), from their own
+        snapshots' offsets: the partitions read further than that are read again from there,
+        and every other model skips what it has learned already."""
+        self.followed_at = time.monotonic()
+        known = {t.spec.name for t in self.trainings}
+        for spec in self.settings.models:
+            try:
+                named = self.store.read_registry(spec.name).challengers
+            except StoreUnavailable as exc:
+                log.warning("challengers of %s not read: %s", spec.name, exc)
+                continue
+            for name in named:
+                if name in known:
+                    continue
+                try:
+                    snapshot = self.store.get(name)
+                except (SnapshotNotFound, StoreUnavailable) as exc:
+                    log.warning("challenger %s not followed yet: %s", name, exc)
+                    continue
+                t = Training(snapshot.model.spec, SystemClock(), self.settings.training, snapshot)
+                self.trainings.append(t)
+                known.add(name)
+                log.info(
+                    "learning %s live beside %s, from v%d at offsets %s",
+                    name,
+                    spec.name,
+                    snapshot.version,
+                    snapshot.offsets,
+                )
+                self.rewind(t)
+
+    def rewind(self, t: Training) -> None:
+        """Read again, from ``t``'s offsets, the assigned partitions read past them."""
+        try:
+            assigned = self.consumer.assignment()
+        except KafkaException:
+            return  # not subscribed yet: assignment starts every partition at resume_offset
+        if not assigned:
+            return
+        for tp in self.consumer.position(assigned):
+            want = t.offsets.get(tp.partition, OFFSET_BEGINNING)
+            if tp.offset >= 0 and (want == OFFSET_BEGINNING or want < tp.offset):
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, want))
+                log.info("partition %d read again from %s for %s", tp.partition, want, t.spec.name)
 
     def checkpoint(self) -> None:
         if self.producer.flush(10) > 0:

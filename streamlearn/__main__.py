@@ -23,6 +23,8 @@
     streamlearn evaluate MODEL VERSION [VERSION...] --from DATE --to DATE [--html F] [--json F]
                                                versions scored on the archived examples of
                                                those days, side by side per day, no learning
+    streamlearn report --day DATE [--no-retrain]
+                                               the daily drift job for one day, now
     streamlearn verify MODEL VERSION [--source auto|archive|topic]
                                                rebuild a version from its parent and the
                                                examples between them: identical, bit for bit?
@@ -117,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--to", dest="end", required=True, type=date.fromisoformat)
     judge.add_argument("--html", type=Path, help="write an HTML report with charts here")
     judge.add_argument("--json", type=Path, help="write the figures as JSON here")
+    daily = sub.add_parser("report", help="the daily drift job for one day, now")
+    daily.add_argument("--day", required=True, help="the day (UTC), ISO 8601")
+    daily.add_argument("--no-retrain", action="store_true", help="report and alert only")
     check = sub.add_parser(
         "verify", help="rebuild a version from its parent and the examples between them"
     )
@@ -328,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _process(PROCESSES["simulator"].command(*args.args))
         if args.area == "replay":
             return _process([sys.executable, "-m", "consumers.replay", args.file])
+        if args.area == "report":
+            extra = ["--no-retrain"] if args.no_retrain else []
+            return _process(PROCESSES["reporter"].command("--day", args.day, *extra))
         if args.area == "archive":
             return _query(args, console)
     except StreamlearnError as exc:

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import redis
@@ -61,11 +62,21 @@ class Outbox:
         """Save the state that made the alerts and queue them for every webhook, atomically."""
         pipe = self._r.pipeline(transaction=True)
         pipe.set(self.state_key, state)
+        self._push(pipe, alerts, webhooks)
+        pipe.execute()
+
+    def send(self, alerts: list[Alert], webhooks: list[str]) -> None:
+        """Queue alerts that no alarm state made (the daily job's) for every webhook: the
+        monitor's couriers deliver them with the rest."""
+        pipe = self._r.pipeline(transaction=True)
+        self._push(pipe, alerts, webhooks)
+        pipe.execute()
+
+    def _push(self, pipe: Any, alerts: list[Alert], webhooks: list[str]) -> None:
         if alerts:
             raw = [a.model_dump_json() for a in alerts]
             for w in webhooks:
                 pipe.rpush(self.queue(w), *raw)
-        pipe.execute()
 
     def state(self) -> bytes | None:
         return self._r.get(self.state_key)

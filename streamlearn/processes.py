@@ -26,6 +26,9 @@ PROCESSES = {
     "archiver": Process(
         "consumers.archiver", "the event topics -> Hive-partitioned Parquet in the object store"
     ),
+    "reporter": Process(
+        "consumers.reporter", "the daily drift job: a report a day, retraining when it says so"
+    ),
     "api": Process("api", "rank, score, outcomes, model admin, dashboard"),
     # In the loop a storefront that asks /v1/rank for its slates, so the served scores reach
     # the monitor.

@@ -116,6 +116,10 @@ class Registry:
         self.store.meta(model_name, version)
         self.store.update_registry(model_name, lambda d: d.pinned(version, pinned))
 
+    def add_challenger(self, model_name: str, challenger: str) -> None:
+        """``challenger`` learns live beside ``model_name`` from now on (the trainer follows)."""
+        self.store.update_registry(model_name, lambda doc: doc.with_challenger(challenger))
+
     def retain(self, model_name: str, policy: RetentionPolicy, now: float) -> RetentionPlan:
         """Apply ``policy`` (:mod:`streamlearn.retention`): delete what it does not keep, and
         drop the hot copies of what it keeps in the archive only. Returns the plan applied."""

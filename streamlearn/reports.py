@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping, Sequence
 
+from streamlearn.daily import DailyReport, Served
 from streamlearn.evaluation import Evaluation, Figures
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
@@ -216,3 +217,67 @@ _CHARTS = (
     ("Log loss", "log_loss"),
     ("Calibration (mean score / conversion rate)", "calibration"),
 )
+
+
+def daily_html(report: DailyReport, psi_shift: float) -> str:
+    """The daily drift job's report: verdict, concept, data, latent drift and join health."""
+    r = report
+    verdict = (
+        '<p class="alarm">Retraining: ' + "; ".join(_e(t) for t in r.triggers) + "</p>"
+        if r.triggers
+        else '<p class="note">No retraining rule met.</p>'
+    )
+    served: list[tuple[str, Callable[[Served], str]]] = [
+        ("examples", lambda s: str(s.examples)),
+        ("per day", lambda s: f"{s.examples / s.days:.0f}"),
+        ("conversion rate", lambda s: _fmt(s.conversion_rate)),
+        ("served log loss", lambda s: _fmt(s.log_loss)),
+        ("calibration", lambda s: _fmt(s.calibration, 3)),
+        ("dead letters per day", lambda s: f"{s.dead_letters / s.days:.1f}"),
+        ("scores from", lambda s: _e(s.by)),
+    ]
+    concept = "".join(
+        f"<tr><td>{_e(label)}</td><td>{get(r.today)}</td><td>{get(r.before)}</td></tr>"
+        for label, get in served
+    )
+    days = list(r.per_day)
+    chart = line_chart(
+        "Served log loss per day",
+        days,
+        {"log loss": [r.per_day[d]["log_loss"] for d in days]},
+    ) + line_chart(
+        "Conversion rate per day",
+        days,
+        {"conversion rate": [r.per_day[d]["conversion_rate"] for d in days]},
+    )
+    psi_rows = "".join(
+        f"<tr><td>{_e(name)}</td><td{' class=alarm' if v >= psi_shift else ''}>{v:.4f}</td></tr>"
+        for name, v in r.psi.items()
+    )
+    if r.latent is None:
+        latent = (
+            '<p class="note">No learned item factors (not a one-hot factorization machine).</p>'
+        )
+    else:
+        ref = r.latent.reference_mean_shift_per_day
+        moved = ", ".join(f"{_e(i)} {s:.3f}" for i, s in r.latent.moved_most)
+        latent = (
+            f"<p>{r.latent.items} items seen; their latent factors moved by "
+            f"{r.latent.mean_shift:.4f} (mean relative shift) during the day, against "
+            f"{_fmt(ref)} per day over the reference. Moved most: {moved}.</p>"
+        )
+    joined = _fmt(r.impressions_joined, 3)
+    body = (
+        f'<p class="note">Model <b>{_e(r.model)}</b>, champion v{_e(r.champion)}: '
+        f"{_e(r.day)} against {_e(r.reference[0])} to {_e(r.reference[1])} (UTC days), from the "
+        "event archive.</p>"
+        f"{verdict}<h2>Concept: what was served</h2>"
+        f"<table><tr><th></th><th>{_e(r.day)}</th><th>reference</th></tr>{concept}</table>"
+        f'<div class="charts">{chart}</div>'
+        f"<h2>Data: population stability index (shift from {psi_shift:g})</h2>"
+        f"<table><tr><th>feature</th><th>PSI</th></tr>{psi_rows}</table>"
+        f"<h2>Latent</h2>{latent}"
+        f"<h2>Join health</h2><p>Impressions of the day that became examples: {joined} "
+        "(dead letters and examples per day above).</p>"
+    )
+    return page(f"Daily drift report: {r.model}, {r.day}", body)

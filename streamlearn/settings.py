@@ -11,8 +11,10 @@ Each area's settings are a policy defined beside the code it configures, compose
 section: ``join`` (:class:`~streamlearn.joining.JoinPolicy`), ``training``
 (:class:`~streamlearn.training.TrainingPolicy`), ``monitor``
 (:class:`~streamlearn.monitoring.MonitorPolicy`), ``api``
-(:class:`~streamlearn.serving.ApiPolicy`) and ``retention``
-(:class:`~streamlearn.retention.RetentionPolicy`). A section's field is set as
+(:class:`~streamlearn.serving.ApiPolicy`), ``retention``
+(:class:`~streamlearn.retention.RetentionPolicy`), ``archive``
+(:class:`~streamlearn.archive.ArchivePolicy`) and ``daily``
+(:class:`~streamlearn.daily.DailyPolicy`). A section's field is set as
 ``STREAMLEARN_JOIN__WINDOW_S`` or ``[join] window_s = 30``, and also by the flat name it had
 before sections existed (``STREAMLEARN_ATTRIBUTION_WINDOW_S``, ``attribution_window_s = 30``;
 each policy's ``FLAT`` lists them). Between sources the usual order holds (arguments, then the
@@ -42,6 +44,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import EnvSettingsSource
 
 from streamlearn.archive import ArchivePolicy
+from streamlearn.daily import DailyPolicy
 from streamlearn.errors import ConfigError
 from streamlearn.events import MAX_RECORD_BYTES
 from streamlearn.joining import JoinPolicy
@@ -121,6 +124,7 @@ class Settings(BaseSettings):
         description="Every model's retention, unless its spec sets its own.",
     )
     archive: ArchivePolicy = Field(default_factory=ArchivePolicy)
+    daily: DailyPolicy = Field(default_factory=DailyPolicy)
 
     # Models and snapshots
     model: ModelSpec = Field(ModelSpec(), description="The champion: the model the API serves.")

@@ -16,7 +16,7 @@ from streamlearn.archive import SPECS, Roll
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
-from streamlearn.simulation import Storefront
+from streamlearn.simulation import Deployed, Storefront
 from streamlearn.snapshots import Snapshot
 from streamlearn.training import Training, TrainingPolicy
 from streamlearn.webhooks import verify
@@ -146,3 +146,31 @@ def brute_auc(scored: list[tuple[float, bool]]) -> float:
     neg = [p for p, y in scored if not y]
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
+
+
+def storefront_days(
+    days: int, per_day: int, flip_on: int | None, start: float
+) -> list[list[LabeledExample]]:
+    """``days`` days of a served storefront from ``start`` (a UTC midnight): ``per_day``
+    examples each from 01:00, served by a model learning as it goes (served scores logged);
+    the customers' tastes turn over at the start of day ``flip_on``."""
+    clock = ManualClock(start)
+    shop = Deployed(clock, traffic_seed=3)
+    out = []
+    for d in range(days):
+        clock._t = start + d * DAY + 3600
+        if d == flip_on:
+            shop.shop.flip()
+        out.append(shop.examples(per_day))
+    return out
+
+
+def archive_examples(root: Path, examples: list[LabeledExample]) -> None:
+    """Examples archived as the archiver writes them: one partition, offsets from 0."""
+    roll = Roll("examples", 0, 0, opened_at=0.0)
+    for offset, e in enumerate(examples):
+        at = int(e.recommendation_time * 1000)
+        roll.add(SPECS["examples"].row(e, 0, offset, at), offset, 100)
+    for path, data in roll.files():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)

@@ -41,6 +41,7 @@ def _summary(registry: Registry, model: str, limit: int = 20) -> ModelSummary:
         model=model,
         aliases=doc.aliases,
         pinned=doc.pins,
+        challengers=doc.challengers,
         versions=[listed[v] for v in sorted(listed)],
     )
 

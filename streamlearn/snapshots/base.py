@@ -135,6 +135,11 @@ class RegistryDocument(BaseModel):
         default_factory=dict, description="Per alias, the versions it named before, oldest first."
     )
     pins: list[int] = Field(default_factory=list, description="Never deleted by retention.")
+    challengers: list[str] = Field(
+        default_factory=list,
+        description="Models retrained from this one's spec (by the daily drift job), which the "
+        "trainer learns live beside it, as if configured.",
+    )
 
     def _changed(self, **update: Any) -> RegistryDocument:
         return self.model_copy(update={**update, "revision": self.revision + 1})
@@ -163,6 +168,11 @@ class RegistryDocument(BaseModel):
     def pinned(self, version: int, pinned: bool = True) -> RegistryDocument:
         pins = set(self.pins) | {version} if pinned else set(self.pins) - {version}
         return self if sorted(pins) == self.pins else self._changed(pins=sorted(pins))
+
+    def with_challenger(self, name: str) -> RegistryDocument:
+        if name in self.challengers:
+            return self
+        return self._changed(challengers=[*self.challengers, name])
 
     def spared(self) -> set[int]:
         """The versions retention keeps whatever their age: pinned, aliased, or an alias's
