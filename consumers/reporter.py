@@ -114,17 +114,26 @@ def reported(settings: Settings, day: dt.date) -> bool:
     return True
 
 
-def schedule(settings: Settings, stop: threading.Event, check_s: float = 60.0) -> None:
-    """Every ``check_s``: from the configured hour on, yesterday, unless it is reported."""
+def schedule(
+    settings: Settings, stop: threading.Event, check_s: float = 60.0, retry_s: float = 600.0
+) -> None:
+    """Every ``check_s``: from the configured hour on, yesterday, unless it is reported. A run
+    that fails (nothing archived, a store away) is logged and tried again ``retry_s`` later:
+    the job never dies of one bad day."""
     while not stop.is_set():
         now = dt.datetime.now(dt.UTC)
         yesterday = now.date() - dt.timedelta(days=1)
-        if now.hour >= settings.daily.hour and not reported(settings, yesterday):
-            try:
+        wait = check_s
+        try:
+            if now.hour >= settings.daily.hour and not reported(settings, yesterday):
                 run_day(settings, yesterday)
-            except StreamlearnError as exc:
-                log.warning("no report for %s: %s", yesterday, exc)
-        stop.wait(check_s)
+        except StreamlearnError as exc:
+            log.warning("no report for %s yet: %s", yesterday, exc)
+            wait = retry_s
+        except Exception:
+            log.exception("the report for %s failed", yesterday)
+            wait = retry_s
+        stop.wait(wait)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from streamlearn.errors import InfraError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
+from streamlearn.outbox import Courier, Outbox
 from streamlearn.settings import Settings, TopicRole
+from streamlearn.webhooks import Webhook
+from tests.factories import SECRET, Receiver
 from topics import delete_namespace, ensure_topics, producer_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +223,12 @@ def produce(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> list
         producer.produce(topic, key=key, value=value, on_delivery=delivered(n))
     producer.flush(30)
     return [landed[n] for n in range(len(records))]
+
+
+def produce_examples(settings: Settings, examples: list[LabeledExample]) -> None:
+    """Labeled examples on the examples topic, keyed by user as the joiner keys them."""
+    topic = settings.topic("examples")
+    produce(settings, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in examples])
 
 
 def letters(settings: Settings) -> list[DeadLetter]:
@@ -454,3 +464,22 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free port, not yet listening (``receiver.start()``)."""
+    r = Receiver(free_port())
+    yield r
+    r.stop()
+
+
+def courier(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, threading.Thread]:
+    """The monitor's courier for the webhook ``oncall`` at ``port``, delivering in a thread
+    until the event is set."""
+    hook = Webhook(name="oncall", url=f"http://127.0.0.1:{port}/hook", secret=SECRET)
+    c = Courier(outbox, hook, lambda a: f"http://dash/{a.model}", base_s=0.05, cap_s=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=c.run, args=(stop,))
+    thread.start()
+    return c, stop, thread

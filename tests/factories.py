@@ -82,6 +82,10 @@ class Receiver:
     # Called with the count accepted so far, after each acceptance and before the answer.
     on_accept: Callable[[int], None] | None = None
 
+    def webhook(self, name: str = "oncall") -> dict[str, str]:
+        """Its configuration, as ``STREAMLEARN_WEBHOOKS`` lists it."""
+        return {"name": name, "url": f"http://127.0.0.1:{self.port}/hook", "secret": SECRET}
+
     def start(self) -> None:
         receiver = self
 

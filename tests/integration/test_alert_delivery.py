@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -14,10 +13,9 @@ import redis
 
 from streamlearn.alerting import Alarms, Alert, Rule
 from streamlearn.clock import ManualClock
-from streamlearn.outbox import Courier, Outbox
-from streamlearn.webhooks import Webhook
-from tests.conftest import Infra, PrivateRedis, free_port, wait_until
-from tests.factories import SECRET, Receiver
+from streamlearn.outbox import Outbox
+from tests.conftest import Infra, PrivateRedis, courier, wait_until
+from tests.factories import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -27,22 +25,6 @@ RULE = Rule(name="auc-floor", metric="rolling_auc", window="5m", bad="below", th
 @pytest.fixture
 def outbox(infra: Infra) -> Outbox:
     return Outbox(redis.Redis.from_url(infra.redis_url), f"t{uuid.uuid4().hex[:8]}.")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(free_port())
-    yield r
-    r.stop()
-
-
-def courier(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, threading.Thread]:
-    hook = Webhook(name="oncall", url=f"http://127.0.0.1:{port}/hook", secret=SECRET)
-    c = Courier(outbox, hook, lambda a: f"http://dash/{a.model}", base_s=0.05, cap_s=0.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=c.run, args=(stop,))
-    thread.start()
-    return c, stop, thread
 
 
 def incidents(book: Alarms, clock: ManualClock, outbox: Outbox, values: list[float]) -> list[Alert]:

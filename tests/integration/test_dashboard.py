@@ -20,7 +20,14 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from streamlearn.clock import ManualClock
 from streamlearn.simulation import Deployed
 from streamlearn.snapshots import open_store
-from tests.conftest import ARTIFACTS, NEEDS_BROWSER, Processes, configure, produce, wait_until
+from tests.conftest import (
+    ARTIFACTS,
+    NEEDS_BROWSER,
+    Processes,
+    configure,
+    produce_examples,
+    wait_until,
+)
 from tests.factories import trained
 
 pytestmark = [
@@ -53,11 +60,9 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     for v in (1, 2):
         store.put(trained(v))
     world = Deployed(ManualClock(1_700_000_000.0))  # a served model that learns as it goes
-    topic = s.topic("examples")
 
     def send(n: int) -> None:
-        examples = world.examples(n)
-        produce(s, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in examples])
+        produce_examples(s, world.examples(n))
 
     send(12_000)
     processes.start("monitor", "-m", "consumers.monitor")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,24 +16,14 @@ from streamlearn.registry import Registry
 from streamlearn.settings import Settings
 from streamlearn.simulation import Deployed
 from streamlearn.snapshots import open_store
-from tests.conftest import Processes, configure, free_port, produce, read_topic, wait_until
-from tests.factories import SECRET, Receiver, example, trained
+from tests.conftest import Processes, configure, produce_examples, read_topic, wait_until
+from tests.factories import Receiver, example, trained
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(free_port())
-    yield r
-    r.stop()
-
-
 def send(s: Settings, world: Deployed, n: int) -> None:
-    topic = s.topic("examples")
-    produce(
-        s, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in world.examples(n)]
-    )
+    produce_examples(s, world.examples(n))
 
 
 def pages(receiver: Receiver, key_part: str) -> list[str]:
@@ -44,7 +33,7 @@ def pages(receiver: Receiver, key_part: str) -> list[str]:
 def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_feature(
     processes: Processes, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
-    hook = {"name": "oncall", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
+    hook = receiver.webhook()
     s = configure(
         processes,
         monkeypatch,
@@ -91,7 +80,7 @@ def test_outcomes_that_stop_raise_a_join_health_alarm(
     processes: Processes, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
     """The real joiner and simulator; the storefront's outcomes stop after 12 s."""
-    hook = {"name": "oncall", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
+    hook = receiver.webhook()
     rule = {
         "name": "outcomes-stopped",
         "metric": "outcome_rate",
@@ -158,8 +147,7 @@ def test_a_crash_between_a_rollback_and_the_save_rolls_back_once(
         )
         for n in range(100)
     ]
-    topic = s.topic("examples")
-    produce(s, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in served])
+    produce_examples(s, served)
 
     processes.env["STREAMLEARN_FAILPOINT"] = "monitor.acted"
     first = processes.start("monitor", "-m", "consumers.monitor")

@@ -24,6 +24,7 @@ from tests.conftest import (
     Processes,
     configure,
     produce,
+    produce_examples,
     trainer_committed,
     wait_until,
 )
@@ -62,10 +63,7 @@ def start(processes: Processes, monkeypatch: pytest.MonkeyPatch, **extra: str) -
         STREAMLEARN_CHECKPOINT_EVERY_S="60",
         **extra,
     )
-    produce(
-        s,
-        [(s.topic("examples"), e.user_id.encode(), e.model_dump_json().encode()) for e in stream()],
-    )
+    produce_examples(s, stream())
     return s
 
 
@@ -202,10 +200,7 @@ def test_retention_runs_after_every_checkpoint_per_model(
     examples = [
         e.model_copy(update={"example_id": f"more{n}:{e.example_id}"}) for n, e in enumerate(more)
     ]
-    produce(
-        s,
-        [(s.topic("examples"), e.user_id.encode(), e.model_dump_json().encode()) for e in examples],
-    )
+    produce_examples(s, examples)
     wait_until(lambda: store.meta("ctr")["samples_seen"] >= 4 * N, "the second batch learned")
     wait_until(
         lambda: len(store.versions("ctr-fm")) == 2 and len(store.versions("ctr")) == 4,
