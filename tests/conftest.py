@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
 from confluent_kafka import KafkaException, Producer
@@ -229,6 +230,15 @@ def produce_examples(settings: Settings, examples: list[LabeledExample]) -> None
     """Labeled examples on the examples topic, keyed by user as the joiner keys them."""
     topic = settings.topic("examples")
     produce(settings, [(topic, e.user_id.encode(), e.model_dump_json().encode()) for e in examples])
+
+
+def served_version(base: str) -> int | None:
+    """The version the API at ``base`` serves; None while it does not answer or serves none."""
+    try:
+        version = httpx.get(f"{base}/healthz", timeout=2).json()["model_version"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    return int(version) if version is not None else None
 
 
 def letters(settings: Settings) -> list[DeadLetter]:
@@ -483,3 +493,27 @@ def courier(outbox: Outbox, port: int) -> tuple[Courier, threading.Event, thread
     thread = threading.Thread(target=c.run, args=(stop,))
     thread.start()
     return c, stop, thread
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict[str, Any]]:
+    """moto's S3 server on loopback with a bucket ``snapshots``; obstore's options for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds).create_bucket(
+        Bucket="snapshots"
+    )
+    yield {
+        "endpoint": endpoint,
+        "access_key_id": "test",
+        "secret_access_key": "test",
+        "region": "us-east-1",
+        "client_options": {"allow_http": True},
+    }
+    server.stop()

@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
@@ -31,12 +33,14 @@ from tests.conftest import (
     configure,
     read_topic,
     records,
+    served_version,
     wait_until,
 )
 from tests.factories import brute_auc
 
 pytestmark = pytest.mark.integration
 
+ADMIN = "archive-admin"
 TABLES = ("recommendations", "outcomes", "examples", "dead_letters")
 
 
@@ -263,15 +267,22 @@ def test_offline_evaluation_of_live_versions_equals_figures_computed_from_the_to
     """``streamlearn evaluate`` scores two versions the trainer wrote on the archived days; its
     figures equal those computed here from the topic's own records; its HTML report opens in
     Chromium, a point's value on hover (screenshot: ``test-artifacts/evaluation.png``)."""
-    s = joining(processes, monkeypatch, STREAMLEARN_CHECKPOINT_EVERY_N="200")
+    s = joining(
+        processes, monkeypatch, STREAMLEARN_CHECKPOINT_EVERY_N="200", STREAMLEARN_ADMIN_KEY=ADMIN
+    )
     processes.start("archiver", "-m", "consumers.archiver")
     processes.start("trainer", "-m", "consumers.trainer")
     sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
     assert sim.wait(120) == 0
     store = open_store(s)
     wait_until(lambda: (store.latest_version("ctr") or 0) >= 2, "two versions")
+    # No more examples from here on (windows still open stay in the joiner's state).
+    joiner = processes.running["joiner"]
+    joiner.terminate()
+    assert joiner.wait(60) == 0
     examples = records(s, "examples", LabeledExample)
-    wait_until(lambda: len(archived(s, "examples")) >= len(examples), "the examples archived")
+    held = topic_offsets(s, "examples")
+    wait_until(lambda: set(archived(s, "examples")) == held, "every example archived")
 
     latest = store.latest_version("ctr")
     assert cli("registry", "promote", "ctr", str(latest)).returncode == 0  # named by its alias
@@ -316,3 +327,65 @@ def test_offline_evaluation_of_live_versions_equals_figures_computed_from_the_to
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "evaluation.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    # The same figures on the dashboard, through the admin API.
+    processes.start("api", "-m", "api")
+    base = f"http://127.0.0.1:{s.api.port}"
+    wait_until(lambda: served_version(base) == latest, "the API")
+    browser.get(f"{base}/dashboard")
+    browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
+    asked = browser.find_element(By.ID, "eval-versions")
+    asked.clear()
+    asked.send_keys("1, champion")
+    browser.find_element(By.ID, "evaluate").click()
+    table = browser.find_element(By.ID, "evaluation")
+    wait_until(lambda: "period" in table.text, "the dashboard's evaluation")
+    period = [row.text for row in table.find_elements(By.TAG_NAME, "tr") if "period" in row.text]
+    expected = got["period"]
+    assert [r.split()[:5] for r in period] == [
+        ["period", f"v{v}", str(expected[str(v)]["examples"]),
+         f"{expected[str(v)]['conversion_rate']:.4f}", f"{expected[str(v)]['roc_auc']:.4f}"]
+        for v in (1, latest)
+    ]  # fmt: skip
+    browser.execute_script("arguments[0].scrollIntoView()", table)
+    shot = ARTIFACTS / "evaluation-dashboard.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_the_archive_on_s3_holds_every_example_once_and_replays_from_there(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, s3: dict[str, Any]
+) -> None:
+    """The same on an S3 store (moto's server): the archiver writes through obstore, SQL reads
+    the files back through obstore, and a version the trainer wrote (its snapshots on S3 too)
+    replays identically from the S3 archive."""
+    s = joining(
+        processes,
+        monkeypatch,
+        STREAMLEARN_ARCHIVE_URL=f"s3://snapshots/archive-{uuid.uuid4().hex[:8]}",
+        STREAMLEARN_ARCHIVE_OPTIONS=json.dumps(s3),
+        STREAMLEARN_CHECKPOINT_EVERY_N="100",
+    )
+    assert s.store_url.startswith("s3://")
+    processes.start("archiver", "-m", "consumers.archiver")
+    processes.start("trainer", "-m", "consumers.trainer")
+    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "8")
+    assert sim.wait(120) == 0
+
+    def archived_all() -> bool:
+        topic = topic_offsets(s, "examples")
+        rows = (
+            connect(s.store_url, s.archive_options)
+            .execute("SELECT kafka_partition, kafka_offset FROM examples")
+            .fetchall()
+        )
+        return bool(topic) and sorted(rows) == sorted(topic)  # each once
+
+    wait_until(archived_all, "the examples archived on S3", every=2)
+    store = open_store(s)
+    wait_until(lambda: (store.latest_version("ctr") or 0) >= 2, "two versions")
+    done = cli("archive", "query", "SELECT count(*) AS n FROM examples")
+    assert done.returncode == 0 and str(len(topic_offsets(s, "examples"))) in done.stdout
+    latest = store.latest_version("ctr")
+    done = cli("verify", "ctr", str(latest), "--source", "archive")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"identical: ctr v{latest}" in done.stdout

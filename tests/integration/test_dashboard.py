@@ -26,6 +26,7 @@ from tests.conftest import (
     Processes,
     configure,
     produce_examples,
+    served_version,
     wait_until,
 )
 from tests.factories import trained
@@ -68,7 +69,7 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     processes.start("monitor", "-m", "consumers.monitor")
     processes.start("api", "-m", "api")
     base = f"http://127.0.0.1:{s.api.port}"
-    wait_until(lambda: _served(base) == 2, "the API to serve the newest version")
+    wait_until(lambda: served_version(base) == 2, "the API to serve the newest version")
 
     browser.get(f"{base}/dashboard")
     # With scoring keys set, the monitor's figures need one: the page asks for it, then sends it.
@@ -100,16 +101,8 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     promote_on_page(browser, base, 1)
     promote_on_page(browser, base, 2)
     wait_until(lambda: _click(browser, "#rollback"), "the rollback button")
-    wait_until(lambda: _served(base) == 1, "the API to serve v1 again")
+    wait_until(lambda: served_version(base) == 1, "the API to serve v1 again")
     wait_until(lambda: "rolled back to v1" in text(browser, "admin-status"), "the page to say so")
-
-
-def _served(base: str) -> int | None:
-    try:
-        version = httpx.get(f"{base}/healthz", timeout=2).json()["model_version"]
-    except (httpx.HTTPError, KeyError, ValueError):
-        return None
-    return int(version) if version is not None else None
 
 
 FLIP_AT_S = 105.0  # well after the warm-up (10,000 served examples, ~40 s of the loop)
@@ -132,7 +125,9 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     )
     processes.start("loop", "-m", "consumers.loop", "--flip-at", str(FLIP_AT_S))
     base = f"http://127.0.0.1:{s.api.port}"
-    wait_until(lambda: _served(base) is not None, "the API to serve the trainer's first version")
+    wait_until(
+        lambda: served_version(base) is not None, "the API to serve the trainer's first version"
+    )
 
     browser.get(f"{base}/dashboard")
     wait_until(lambda: "ctr served" in text(browser, "auc-legend"), "the AUC chart to fill")
@@ -175,7 +170,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     for version in (older, newer):
         promote_on_page(browser, base, version)
     wait_until(lambda: _click(browser, "#rollback"), "click")
-    wait_until(lambda: _served(base) == older, f"the API to serve v{older} again")
+    wait_until(lambda: served_version(base) == older, f"the API to serve v{older} again")
     wait_until(
         lambda: f"rolled back to v{older}" in text(browser, "admin-status"), "the page to say so"
     )
@@ -185,7 +180,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
 def promote_on_page(driver: WebDriver, base: str, version: int) -> None:
     button = f'button.promote[data-model="ctr"][data-version="{version}"]'
     wait_until(lambda: _click(driver, button), f"the promote button of v{version}")
-    wait_until(lambda: _served(base) == version, f"the API to serve the promoted v{version}")
+    wait_until(lambda: served_version(base) == version, f"the API to serve the promoted v{version}")
     wait_until(lambda: f"serving: ctr v{version}" in text(driver, "served"), "the page to follow")
 
 

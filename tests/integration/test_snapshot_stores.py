@@ -11,17 +11,15 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import obstore
 import pytest
 import redis
-from moto.server import ThreadedMotoServer
 
 from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
 from streamlearn.registry import Registry, RegistryDocument
@@ -46,26 +44,6 @@ class Backend:
     overwrite_meta: Callable[[str, int, bytes], None]
     # Redis pushes a notice per change; object storage is polled, so a burst may come as one.
     pushes: bool
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, Any]]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds).create_bucket(
-        Bucket="snapshots"
-    )
-    yield {
-        "endpoint": endpoint,
-        "access_key_id": "test",
-        "secret_access_key": "test",
-        "region": "us-east-1",
-        "client_options": {"allow_http": True},
-    }
-    server.stop()
 
 
 Overwrite = Callable[[str, int, bytes], None]
