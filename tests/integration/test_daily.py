@@ -93,6 +93,12 @@ def test_the_flip_day_retrains_a_challenger_that_then_learns_live_and_a_quiet_da
         return int(connect(s.store_url).execute("SELECT count(*) FROM examples").fetchall()[0][0])
 
     wait_until(lambda: archived() == len(history), "ten days archived")
+    # Today's traffic goes on, and the trainer has learned it all before the job runs.
+    processes.start("trainer", "-m", "consumers.trainer")
+    more = storefront_days(1, 300, flip_on=None, start=midnight.timestamp())[0]
+    produce_examples(s, more)
+    total = 7 * PER_DAY + len(history) + len(more)  # the champion's version began elsewhere
+    wait_until(lambda: store.get("ctr").samples_seen == total, "the champion to learn it all")
 
     calm = report(quiet)
     assert calm["retrain"] is False and calm["triggers"] == []
@@ -124,11 +130,10 @@ def test_the_flip_day_retrains_a_challenger_that_then_learns_live_and_a_quiet_da
     assert any(challenger in text and "learning live" in text for text in summaries)
     assert any(f"{flipped}.html" in text for text in summaries)
 
-    # Live: the trainer follows the challenger from the backfill's offsets through new traffic.
-    processes.start("trainer", "-m", "consumers.trainer")
+    # Live: the running trainer takes the challenger on from the backfill's offsets, reading
+    # today's examples again for it; the champion does not learn them twice.
     wait_until(lambda: f"learning {challenger} live beside ctr" in processes.log("trainer"), "it")
-    more = storefront_days(1, 300, flip_on=None, start=midnight.timestamp())[0]
-    produce_examples(s, more)
+    assert "read again from" in processes.log("trainer")
     topic_ends = ends(s)
 
     def caught_up() -> bool:
@@ -136,6 +141,9 @@ def test_the_flip_day_retrains_a_challenger_that_then_learns_live_and_a_quiet_da
         return latest.offsets == topic_ends and latest.samples_seen == PER_DAY + len(more)
 
     wait_until(caught_up, "the challenger to learn every later example once", every=2)
-    # The champion's version was trained in here: the trainer goes on from its offsets ({}).
-    total = len(history) + len(more)
-    wait_until(lambda: store.get("ctr").samples_seen == 7 * PER_DAY + total, "the champion")
+    more_still = storefront_days(1, 60, flip_on=None, start=midnight.timestamp() + 600)[0]
+    produce_examples(s, more_still)
+    wait_until(
+        lambda: store.get("ctr").samples_seen == total + len(more_still),
+        "the champion to learn the newest examples, and nothing twice",
+    )
