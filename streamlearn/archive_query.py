@@ -3,7 +3,8 @@
 :func:`connect` gives a DuckDB connection with one view per archived table
 (``recommendations``, ``outcomes``, ``examples``, ``dead_letters``), each over every Parquet file
 of the table with its Hive partitions (``dt``, ``hour``) as columns, so a filter on them reads
-only the files of those days. A table with no file yet is an empty view with the table's columns.
+only the files of those days. Files written before a column was added read it as NULL (columns
+are matched by name). A table with no file yet is an empty view with the table's columns.
 
 A local archive (``file://``) is read in place. Any other store obstore reaches (S3, GCS, Azure)
 is read through obstore into memory, file by file: right for a day or a month of a storefront's
@@ -46,7 +47,7 @@ def connect(archive_url: str, options: dict[str, Any] | None = None) -> duckdb.D
                 data = data.append_column("dt", pa.array([dt] * len(data)))
                 parts.append(data.append_column("hour", pa.array([int(hour)] * len(data))))
         if parts:
-            con.register(f"_{table}", pa.concat_tables(parts))
+            con.register(f"_{table}", pa.concat_tables(parts, promote_options="default"))
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}")
         else:
             _view(con, table, [])
@@ -57,7 +58,8 @@ def _view(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> None:
     if files:
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         con.execute(
-            f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}], hive_partitioning=true)"
+            f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}],"
+            " hive_partitioning=true, union_by_name=true)"
         )
         return
     empty = SPECS[table].schema.empty_table()  # type: ignore[index]

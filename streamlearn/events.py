@@ -36,6 +36,7 @@ FeatureValue = float | bool | Annotated[str, Field(max_length=128)]
 Features = Annotated[dict[FeatureName, FeatureValue], Field(max_length=MAX_FEATURES)]
 EventTime = Annotated[float, Field(ge=0, description="Seconds since the epoch, event time.")]
 OutcomeKind = Literal["click", "add_to_cart", "purchase"]
+ExampleKind = Literal["immediate", "fake_negative", "delayed_positive", "real_negative"]
 
 
 class Event(BaseModel):
@@ -104,6 +105,18 @@ class LabeledExample(Event):
     )
     recommendation_time: EventTime
     outcome_time: EventTime | None = None
+    kind: ExampleKind | None = Field(
+        None,
+        description="immediate: converted before any negative was emitted; fake_negative: a "
+        "provisional negative (at once, or when the observation window ends); "
+        "delayed_positive: a conversion after a fake negative, or after the window as a "
+        "correction; real_negative: the final negative at the window's end (weight 0 where "
+        "the impression was learned already as a fake negative). None: a streamlearn before "
+        "label modes.",
+    )
+    elapsed_s: float | None = Field(
+        None, ge=0, description="Event time from the impression to this example's emission."
+    )
 
     @staticmethod
     def id_for(recommendation_id: str, item_id: str) -> str:
@@ -148,6 +161,8 @@ class ExampleRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight: _NonNegative = 1.0
     correction: bool = False
     outcome_time: _NonNegative | None = None
+    kind: ExampleKind | None = None
+    elapsed_s: _NonNegative | None = None
 
 
 _EXAMPLE = msgspec.json.Decoder(ExampleRecord)

@@ -59,10 +59,10 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from streamlearn.clock import Clock
-from streamlearn.events import LabeledExample, Outcome, OutcomeKind, Recommendation
+from streamlearn.events import ExampleKind, LabeledExample, Outcome, OutcomeKind, Recommendation
 from streamlearn.policy import Policy
 
 Input = Literal["recommendations", "outcomes"]
@@ -88,6 +88,8 @@ class JoinPolicy(Policy):
         "combine": "combine",
         "late_policy": "late_policy",
         "match_by_user_item": "match_by_user_item",
+        "label_mode": "label_mode",
+        "observe_s": "observe_s",
         "dedup_retention_s": "dedup_retention_s",
         "tick_s": "joiner_tick_s",
         "commit_s": "joiner_commit_s",
@@ -120,6 +122,20 @@ class JoinPolicy(Policy):
     match_by_user_item: bool = Field(
         False, description="Match outcomes without recommendation_id by (user_id, item_id)."
     )
+    label_mode: Literal["window", "fnw", "observe"] = Field(
+        "window",
+        description="window: a positive at the first qualifying outcome, a negative when the "
+        "window closes; fnw: every impression at once as a (fake) negative, and a duplicate "
+        "positive when it converts (Ktena et al. 2019); observe: a positive when it converts "
+        "within observe_s, else a (fake) negative at observe_s and a delayed positive if it "
+        "converts later in the window (ES-DFM, Yang et al. 2021).",
+    )
+    observe_s: float = Field(
+        5.0,
+        gt=0,
+        description="The observation window of label_mode observe (shorter than the "
+        "attribution window).",
+    )
     dedup_retention_s: float = Field(
         600.0, gt=0, description="How long a closed window is remembered, for dedup and late."
     )
@@ -139,6 +155,16 @@ class JoinPolicy(Policy):
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."
     )
 
+    @model_validator(mode="after")
+    def _modes_that_work(self) -> JoinPolicy:
+        if self.label_mode != "window" and self.combine != "earliest":
+            raise ValueError(f"label_mode {self.label_mode} needs combine earliest")
+        if self.label_mode == "observe" and self.observe_s >= self.window_s:
+            raise ValueError(
+                f"observe_s ({self.observe_s}) must be shorter than window_s ({self.window_s})"
+            )
+        return self
+
 
 def _counter(help_text: str) -> Any:
     return field(default=0, metadata={"help": help_text})
@@ -154,6 +180,8 @@ class JoinStats:
     positives: int = _counter("Positive examples emitted")
     negatives: int = _counter("Negative examples emitted")
     corrections: int = _counter("Correction examples emitted for late positives")
+    fake_negatives: int = _counter("Provisional negatives emitted (label modes fnw, observe)")
+    delayed_positives: int = _counter("Positives emitted after the impression's fake negative")
     late_outcomes: int = _counter("Qualifying outcomes after their window")
     late_positive_impressions: int = _counter("Impressions whose only qualifying outcome was late")
     unmatched_outcomes: int = _counter("Outcomes matching no impression")
@@ -213,6 +241,10 @@ class Joiner:
             "late": {},  # item -> [time, kind, value] of an outcome after the window's end
         }
         out: list[LabeledExample] = []
+        if self.policy.label_mode == "fnw":
+            out.extend(self._fake_negatives(pending, 0.0))
+        elif self.policy.label_mode == "observe":
+            pending["obs"] = rec.event_time + self.policy.observe_s
         early = self.state.pop(f"e/{rid}", None)
         if early is not None:
             for raw in early["outcomes"]:
@@ -225,6 +257,8 @@ class Joiner:
                 self.state[f"u/{rec.user_id}/{item.item_id}"] = {"p": partition, "rid": rid}
         if self._schedule(partition, pending["end"], f"r/{rid}"):
             self._pending[partition] += len(rec.items)
+        if "obs" in pending:
+            self._schedule(partition, pending["obs"], f"o/{rid}")
         out.extend(self._expire(partition))
         return out
 
@@ -362,6 +396,8 @@ class Joiner:
             if key[0] == "r":
                 due.append((value["end"], key))
                 pending += len(value["rec"]["items"])
+                if "obs" in value and "neg" not in value:  # observation window still open
+                    due.append((value["obs"], f"o/{key[2:]}"))
             elif key[0] == "c":
                 due.append((value["end"] + retention, key))
             else:
@@ -398,7 +434,10 @@ class Joiner:
             return None
         pending["pos"] = {**pending["pos"], iid: [outcome.event_time, outcome.kind, outcome.value]}
         self.stats.positives += 1
-        return _example(rec, item, pending["pos"][iid])
+        if iid in pending.get("neg", ()):
+            self.stats.delayed_positives += 1
+            return _example(rec, item, pending["pos"][iid], kind="delayed_positive")
+        return _example(rec, item, pending["pos"][iid], kind="immediate")
 
     def _late_after_close(
         self, rid: str, closed: dict[str, Any], outcome: Outcome
@@ -421,7 +460,7 @@ class Joiner:
             return []
         self.stats.corrections += 1
         late = [outcome.event_time, outcome.kind, outcome.value]
-        return [_example(rec, item, late, correction=True)]
+        return [_example(rec, item, late, correction=True, kind="delayed_positive")]
 
     def _expire(self, partition: int) -> list[LabeledExample]:
         wm = self.watermark(partition)
@@ -434,6 +473,12 @@ class Joiner:
         out: list[LabeledExample] = []
         while due and due[0][0] <= wm:
             _, key = heapq.heappop(due)
+            if key[0] == "o":  # an observation window ends: fake negatives for the rest
+                open_ = self.state.get(f"r/{key[2:]}")
+                if open_ is not None and "neg" not in open_:
+                    out.extend(self._fake_negatives(open_, self.policy.observe_s))
+                    self.state[f"r/{key[2:]}"] = open_
+                continue
             value = self.state.get(key)
             if value is None:
                 continue  # already gone: a stale entry
@@ -458,13 +503,26 @@ class Joiner:
         for item in rec["items"]:
             iid = item["item_id"]
             if summed and iid in pos:
-                out.append(_example(rec, item, pos[iid], weighted=True))
+                out.append(_example(rec, item, pos[iid], weighted=True, kind="immediate"))
                 self.stats.positives += 1
             elif iid not in pos:
-                out.append(_example(rec, item, None))
+                # Learned already as a fake negative: the final label only, not to be learned.
+                learned = iid in pending.get("neg", ())
+                window = self.policy.window_s
+                out.append(_example(rec, item, None, kind="real_negative", elapsed=window))
+                if learned:
+                    out[-1] = out[-1].model_copy(update={"weight": 0.0})
                 self.stats.negatives += 1
                 if iid in late and self.policy.late_policy == "correct":
-                    out.append(_example(rec, item, pending["late"][iid], correction=True))
+                    out.append(
+                        _example(
+                            rec,
+                            item,
+                            pending["late"][iid],
+                            correction=True,
+                            kind="delayed_positive",
+                        )
+                    )
                     self.stats.corrections += 1
         self.stats.late_positive_impressions += len(late)
         del self.state[f"r/{rid}"]
@@ -484,6 +542,15 @@ class Joiner:
                     del self.state[key]
         return out
 
+    def _fake_negatives(self, pending: dict[str, Any], elapsed: float) -> list[LabeledExample]:
+        """Every item of ``pending`` not converted yet, as a provisional negative (mutates
+        ``pending``: the caller stores it)."""
+        rec, pos = pending["rec"], pending["pos"]
+        items = [i for i in rec["items"] if i["item_id"] not in pos]
+        pending["neg"] = [i["item_id"] for i in items]
+        self.stats.fake_negatives += len(items)
+        return [_example(rec, i, None, kind="fake_negative", elapsed=elapsed) for i in items]
+
     def pending_impressions(self, partition: int) -> int:
         """Open impressions of a partition, as of its last expiry pass."""
         return self._pending.get(partition, 0)
@@ -500,10 +567,15 @@ def _example(
     *,
     correction: bool = False,
     weighted: bool = False,
+    kind: ExampleKind,
+    elapsed: float | None = None,
 ) -> LabeledExample:
     """``outcome`` is ``[event_time, kind, value]`` of the (first) qualifying outcome; with
-    ``weighted`` the value (a sum) is the example's weight, or 1 when it is 0."""
+    ``weighted`` the value (a sum) is the example's weight, or 1 when it is 0. ``elapsed``:
+    from the impression to the emission, the outcome's time by default."""
     value = outcome[2] if outcome is not None else 0.0
+    if elapsed is None and outcome is not None:
+        elapsed = max(0.0, outcome[0] - rec["event_time"])
     return LabeledExample(
         example_id=LabeledExample.id_for(rec["recommendation_id"], item["item_id"]),
         recommendation_id=rec["recommendation_id"],
@@ -522,6 +594,8 @@ def _example(
         correction=correction,
         recommendation_time=rec["event_time"],
         outcome_time=outcome[0] if outcome is not None else None,
+        kind=kind,
+        elapsed_s=elapsed,
     )
 
 

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from river import compose, facto, linear_model, metrics, optim, preprocessing
 
+from streamlearn.delay import DelayCorrection, EsdfmWeights, fnc_served, fnw_weight
 from streamlearn.features import impression_features, one_hot_candidates, one_hot_union
 
 # ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
@@ -123,6 +124,11 @@ class ModelSpec(_Strict):
     crosses: tuple[tuple[str, str], ...] = (("segment", "category"),)
     include_ids: bool = True
     rolling_window: int = Field(2000, ge=10, description="Examples in the rolling metrics.")
+    delay_correction: DelayCorrection = Field(
+        "none",
+        description="How the learner undoes the join's label mode (streamlearn.delay): fnw "
+        "weights (label_mode fnw), fnc calibration (fnw), esdfm weights (observe), none.",
+    )
     retention: RetentionPolicy | None = Field(
         None, description="Which of its versions to keep; default: the settings' retention."
     )
@@ -149,7 +155,8 @@ class ModelSpec(_Strict):
         )
 
 
-_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode"})
+_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode", "_calibrated"})
+MAX_PROVISIONAL = 1_000_000
 
 
 class Learner:
@@ -158,9 +165,13 @@ class Learner:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.model = spec.build()
-        self.samples_seen = 0
+        self.samples_seen = 0  # learned
+        self.scored = 0  # counted in the metrics, each against its impression's final label
         self.positives = 0
         self.predicted = 0.0
+        # Scores of provisional negatives, by example id, until their final label comes.
+        self.provisional: dict[str, float] = {}
+        self.esdfm = EsdfmWeights() if spec.delay_correction == "esdfm" else None
         # River's metrics are untyped: Any keeps mypy's strictness for our own code.
         self.auc = ThresholdAUC()
         self.log_loss: Any = metrics.LogLoss()
@@ -173,6 +184,7 @@ class Learner:
         """What ``learn_one`` would otherwise work out on every example. Not pickled: rebuilt
         from the model and spec when a snapshot is loaded."""
         self._final = self.model[-1]
+        self._calibrated = self.spec.delay_correction == "fnc"
         # How the final step takes a sample weight: River's learners disagree on the name, and
         # AdPredictor takes none (weighted examples then count once).
         params = inspect.signature(self._final.learn_one).parameters
@@ -189,6 +201,8 @@ class Learner:
         return {k: v for k, v in self.__dict__.items() if k not in _SHORTCUTS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # A learner pickled before label modes: every learned example was scored at once.
+        state = {"scored": state["samples_seen"], "provisional": {}, "esdfm": None, **state}
         self.__dict__.update(state)
         self._shortcuts()
 
@@ -203,7 +217,8 @@ class Learner:
         if self._encode is one_hot_union:
             final = self._final
             encoded = one_hot_candidates(context, candidates, spec.crosses, spec.include_ids)
-            return [float(final.predict_proba_one(x).get(True, 0.0)) for x in encoded]
+            raw = [float(final.predict_proba_one(x).get(True, 0.0)) for x in encoded]
+            return [fnc_served(p) for p in raw] if self._calibrated else raw
         return [
             self.predict_proba_one(
                 impression_features(
@@ -215,31 +230,82 @@ class Learner:
 
     def predict_proba_one(self, x: dict[str, Any]) -> float:
         if self._encode is not None:
-            return float(self._final.predict_proba_one(self._encode(x)).get(True, 0.0))
-        return float(self.model.predict_proba_one(x).get(True, 0.0))
-
-    def learn_one(self, x: dict[str, Any], y: bool, w: float = 1.0) -> float:
-        """Score ``x``, update the metrics with that score, then learn with weight ``w``.
-        Returns the score."""
-        kwargs = {} if w == 1.0 or self._weight_kw is None else {self._weight_kw: w}
-        if self._encode is not None:
-            features, final = self._encode(x), self._final
-            proba = final.predict_proba_one(features)
-            final.learn_one(features, y, **kwargs)
+            raw = float(self._final.predict_proba_one(self._encode(x)).get(True, 0.0))
         else:
-            proba = self.model.predict_proba_one(x)
-            self.model.learn_one(x, y, **kwargs)
-        p = float(proba.get(True, 0.0))
-        self.auc.update(y, p)
-        self.log_loss.update(y, proba)
-        self.recent.append((p, y))
+            raw = float(self.model.predict_proba_one(x).get(True, 0.0))
+        return fnc_served(raw) if self._calibrated else raw
+
+    def learn_one(
+        self,
+        x: dict[str, Any],
+        y: bool,
+        w: float = 1.0,
+        weigh: Callable[[float], float] | None = None,
+        record: bool = True,
+    ) -> float:
+        """Score ``x``, then learn it with weight ``w`` (times ``weigh`` of the score, for an
+        importance weight with the score held constant), and unless told otherwise count the
+        score in the metrics. Returns the score as served."""
+        encoded = self._encode is not None
+        features = self._encode(x) if self._encode is not None else x
+        step = self._final if encoded else self.model
+        raw = float(step.predict_proba_one(features).get(True, 0.0))
+        if weigh is not None:
+            w *= weigh(raw)
+        kwargs = {} if w == 1.0 or self._weight_kw is None else {self._weight_kw: w}
+        step.learn_one(features, y, **kwargs)
         self.samples_seen += 1
-        self.positives += int(y)
-        self.predicted += p
+        p = fnc_served(raw) if self._calibrated else raw
+        if record:
+            self.record(y, p)
         return p
 
+    def record(self, y: bool, p: float) -> None:
+        """Count a score against its impression's final label in the progressive metrics."""
+        self.auc.update(y, p)
+        self.log_loss.update(y, {False: 1.0 - p, True: p})
+        self.recent.append((p, y))
+        self.scored += 1
+        self.positives += int(y)
+        self.predicted += p
+
+    def learn_labeled(
+        self, x: dict[str, Any], y: bool, w: float, kind: str | None, example_id: str
+    ) -> None:
+        """An example of the join, by its kind (:mod:`streamlearn.delay`): a provisional
+        negative's score waits for its impression's final label; the spec's correction
+        weighs what is learned."""
+        correction = self.spec.delay_correction
+        weigh = (lambda p: fnw_weight(p, y)) if correction == "fnw" else None
+        aux = one_hot_union(x) if self.esdfm is not None else None
+        if self.esdfm is not None and aux is not None:
+            w *= self.esdfm.weight(aux, y)
+        if kind == "fake_negative":
+            self._hold(example_id, self.learn_one(x, y, w, weigh, record=False))
+            return
+        held = self.provisional.pop(example_id, None) if kind == "delayed_positive" else None
+        self.learn_one(x, y, w, weigh, record=held is None)
+        if held is not None:
+            self.record(True, held)
+        if self.esdfm is not None and aux is not None and kind in ("immediate", "delayed_positive"):
+            self.esdfm.final(aux, kind, observed_negative=held is not None)
+
+    def settle(self, x: dict[str, Any], example_id: str) -> None:
+        """The final negative of an impression learned already as a fake negative: its held
+        score counts now; nothing is learned again."""
+        held = self.provisional.pop(example_id, None)
+        if held is not None:
+            self.record(False, held)
+        if self.esdfm is not None:
+            self.esdfm.final(one_hot_union(x), "real_negative", observed_negative=True)
+
+    def _hold(self, example_id: str, p: float) -> None:
+        self.provisional[example_id] = p
+        if len(self.provisional) > MAX_PROVISIONAL:  # final labels lost (a join reset): forget
+            del self.provisional[next(iter(self.provisional))]
+
     def metrics(self) -> dict[str, float]:
-        n = self.samples_seen
+        n = self.scored
         rate = self.positives / n if n else 0.0
         mean_p = self.predicted / n if n else 0.0
         return {

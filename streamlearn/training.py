@@ -103,7 +103,12 @@ class Training:
                 return
             weight *= self.policy.correction_weight
         x = example_features(self.spec, example)
-        self.learner.learn_one(x, example.label, weight)
+        kind = example.kind
+        if kind == "real_negative" and example.weight == 0:
+            # The final label of an impression learned already as a fake negative.
+            self.learner.settle(x, example.example_id)
+        else:
+            self.learner.learn_labeled(x, example.label, weight, kind, example.example_id)
         self.skip(partition, offset)
         self._since += 1
 

@@ -175,6 +175,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     ),
     "API_BUFFER_MAX": ("9", lambda s: s.api.buffer_max, 9),
     "API_DELIVERY_TIMEOUT_S": ("9", lambda s: s.api.delivery_timeout_s, 9.0),
+    "LABEL_MODE": ("fnw", lambda s: s.join.label_mode, "fnw"),
+    "OBSERVE_S": ("3", lambda s: s.join.observe_s, 3.0),
     "DAILY_REPORT_HOUR": ("5", lambda s: s.daily.hour, 5),
     "DAILY_REFERENCE_DAYS": ("3", lambda s: s.daily.reference_days, 3),
     "DAILY_RETRAIN_LOG_LOSS_RATIO": ("1.3", lambda s: s.daily.retrain_log_loss_ratio, 1.3),

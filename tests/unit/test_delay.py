@@ -1,0 +1,105 @@
+"""The trainer's corrections for delayed conversions, and honest progressive metrics."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streamlearn.clock import ManualClock
+from streamlearn.delay import fnc_served, fnw_weight
+from streamlearn.events import LabeledExample
+from streamlearn.features import example_features
+from streamlearn.learning import ModelSpec
+from streamlearn.training import Training
+from tests.factories import example
+
+RATE = 0.2
+
+
+def fnw_stream(n: int, seed: int = 1) -> list[LabeledExample]:
+    """What the joiner emits in label mode fnw for impressions that convert at RATE: each at
+    once as a fake negative, a converted one again as a delayed positive, the rest's final
+    negative (weight 0) at the window's end."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        base = example(False).model_copy(update={"example_id": f"r{i}:i"})
+        out.append(base.model_copy(update={"kind": "fake_negative"}))
+        if rng.random() < RATE:
+            out.append(base.model_copy(update={"label": True, "kind": "delayed_positive"}))
+        else:
+            out.append(base.model_copy(update={"kind": "real_negative", "weight": 0.0}))
+    return out
+
+
+def learned(spec: ModelSpec, stream: list[LabeledExample]) -> Training:
+    t = Training(spec, ManualClock(0.0))
+    for offset, e in enumerate(stream):
+        t.learn(e, 0, offset)
+    return t
+
+
+def test_the_published_weights() -> None:
+    assert fnw_weight(0.25, True) == 1.25
+    assert fnw_weight(0.25, False) == pytest.approx(0.75 * 1.25)
+    assert fnc_served(1 / 6) == pytest.approx(0.2)
+    assert fnc_served(0.9) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("correction", "rate"), [("none", RATE / (1 + RATE)), ("fnw", RATE), ("fnc", RATE)]
+)
+def test_each_correction_serves_the_rate_it_should(correction: str, rate: float) -> None:
+    """Under fake negatives a plain model learns the biased rate p / (1 + p); weighting or
+    calibrating brings the true one back."""
+    spec = ModelSpec(
+        learner={"optimizer": "sgd", "learning_rate": 0.02}, delay_correction=correction
+    )
+    t = learned(spec, fnw_stream(20_000))
+    served = t.learner.predict_proba_one(example_features(spec, example(False)))
+    assert served == pytest.approx(rate, abs=0.02)
+
+
+def test_a_fake_negative_that_converts_is_scored_once_as_the_positive_it_was() -> None:
+    spec = ModelSpec()
+    t = Training(spec, ManualClock(0.0))
+    fake = example(False).model_copy(update={"kind": "fake_negative"})
+    t.learn(fake, 0, 0)
+    assert (t.learner.samples_seen, t.learner.scored) == (1, 0)  # learned, not yet scored
+    held = t.learner.provisional[fake.example_id]
+    t.learn(fake.model_copy(update={"label": True, "kind": "delayed_positive"}), 0, 1)
+    assert (t.learner.samples_seen, t.learner.scored, t.learner.positives) == (2, 1, 1)
+    assert t.learner.recent[-1] == (held, True)  # the score it had when first seen
+    assert t.learner.provisional == {}
+
+
+def test_a_final_negative_settles_without_learning_again() -> None:
+    t = Training(ModelSpec(), ManualClock(0.0))
+    fake = example(False).model_copy(update={"kind": "fake_negative"})
+    t.learn(fake, 0, 0)
+    t.learn(fake.model_copy(update={"kind": "real_negative", "weight": 0.0}), 0, 1)
+    assert (t.learner.samples_seen, t.learner.scored, t.learner.positives) == (1, 1, 0)
+    assert t.offsets == {0: 2}
+
+
+def test_esdfm_learns_which_negatives_turn_positive() -> None:
+    """Observed negatives of segment a convert later half the time, of segment b never: the
+    auxiliary models learn it, and weigh a's negatives less than b's."""
+    spec = ModelSpec(delay_correction="esdfm")
+    stream = []
+    for i in range(3000):
+        segment = "a" if i % 2 else "b"
+        base = example(False, segment).model_copy(update={"example_id": f"r{i}:i"})
+        stream.append(base.model_copy(update={"kind": "fake_negative"}))
+        if segment == "a" and i % 4 == 1:
+            stream.append(base.model_copy(update={"label": True, "kind": "delayed_positive"}))
+        else:
+            stream.append(base.model_copy(update={"kind": "real_negative", "weight": 0.0}))
+    t = learned(spec, stream)
+    weights = t.learner.esdfm
+    assert weights is not None
+    x_a = {"c:segment_a": 1, "i:category_b": 1, "item_i": 1}
+    x_b = {"c:segment_b": 1, "i:category_b": 1, "item_i": 1}
+    assert weights.weight(x_a, False) < weights.weight(x_b, False)
+    assert weights.weight(x_a, True) > weights.weight(x_b, True)
