@@ -192,6 +192,8 @@ class Monitor:
         self.versions: dict[str, _Version] = {}
         self.champions: dict[str, int | None] = {}
         self.unscored = 0
+        self.provisional = 0  # fake negatives: their impression's final label comes later
+        self.delayed = 0  # delayed positives: final labels that followed a fake negative
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
         # Per joiner: its counters' changes over its last two reports, and the seconds between.
@@ -211,7 +213,14 @@ class Monitor:
     # ---- examples -----------------------------------------------------------------------------
 
     def on_example(self, e: Example) -> list[Alert]:
-        """Update with one example; the alerts of the stream-wide signals it moves."""
+        """Update with one example; the alerts of the stream-wide signals it moves. Only final
+        labels count (label modes fnw and observe emit a provisional negative first)."""
+        kind = getattr(e, "kind", None)
+        if kind == "fake_negative":
+            self.provisional += 1
+            return []
+        if kind == "delayed_positive" and not getattr(e, "correction", False):
+            self.delayed += 1
         if e.served_score is None:
             self.unscored += 1  # nothing to judge the served model by
             return []
@@ -379,6 +388,8 @@ class Monitor:
             },
             "join": dict(self.join),
             "unscored_examples": self.unscored,
+            "provisional_examples": self.provisional,
+            "delayed_positive_examples": self.delayed,
             "firing": self.alarms.firing(),
         }
 

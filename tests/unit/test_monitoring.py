@@ -252,3 +252,29 @@ def test_join_rates_and_health_are_over_every_live_joiner() -> None:
             base.model_copy(update={"worker": "w1", "at": clock.now(), "counters": counters})
         )
     assert monitor.snapshot()["join"]["outcome_rate"] == 10.0
+
+
+def test_only_final_labels_count_when_the_join_emits_fake_negatives() -> None:
+    """Label mode fnw: every impression first as a fake negative, then its final label (a
+    delayed positive, or a real negative of weight 0). The monitor's figures are those of the
+    final labels alone: the same as from today's join of the same impressions."""
+    clock = ManualClock(1_700_000_000.0)
+    final = Deployed(clock).examples(3000)
+    as_fnw: list[LabeledExample] = []
+    for e in final:
+        as_fnw.append(e.model_copy(update={"label": False, "kind": "fake_negative"}))
+        kind = "delayed_positive" if e.label else "real_negative"
+        weight = 1.0 if e.label else 0.0
+        as_fnw.append(e.model_copy(update={"kind": kind, "weight": weight}))
+    today, fnw = monitor_of(clock), monitor_of(clock)
+    run(today, final)
+    run(fnw, as_fnw)
+    figures = fnw.snapshot()["models"]["ctr"]["windows"]["1h"]
+    assert figures == today.snapshot()["models"]["ctr"]["windows"]["1h"]
+    assert figures["count"] == 3000
+    snapshot = fnw.snapshot()
+    positives = sum(e.label for e in final)
+    assert (snapshot["provisional_examples"], snapshot["delayed_positive_examples"]) == (
+        3000,
+        positives,
+    )
