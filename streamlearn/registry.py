@@ -80,7 +80,7 @@ class Registry:
     def resolve(self, model_name: str, version: int | str | None) -> int | None:
         if version is None or isinstance(version, int):
             return version
-        if version.isdigit():
+        if version.isascii() and version.isdigit():  # "²" is a digit to str.isdigit, not to int
             return int(version)
         aliases = self.store.read_registry(model_name).aliases
         if version not in aliases:

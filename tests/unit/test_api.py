@@ -326,6 +326,8 @@ def test_admin_promote_rollback_pin_over_http(
         )
         assert c.post("/v1/models/ctr/rollback", headers=admin).status_code == 409
         assert c.get("/v1/models/ctr/versions/nope", headers=admin).status_code == 404
+        # A digit to str.isdigit that int() refuses (the fuzz test found it): no 500.
+        assert c.get("/v1/models/ctr/versions/%C2%B2", headers=admin).status_code == 404
         assert c.get("/v1/models/..%2Fetc", headers=admin).status_code in (404, 422)
 
 
