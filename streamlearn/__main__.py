@@ -298,7 +298,8 @@ def _score(registry: Registry, args: argparse.Namespace, console: Console) -> No
 
 def _table(registry: Registry, model: str) -> Table:
     table = Table(title=f"model {model}")
-    for col in ("version", "parent", "created", "samples", "roc_auc", "log_loss", "aliases"):
+    columns = ("version", "parent", "created", "samples", "served AUC", "AUC", "log loss")
+    for col in (*columns, "aliases"):
         table.add_column(col)
     for m in registry.versions(model):
         metrics = m.get("metrics", {})
@@ -308,6 +309,8 @@ def _table(registry: Registry, model: str) -> Table:
             str(m["parent_version"] or ""),
             created,
             str(m["samples_seen"]),
+            # As served first (progressive figures are in the order the join emits labels).
+            f"{metrics.get('served_roc_auc', float('nan')):.4f}",
             f"{metrics.get('roc_auc', float('nan')):.4f}",
             f"{metrics.get('log_loss', float('nan')):.4f}",
             ", ".join(m["aliases"] + (["pinned"] if m["pinned"] else [])),

@@ -178,7 +178,15 @@ class Learner:
         # The last scores and labels; their exact AUC is computed when asked for (at each
         # checkpoint), not updated per example as a rolling River metric would be.
         self.recent: deque[tuple[float, bool]] = deque(maxlen=spec.rolling_window)
+        self._served_metrics()
         self._shortcuts()
+
+    def _served_metrics(self) -> None:
+        # Served-time figures: each impression scored as this model served it (see record).
+        self.served_auc = ThresholdAUC()
+        self.served_log_loss: Any = metrics.LogLoss()
+        self.served_predicted = 0.0
+        self.served_logged = 0
 
     def _shortcuts(self) -> None:
         """What ``learn_one`` would otherwise work out on every example. Not pickled: rebuilt
@@ -204,6 +212,8 @@ class Learner:
         # A learner pickled before label modes: every learned example was scored at once.
         state = {"scored": state["samples_seen"], "provisional": {}, "esdfm": None, **state}
         self.__dict__.update(state)
+        if "served_auc" not in state:  # and none served-time figures: they start now
+            self._served_metrics()
         self._shortcuts()
 
     def score_candidates(
@@ -242,6 +252,7 @@ class Learner:
         w: float = 1.0,
         weigh: Callable[[float], float] | None = None,
         record: bool = True,
+        served: float | None = None,
     ) -> float:
         """Score ``x``, then learn it with weight ``w`` (times ``weigh`` of the score, for an
         importance weight with the score held constant), and unless told otherwise count the
@@ -257,20 +268,33 @@ class Learner:
         self.samples_seen += 1
         p = fnc_served(raw) if self._calibrated else raw
         if record:
-            self.record(y, p)
+            self.record(y, p, served)
         return p
 
-    def record(self, y: bool, p: float) -> None:
-        """Count a score against its impression's final label in the progressive metrics."""
+    def record(self, y: bool, p: float, served: float | None = None) -> None:
+        """Count a score against its impression's final label: ``p`` (this model's, before it
+        learned the impression) in the progressive metrics; in the served-time metrics the
+        score this model served for it (``served``, logged by the API), else ``p``."""
         self.auc.update(y, p)
         self.log_loss.update(y, {False: 1.0 - p, True: p})
         self.recent.append((p, y))
         self.scored += 1
         self.positives += int(y)
         self.predicted += p
+        at = p if served is None else served
+        self.served_auc.update(y, at)
+        self.served_log_loss.update(y, {False: 1.0 - at, True: at})
+        self.served_predicted += at
+        self.served_logged += served is not None
 
     def learn_labeled(
-        self, x: dict[str, Any], y: bool, w: float, kind: str | None, example_id: str
+        self,
+        x: dict[str, Any],
+        y: bool,
+        w: float,
+        kind: str | None,
+        example_id: str,
+        served: float | None = None,
     ) -> None:
         """An example of the join, by its kind (:mod:`streamlearn.delay`): a provisional
         negative's score waits for its impression's final label; the spec's correction
@@ -284,18 +308,18 @@ class Learner:
             self._hold(example_id, self.learn_one(x, y, w, weigh, record=False))
             return
         held = self.provisional.pop(example_id, None) if kind == "delayed_positive" else None
-        self.learn_one(x, y, w, weigh, record=held is None)
+        self.learn_one(x, y, w, weigh, record=held is None, served=served)
         if held is not None:
-            self.record(True, held)
+            self.record(True, held, served)
         if self.esdfm is not None and aux is not None and kind in ("immediate", "delayed_positive"):
             self.esdfm.final(aux, kind, observed_negative=held is not None)
 
-    def settle(self, x: dict[str, Any], example_id: str) -> None:
+    def settle(self, x: dict[str, Any], example_id: str, served: float | None = None) -> None:
         """The final negative of an impression learned already as a fake negative: its held
         score counts now; nothing is learned again."""
         held = self.provisional.pop(example_id, None)
         if held is not None:
-            self.record(False, held)
+            self.record(False, held, served)
         if self.esdfm is not None:
             self.esdfm.final(one_hot_union(x), "real_negative", observed_negative=True)
 
@@ -305,15 +329,22 @@ class Learner:
             del self.provisional[next(iter(self.provisional))]
 
     def metrics(self) -> dict[str, float]:
+        """Served-time figures first (each impression scored as this model served it, or as
+        it scored it when it first saw it), then the progressive ones."""
         n = self.scored
         rate = self.positives / n if n else 0.0
         mean_p = self.predicted / n if n else 0.0
+        mean_served = self.served_predicted / n if n else 0.0
         return {
+            "served_roc_auc": float(self.served_auc.get()),
+            "served_log_loss": float(self.served_log_loss.get()),
+            # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
+            "served_calibration": mean_served / rate if rate else 0.0,
+            "served_logged_share": self.served_logged / n if n else 0.0,
             "roc_auc": float(self.auc.get()),
             "rolling_roc_auc": exact_auc(self.recent),
             "log_loss": float(self.log_loss.get()),
             "positive_rate": rate,
             "mean_predicted": mean_p,
-            # Mean predicted over observed rate: 1 is calibrated, above 1 over-predicts.
             "calibration": mean_p / rate if rate else 0.0,
         }

@@ -103,12 +103,15 @@ class Training:
                 return
             weight *= self.policy.correction_weight
         x = example_features(self.spec, example)
-        kind = example.kind
+        kind, eid = example.kind, example.example_id
+        # The score this model served for the impression, when it was this model that served.
+        version = example.model_version or ""
+        served = example.served_score if version.split(":")[0] == self.spec.name else None
         if kind == "real_negative" and example.weight == 0:
             # The final label of an impression learned already as a fake negative.
-            self.learner.settle(x, example.example_id)
+            self.learner.settle(x, eid, served)
         else:
-            self.learner.learn_labeled(x, example.label, weight, kind, example.example_id)
+            self.learner.learn_labeled(x, example.label, weight, kind, eid, served)
         self.skip(partition, offset)
         self._since += 1
 

@@ -167,13 +167,18 @@ def run_with(
     monkeypatch: pytest.MonkeyPatch,
     disrupt: str,
     outcomes_partitioner: str = "murmur2_random",
+    label_mode: str = "window",
 ) -> None:
     """Simulated traffic through the joiner while ``disrupt`` happens, then the exact check.
     With another ``outcomes_partitioner`` than the README's, most outcomes are forwarded
-    through the repartition topic, in the transactions the disruption falls on."""
+    through the repartition topic, in the transactions the disruption falls on. In label
+    modes fnw and observe an impression may have a fake negative before its final label:
+    each kind at most once, one final label each."""
     s = configure(
         processes,
         monkeypatch,
+        STREAMLEARN_LABEL_MODE=label_mode,
+        STREAMLEARN_OBSERVE_S="1",
         STREAMLEARN_ATTRIBUTION_WINDOW_S=str(WINDOW_S),
         STREAMLEARN_ALLOWED_LATENESS_S="1",
         STREAMLEARN_IDLE_TIMEOUT_S="3",
@@ -215,9 +220,22 @@ def run_with(
     wait_until(lambda: len(examples(s)) >= len(impressions), "every impression joined", every=2)
     time.sleep(WINDOW_S + 3)
     got = examples(s)
-    counts = collections.Counter(e.example_id for e in got)
+    final = [e for e in got if e.kind != "fake_negative"]
+    counts = collections.Counter(e.example_id for e in final)
     assert set(counts) == impressions
     assert max(counts.values()) == 1, counts.most_common(3)
+    fakes = collections.Counter(e.example_id for e in got if e.kind == "fake_negative")
+    if label_mode == "window":
+        assert not fakes
+    else:
+        assert fakes and max(fakes.values()) == 1, fakes.most_common(3)
+        # Every final negative and every delayed positive follows its fake negative.
+        after_fake = {
+            e.example_id for e in final if e.kind in ("real_negative", "delayed_positive")
+        }
+        assert after_fake == set(fakes)
+        if label_mode == "fnw":
+            assert set(fakes) == impressions
 
     positives = {e.example_id for e in got if e.label}
     assert positives == converted(recs, outcomes, WINDOW_S)  # none lost, none invented
@@ -268,6 +286,21 @@ def test_an_aborted_transaction_loses_and_repeats_nothing(
     """Windows closed inside the aborted transaction open again from the changelog and close
     again: none is left open for ever, none labeled twice."""
     run_with(processes, monkeypatch, "abort")
+
+
+@pytest.mark.parametrize("mode", ["fnw", "observe"])
+def test_sigkill_in_each_label_mode(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Fake negatives, delayed positives and final negatives, each once through a SIGKILL."""
+    run_with(processes, monkeypatch, "sigkill", label_mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["fnw", "observe"])
+def test_a_rebalance_in_each_label_mode(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    run_with(processes, monkeypatch, "rebalance", label_mode=mode)
 
 
 def test_a_commit_the_broker_did_not_answer_loses_and_repeats_nothing(

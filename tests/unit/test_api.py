@@ -432,7 +432,7 @@ SAFE_IN_PAGE = {
     "H", "H - 15", "W", "c", "width", "role", "recent", "model",
     "v0.toPrecision(3)", "v1.toPrecision(3)", "m.versions.length",
     'Number.isFinite(last) ? last.toPrecision(3) : ""',
-    "Number(v.metrics.roc_auc ?? NaN).toFixed(3)",
+    "Number(v.metrics.served_roc_auc ?? v.metrics.roc_auc ?? NaN).toFixed(3)",
     'pts.map(p => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")',
     'a.status === "firing" ? "firing" : "muted"', 'v.pinned ? " pinned" : ""',
     "new Date(a.at * 1000).toLocaleTimeString()",

@@ -103,3 +103,30 @@ def test_esdfm_learns_which_negatives_turn_positive() -> None:
     x_b = {"c:segment_b": 1, "i:category_b": 1, "item_i": 1}
     assert weights.weight(x_a, False) < weights.weight(x_b, False)
     assert weights.weight(x_a, True) > weights.weight(x_b, True)
+
+
+def test_served_time_figures_use_the_score_this_model_served() -> None:
+    """The champion's served-time AUC is that of the scores the API logged (here a perfect
+    ranking); a challenger, which served none of them, is judged by its own first scores, the
+    same as its progressive figures."""
+    rng = random.Random(3)
+    stream = []
+    for i in range(2000):
+        label = rng.random() < 0.3
+        stream.append(
+            example(label, "a").model_copy(
+                update={
+                    "example_id": f"r{i}:i",
+                    "kind": "immediate" if label else "real_negative",
+                    "model_version": "ctr:v4",
+                    "served_score": 0.9 if label else 0.1,
+                }
+            )
+        )
+    champion = learned(ModelSpec(), stream).learner.metrics()
+    assert champion["served_roc_auc"] > 0.99 > champion["roc_auc"]
+    assert champion["served_logged_share"] == 1.0
+    challenger = learned(ModelSpec(name="fm"), stream).learner.metrics()
+    assert challenger["served_logged_share"] == 0.0
+    assert challenger["served_roc_auc"] == challenger["roc_auc"]
+    assert list(champion)[:2] == ["served_roc_auc", "served_log_loss"]  # shown first
