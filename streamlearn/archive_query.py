@@ -67,3 +67,11 @@ def _view(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> None:
     con.execute(
         f"CREATE VIEW {table} AS SELECT *, NULL::VARCHAR AS dt, NULL::INTEGER AS hour FROM _{table}"
     )
+
+
+def final_labels(con: duckdb.DuckDBPyConnection) -> str:
+    """A condition on ``examples`` that keeps the examples carrying an impression's final label:
+    label modes fnw and observe emit a provisional (fake) negative first, which evaluation and
+    drift must not count. An archive written before label modes has no ``kind``: all final."""
+    names = {d[0] for d in con.execute("SELECT * FROM examples LIMIT 0").description}
+    return "coalesce(kind, '') <> 'fake_negative'" if "kind" in names else "true"

@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from streamlearn.alerting import Alert
+from streamlearn.archive_query import final_labels
 from streamlearn.backfill import Backfilled, backfill, decoded
 from streamlearn.clock import Clock
 from streamlearn.drift import DataDrift, FeatureProfile
@@ -166,7 +167,7 @@ def _served(
         " avg(CASE WHEN label THEN -ln(greatest(served_score, ?))"
         "     ELSE -ln(greatest(1 - served_score, ?)) END),"
         " avg(served_score), avg(label::INT) FILTER (WHERE served_score IS NOT NULL)"
-        " FROM examples WHERE dt BETWEEN ? AND ?",
+        f" FROM examples WHERE dt BETWEEN ? AND ? AND {final_labels(con)}",
         [EPS, EPS, *period],
     ).fetchall()[0]
     (letters,) = con.execute(
@@ -208,7 +209,7 @@ def sample(
 ) -> list[ExampleRecord]:
     """Up to ``rows`` examples of the period, the same ones every time (a seeded reservoir)."""
     result = con.execute(
-        "SELECT * FROM (SELECT * FROM examples WHERE dt BETWEEN ? AND ?)"
+        f"SELECT * FROM (SELECT * FROM examples WHERE dt BETWEEN ? AND ? AND {final_labels(con)})"
         f" USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE (7)"
         " ORDER BY kafka_partition, kafka_offset",
         _period(start, end),
@@ -293,7 +294,8 @@ def _per_day(
         "SELECT dt, count(*), avg(label::INT),"
         " avg(CASE WHEN label THEN -ln(greatest(served_score, ?))"
         "     ELSE -ln(greatest(1 - served_score, ?)) END)"
-        " FROM examples WHERE dt BETWEEN ? AND ? GROUP BY dt ORDER BY dt",
+        f" FROM examples WHERE dt BETWEEN ? AND ? AND {final_labels(con)}"
+        " GROUP BY dt ORDER BY dt",
         [EPS, EPS, *_period(start, end)],
     ).fetchall()
     return {

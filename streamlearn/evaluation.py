@@ -1,5 +1,6 @@
 """Offline evaluation: versions of a model scored on the archived examples of a period, without
-learning, side by side per day.
+learning, side by side per day; each impression once, by its final label (a label mode's
+provisional negatives are left out).
 
 Each version scores every example with its own spec's features (a version is judged as it
 would have served). Per day and over the whole period: the examples, the conversion rate, the
@@ -19,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from streamlearn.archive_query import final_labels
 from streamlearn.backfill import decoded
 from streamlearn.errors import ArchiveError, ConfigError, SnapshotNotFound
 from streamlearn.features import example_features
@@ -142,14 +144,16 @@ def evaluate(
     """``learners`` (version: model) scored on the archived examples from ``start`` to ``end``,
     days by their examples' recommendation time (the archive's ``dt``)."""
     period = [start.isoformat(), end.isoformat()]
+    final = final_labels(con)
     listed = con.execute(
-        "SELECT DISTINCT dt FROM examples WHERE dt BETWEEN ? AND ? ORDER BY 1", period
+        f"SELECT DISTINCT dt FROM examples WHERE dt BETWEEN ? AND ? AND {final} ORDER BY 1",
+        period,
     ).fetchall()
     days = [str(d) for (d,) in listed]
     if not days:
         raise ArchiveError(f"no archived example from {start} to {end}")
     result = con.execute(
-        "SELECT * FROM examples WHERE dt BETWEEN ? AND ?"
+        f"SELECT * FROM examples WHERE dt BETWEEN ? AND ? AND {final}"
         " ORDER BY dt, kafka_partition, kafka_offset",
         period,
     )

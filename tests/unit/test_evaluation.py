@@ -21,7 +21,7 @@ from streamlearn.learning import Learner, ModelSpec
 from streamlearn.reports import evaluation_html
 from streamlearn.simulation import Storefront
 from streamlearn.training import Training
-from tests.factories import DAY, T0, archive_of_examples, brute_auc
+from tests.factories import DAY, T0, archive_examples, archive_of_examples, brute_auc
 
 FIRST = dt.date(2025, 11, 29)
 
@@ -95,3 +95,22 @@ def test_a_period_with_nothing_archived_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="no archived example"):
         day = dt.date(2024, 1, 1)
         evaluate(connect(f"file://{tmp_path}"), "ctr", learners(), day, day)
+
+
+def test_provisional_negatives_are_left_out(tmp_path: Path) -> None:
+    """An archive of label mode fnw (each impression a fake negative first, then its final
+    label) evaluates as the archive of the final labels alone."""
+    final = Storefront(traffic_seed=5).labeled_examples(400, start=T0 + 3600)
+    as_fnw = []
+    for e in final:
+        as_fnw.append(e.model_copy(update={"label": False, "kind": "fake_negative"}))
+        kind = "delayed_positive" if e.label else "real_negative"
+        as_fnw.append(e.model_copy(update={"kind": kind, "weight": 1.0 if e.label else 0.0}))
+    archive_examples(tmp_path / "final", final)
+    archive_examples(tmp_path / "fnw", as_fnw)
+    models = learners()
+    final_ev, fnw_ev = (
+        evaluate(connect(f"file://{tmp_path / d}"), "ctr", models, FIRST, FIRST)
+        for d in ("final", "fnw")
+    )
+    assert final_ev.period == fnw_ev.period and final_ev.period[1].examples == 400
