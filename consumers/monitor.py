@@ -115,7 +115,7 @@ class MonitorProcess(KafkaProcess):
         self.patiently(
             lambda: self._record(alerts),
             away=lambda e: isinstance(e, redis.RedisError),
-            what="saving the state (Redis away?)",
+            what="saving the state (Redis is away)",
         )
         try:
             self.board.record_alerts(alerts)  # the dashboard's list: paged or not, they are queued

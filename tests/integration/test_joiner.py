@@ -127,6 +127,7 @@ def test_scripted_stream_gives_exactly_the_expected_examples(
     a1 = by_id[("A:a1", False)]
     assert (a1.position, a1.propensity, a1.served_score, a1.model_version) == (0, 0.5, 0.2, "v7")
     assert a1.item_features == {"price": 1.0} and a1.outcome_kind == "click"
+    assert (a1.kind, a1.elapsed_s) == ("immediate", 1.0)
     assert (a1.recommendation_time, a1.outcome_time) == (t, t + 1)
     assert by_id[("B:b1", False)].outcome_time == t + 1.5
 
@@ -137,6 +138,8 @@ def test_scripted_stream_gives_exactly_the_expected_examples(
         "positives": 2,
         "negatives": 3,
         "corrections": 2,
+        "fake_negatives": 0,  # label mode window
+        "delayed_positives": 0,
         "late_outcomes": 2,
         "late_positive_impressions": 2,
         "unmatched_outcomes": 3,
