@@ -15,8 +15,10 @@ within the window), from the simulator's hidden truth:
   calibration;
 * ``observe``: ES-DFM's observation window (a tenth of the attribution window), its weights.
 
-Figures are means over seeds; ``*_after_change`` over the first tenth of the run after the
-change. Prints figures; the last line is one JSON object. Run: ``python bench/delay.py``.
+Every mode learns the same spec: a logistic regression with plain SGD (0.05), which keeps
+adapting (AdaGrad's decaying rates hide every mode's reaction to the change alike). Figures are
+means over seeds, from the end of the first window on; ``*_after_change`` over the first window
+after the change. Prints figures; the last line is one JSON object. Run: ``python bench/delay.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from streamlearn.training import Training
 WINDOW_S = 1800.0
 EVERY_S = 1.0  # one recommendation a second
 T0 = 1_750_000_000.0
-LEARNER = {"optimizer": "sgd", "learning_rate": 0.05}
+LEARNER = {"optimizer": "sgd", "learning_rate": 0.05}  # see the docstring
 MODES = {
     "window": ({"label_mode": "window"}, "none"),
     "fnw": ({"label_mode": "fnw"}, "fnw"),
