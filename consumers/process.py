@@ -29,6 +29,14 @@ from topics import consumer_config
 T = TypeVar("T")
 
 
+def setup_logging() -> None:
+    """Every process's log lines: time, level, logger, message; ``LOG_LEVEL`` (INFO)."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
 class KafkaProcess(ABC):
     name: ClassVar[str]
     """The process's name: its consumer group (after the prefix) and its logger."""
@@ -99,10 +107,7 @@ class KafkaProcess(ABC):
 
     @classmethod
     def main(cls) -> None:
-        logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        setup_logging()
         settings = get_settings()
         try:
             settings.check_safe()

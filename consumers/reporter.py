@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ import redis
 from confluent_kafka import Producer
 from obstore.store import from_url
 
+from consumers.process import setup_logging
 from streamlearn.archive import PREFIX
 from streamlearn.archive_query import connect
 from streamlearn.clock import SystemClock
@@ -141,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--day", type=dt.date.fromisoformat, help="report on this day, now")
     parser.add_argument("--no-retrain", action="store_true", help="report and alert only")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging()
     settings = get_settings()
     try:
         settings.check_safe()

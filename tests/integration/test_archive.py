@@ -25,7 +25,7 @@ from streamlearn.archive_query import connect
 from streamlearn.events import LabeledExample, Recommendation
 from streamlearn.features import example_features
 from streamlearn.settings import Settings
-from streamlearn.snapshots import open_store
+from streamlearn.snapshots import SnapshotStore, open_store
 from tests.conftest import (
     ARTIFACTS,
     NEEDS_BROWSER,
@@ -76,6 +76,24 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def archived_all(s: Settings) -> bool:
+    """Every example the topic holds is in the archive."""
+    topic = topic_offsets(s, "examples")
+    return bool(topic) and set(archived(s, "examples")) >= topic
+
+
+def learning_live(processes: Processes, s: Settings, model: str, versions: int) -> SnapshotStore:
+    """The archiver and the trainer through ten seconds of traffic, until ``model`` has
+    ``versions`` versions; returns the snapshot store."""
+    processes.start("archiver", "-m", "consumers.archiver")
+    processes.start("trainer", "-m", "consumers.trainer")
+    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
+    assert sim.wait(120) == 0
+    store = open_store(s)
+    wait_until(lambda: (store.latest_version(model) or 0) >= versions, f"{versions} versions")
+    return store
 
 
 def files(root: Path) -> dict[str, str]:
@@ -181,11 +199,7 @@ def test_a_backfilled_challenger_learns_on_live_with_nothing_skipped_or_doubled(
     first = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
     assert first.wait(120) == 0
 
-    def archived_all() -> bool:
-        topic = topic_offsets(s, "examples")
-        return bool(topic) and set(archived(s, "examples")) >= topic
-
-    wait_until(archived_all, "the history archived")
+    wait_until(lambda: archived_all(s), "the history archived")
     today = datetime.now(UTC).date()
     days = [str(today - timedelta(days=1)), str(today + timedelta(days=1))]
     done = cli("backfill", "--model", "ctr-bf", "--from", days[0], "--to", days[1])
@@ -231,18 +245,9 @@ def test_a_version_the_live_trainer_wrote_replays_identically(
         STREAMLEARN_CHECKPOINT_EVERY_N="60",
         STREAMLEARN_CORRECTION_POLICY="learn",
     )
-    processes.start("archiver", "-m", "consumers.archiver")
-    processes.start("trainer", "-m", "consumers.trainer")
-    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
-    assert sim.wait(120) == 0
-    store = open_store(s)
-    wait_until(lambda: (store.latest_version("fm") or 0) >= 4, "several versions")
+    store = learning_live(processes, s, "fm", 4)
 
-    def archived_all() -> bool:
-        topic = topic_offsets(s, "examples")
-        return bool(topic) and set(archived(s, "examples")) >= topic
-
-    wait_until(archived_all, "the examples archived")
+    wait_until(lambda: archived_all(s), "the examples archived")
     for model in ("ctr", "fm"):
         latest = store.latest_version(model)
         assert latest is not None and latest >= 3
@@ -270,12 +275,7 @@ def test_offline_evaluation_of_live_versions_equals_figures_computed_from_the_to
     s = joining(
         processes, monkeypatch, STREAMLEARN_CHECKPOINT_EVERY_N="200", STREAMLEARN_ADMIN_KEY=ADMIN
     )
-    processes.start("archiver", "-m", "consumers.archiver")
-    processes.start("trainer", "-m", "consumers.trainer")
-    sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "10")
-    assert sim.wait(120) == 0
-    store = open_store(s)
-    wait_until(lambda: (store.latest_version("ctr") or 0) >= 2, "two versions")
+    store = learning_live(processes, s, "ctr", 2)
     # No more examples from here on (windows still open stay in the joiner's state).
     joiner = processes.running["joiner"]
     joiner.terminate()
@@ -371,7 +371,7 @@ def test_the_archive_on_s3_holds_every_example_once_and_replays_from_there(
     sim = processes.start("simulator", "-m", "consumers.simulator", "--duration", "8")
     assert sim.wait(120) == 0
 
-    def archived_all() -> bool:
+    def each_once() -> bool:
         topic = topic_offsets(s, "examples")
         rows = (
             connect(s.store_url, s.archive_options)
@@ -380,7 +380,7 @@ def test_the_archive_on_s3_holds_every_example_once_and_replays_from_there(
         )
         return bool(topic) and sorted(rows) == sorted(topic)  # each once
 
-    wait_until(archived_all, "the examples archived on S3", every=2)
+    wait_until(each_once, "the examples archived on S3", every=2)
     store = open_store(s)
     wait_until(lambda: (store.latest_version("ctr") or 0) >= 2, "two versions")
     done = cli("archive", "query", "SELECT count(*) AS n FROM examples")
