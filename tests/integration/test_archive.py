@@ -252,7 +252,9 @@ def test_a_version_the_live_trainer_wrote_replays_identically(
         latest = store.latest_version(model)
         assert latest is not None and latest >= 3
         child = store.get(model, latest)
-        assert len({p for p, _ in child.order}) > 1 or len(child.offsets) == 1
+        # Its recorded order ends, per partition, at its offsets (one partition or several,
+        # as the last checkpoint's interval happened to read them).
+        assert child.order and all(child.offsets[p] >= o for p, o in child.order)
         for version, source in ((latest, "archive"), (latest - 1, "topic"), (1, "archive")):
             done = cli("verify", model, str(version), "--source", source)
             assert done.returncode == 0, done.stdout + done.stderr
