@@ -62,8 +62,14 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 6  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 7  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
+MATURITY = Gauge(
+    "streamlearn_monitor_label_maturity",
+    "Share of the impressions with their final label, by age in label-maturity buckets of "
+    "recommendation time (0: the newest bucket).",
+    ["age"],
+)
 
 
 class MonitorProcess(KafkaProcess):
@@ -83,9 +89,9 @@ class MonitorProcess(KafkaProcess):
         self.offsets: dict[tuple[str, int], int] = {}
         # Automatic actions decided and saved, not yet known to be done: (alert, served version).
         self.pending: list[tuple[Alert, int | None]] = []
-        self.monitor = self._restore() or Monitor(settings.monitor, SystemClock())
+        self.monitor = self._restore() or Monitor(settings.monitor, SystemClock(), settings.join)
         # Rules and bounds come from today's configuration, whatever a restored state had.
-        self.monitor.configure(settings.monitor)
+        self.monitor.configure(settings.monitor, settings.join)
         self.producer = Producer(producer_config(settings))
 
     # ---- state -----------------------------------------------------------------------------
@@ -263,6 +269,11 @@ class MonitorProcess(KafkaProcess):
         for name, value in snapshot["join"].items():
             JOIN_FIGURE.labels(name).set(value)
         FIRING.set(len(snapshot["firing"]))
+        MATURITY.clear()
+        newest = snapshot["maturity"][-1]["start"] if snapshot["maturity"] else 0.0
+        step = self.settings.join.window_s / self.settings.join.maturity_buckets
+        for bucket in snapshot["maturity"]:
+            MATURITY.labels(str(round((newest - bucket["start"]) / step))).set(bucket["share"])
 
     def _follow_champions(self) -> None:
         """Tell the monitor where each model's champion points: a move restarts drift."""

@@ -238,6 +238,9 @@ class PartitionHealth(BaseModel):
     pending_impressions: int
     watermark: float | None
     watermark_lag_s: float | None
+    # Impressions without their final label yet, by label-maturity bucket of recommendation
+    # time (JoinPolicy.bucket): what the monitor's maturity view needs from the join's state.
+    unlabeled: dict[int, int] = {}
 
 
 class JoinReport(BaseModel):

@@ -55,6 +55,7 @@ after the window ends, ``e/<id>`` early outcomes, ``u/<user>/<item>`` latest ope
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
@@ -91,6 +92,7 @@ class JoinPolicy(Policy):
         "label_mode": "label_mode",
         "observe_s": "observe_s",
         "dedup_retention_s": "dedup_retention_s",
+        "maturity_buckets": "maturity_buckets",
         "tick_s": "joiner_tick_s",
         "commit_s": "joiner_commit_s",
         "stats_s": "joiner_stats_s",
@@ -139,6 +141,13 @@ class JoinPolicy(Policy):
     dedup_retention_s: float = Field(
         600.0, gt=0, description="How long a closed window is remembered, for dedup and late."
     )
+    maturity_buckets: int = Field(
+        12,
+        ge=1,
+        le=1440,
+        description="The label-maturity view splits an attribution window's span of "
+        "recommendation time into this many buckets.",
+    )
     # The joiner process's cadence.
     tick_s: float = Field(1.0, gt=0, description="How often idle windows are checked.")
     commit_s: float = Field(
@@ -164,6 +173,13 @@ class JoinPolicy(Policy):
                 f"observe_s ({self.observe_s}) must be shorter than window_s ({self.window_s})"
             )
         return self
+
+    def bucket(self, recommendation_time: float) -> int:
+        """The label-maturity bucket of an impression (its index since the epoch)."""
+        return int(recommendation_time // (self.window_s / self.maturity_buckets))
+
+    def bucket_start(self, bucket: int) -> float:
+        return bucket * self.window_s / self.maturity_buckets
 
 
 def _counter(help_text: str) -> Any:
@@ -214,6 +230,8 @@ class Joiner:
     # state the first time a partition is seen (after a restart or a rebalance), then kept up.
     _due: dict[int, list[tuple[float, str]]] = field(default_factory=dict)
     _pending: dict[int, int] = field(default_factory=dict)
+    # Per partition and maturity bucket: impressions whose final label is still to come.
+    _unlabeled: dict[int, Counter[int]] = field(default_factory=dict)
     # When this process last saw each input of a partition advance, and since when the reader
     # has had nothing more to read from it. In memory on purpose: after a restart, the time the
     # joiner was down must not count as the inputs being idle, or the watermark would jump past
@@ -257,6 +275,8 @@ class Joiner:
                 self.state[f"u/{rec.user_id}/{item.item_id}"] = {"p": partition, "rid": rid}
         if self._schedule(partition, pending["end"], f"r/{rid}"):
             self._pending[partition] += len(rec.items)
+            # Early outcomes that converted an item have taken it off already (in _apply).
+            self._unlabeled[partition][self.policy.bucket(rec.event_time)] += len(rec.items)
         if "obs" in pending:
             self._schedule(partition, pending["obs"], f"o/{rid}")
         out.extend(self._expire(partition))
@@ -309,6 +329,7 @@ class Joiner:
         """After a rebalance: what this process knew of partitions may be stale."""
         self._due.clear()
         self._pending.clear()
+        self._unlabeled.clear()
         self._advanced_at.clear()
         self._caught_up_at.clear()
 
@@ -389,6 +410,7 @@ class Joiner:
         """One scan of the state: the partition's expiry heap and open impressions."""
         due: list[tuple[float, str]] = []
         pending = 0
+        unlabeled: Counter[int] = Counter()
         retention = self.policy.dedup_retention_s
         for key, value in self.state.items():
             if key[0] not in "rce" or value["p"] != partition:
@@ -396,6 +418,9 @@ class Joiner:
             if key[0] == "r":
                 due.append((value["end"], key))
                 pending += len(value["rec"]["items"])
+                unlabeled[self.policy.bucket(value["rec"]["event_time"])] += self._unlabeled_of(
+                    value
+                )
                 if "obs" in value and "neg" not in value:  # observation window still open
                     due.append((value["obs"], f"o/{key[2:]}"))
             elif key[0] == "c":
@@ -405,6 +430,13 @@ class Joiner:
         heapq.heapify(due)
         self._due[partition] = due
         self._pending[partition] = pending
+        self._unlabeled[partition] = unlabeled
+
+    def _unlabeled_of(self, pending: dict[str, Any]) -> int:
+        """An open window's impressions without their final label: all of them under
+        ``sum_value`` (labeled when it closes), else those not converted yet."""
+        converted = len(pending["pos"]) if self.policy.combine == "earliest" else 0
+        return len(pending["rec"]["items"]) - converted
 
     def _apply(self, pending: dict[str, Any], outcome: Outcome) -> LabeledExample | None:
         """An outcome for an open window; mutates ``pending``, the caller stores it."""
@@ -434,6 +466,8 @@ class Joiner:
             return None
         pending["pos"] = {**pending["pos"], iid: [outcome.event_time, outcome.kind, outcome.value]}
         self.stats.positives += 1
+        if (unlabeled := self._unlabeled.get(pending["p"])) is not None:
+            unlabeled[self.policy.bucket(rec["event_time"])] -= 1
         if iid in pending.get("neg", ()):
             self.stats.delayed_positives += 1
             return _example(rec, item, pending["pos"][iid], kind="delayed_positive")
@@ -483,6 +517,11 @@ class Joiner:
             if value is None:
                 continue  # already gone: a stale entry
             if key[0] == "r":
+                bucket = self.policy.bucket(value["rec"]["event_time"])
+                unlabeled = self._unlabeled[partition]
+                unlabeled[bucket] -= self._unlabeled_of(value)
+                if not unlabeled[bucket]:
+                    del unlabeled[bucket]
                 out.extend(self._close(key[2:], value))
                 self._pending[partition] -= len(value["rec"]["items"])
                 heapq.heappush(due, (value["end"] + retention, f"c/{key[2:]}"))
@@ -554,6 +593,10 @@ class Joiner:
     def pending_impressions(self, partition: int) -> int:
         """Open impressions of a partition, as of its last expiry pass."""
         return self._pending.get(partition, 0)
+
+    def unlabeled_impressions(self, partition: int) -> dict[int, int]:
+        """A partition's impressions still without a final label, by maturity bucket."""
+        return {b: n for b, n in self._unlabeled.get(partition, {}).items() if n}
 
 
 def _source(input: Input, forwarded: bool) -> str:

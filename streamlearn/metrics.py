@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -86,16 +86,23 @@ class ThresholdAUC:
         return -area
 
 
+# How a final positive came, for the label figures of a window.
+IN_TIME, DELAYED, LATE = 0, 1, 2
+
+
 @dataclass
 class Rolling:
-    """(event time, score, label) of the last ``span`` seconds of event time."""
+    """(event time, score, label, how a positive came) of the last ``span`` seconds of event
+    time. ``late_positives``: the join emits corrections for positives after the window (its
+    ``late_policy`` is ``correct``), so the window's coverage can be told."""
 
     span: float
     max_examples: int
-    items: deque[tuple[float, float, bool]] = field(default_factory=deque)
+    late_positives: bool = False
+    items: deque[tuple[float, float, bool, int]] = field(default_factory=deque)
 
-    def add(self, t: float, p: float, y: bool) -> None:
-        self.items.append((t, p, y))
+    def add(self, t: float, p: float, y: bool, came: int = IN_TIME) -> None:
+        self.items.append((t, p, y, came))
         newest = max(t, self.items[-1][0])
         while self.items and (
             self.items[0][0] < newest - self.span or len(self.items) > self.max_examples
@@ -106,17 +113,23 @@ class Rolling:
         n = len(self.items)
         if not n:
             return {"count": 0.0}
-        positives = sum(1 for _, _, y in self.items if y)
-        mean_p = sum(p for _, p, _ in self.items) / n
+        positives = sum(1 for _, _, y, _ in self.items if y)
+        mean_p = sum(p for _, p, _, _ in self.items) / n
         rate = positives / n
-        return {
+        out = {
             "count": float(n),
-            "roc_auc": exact_auc((p, y) for _, p, y in self.items),
-            "log_loss": sum(log_loss(p, y) for _, p, y in self.items) / n,
+            "roc_auc": exact_auc((p, y) for _, p, y, _ in self.items),
+            "log_loss": sum(log_loss(p, y) for _, p, y, _ in self.items) / n,
             "conversion_rate": rate,
             "prediction_mean": mean_p,
             "calibration": mean_p / rate if rate else 0.0,
         }
+        if positives:
+            came = Counter(c for _, _, y, c in self.items if y)
+            out["delayed_positive_share"] = came[DELAYED] / positives
+            if self.late_positives:
+                out["coverage"] = 1.0 - came[LATE] / positives
+        return out
 
 
 def psi(reference: Mapping[str, float], current: Mapping[str, float]) -> float:

@@ -42,7 +42,7 @@ double backquotes above are the fields of :class:`MonitorPolicy`, the monitor's 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -53,7 +53,8 @@ from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
 from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
 from streamlearn.events import JoinReport
-from streamlearn.metrics import Rolling, log_loss
+from streamlearn.joining import JoinPolicy
+from streamlearn.metrics import DELAYED, IN_TIME, LATE, Rolling, log_loss
 from streamlearn.policy import Policy
 from streamlearn.webhooks import Webhook
 
@@ -78,6 +79,10 @@ class Example(Protocol):
     def context(self) -> Mapping[str, float | bool | str]: ...
     @property
     def item_features(self) -> Mapping[str, float | bool | str]: ...
+    @property
+    def kind(self) -> str | None: ...
+    @property
+    def correction(self) -> bool: ...
 
 
 @dataclass
@@ -185,8 +190,9 @@ class MonitorPolicy(Policy):
 
 
 class Monitor:
-    def __init__(self, policy: MonitorPolicy, clock: Clock) -> None:
+    def __init__(self, policy: MonitorPolicy, clock: Clock, join: JoinPolicy | None = None) -> None:
         self.policy = policy
+        self.join_policy = join or JoinPolicy()
         self.alarms = Alarms(list(policy.rules), clock)
         self.streams: dict[str, _Stream] = {}
         self.versions: dict[str, _Version] = {}
@@ -194,20 +200,27 @@ class Monitor:
         self.unscored = 0
         self.provisional = 0  # fake negatives: their impression's final label comes later
         self.delayed = 0  # delayed positives: final labels that followed a fake negative
+        # Label maturity, by bucket of recommendation time: the final labels read, and (from
+        # the joiners' latest reports) the impressions whose final label is still to come.
+        self.finals: Counter[int] = Counter()
+        self.unlabeled: Counter[int] = Counter()
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
         # Per joiner: its counters' changes over its last two reports, and the seconds between.
         self._join_deltas: dict[str, tuple[float, dict[str, int]]] = {}
 
-    def configure(self, policy: MonitorPolicy) -> None:
-        """Today's policy for a monitor restored from a saved state: its rules and bounds apply
-        from now on, to the alarms and metrics it keeps."""
+    def configure(self, policy: MonitorPolicy, join: JoinPolicy | None = None) -> None:
+        """Today's policies for a monitor restored from a saved state: its rules and bounds
+        apply from now on, to the alarms and metrics it keeps."""
         self.policy = policy
+        self.join_policy = join or self.join_policy
         self.alarms.rules = list(policy.rules)
 
     def _rolling(self) -> dict[str, Rolling]:
+        late = self.join_policy.late_policy == "correct"
         return {
-            w: Rolling(span, self.policy.max_examples) for w, span in self.policy.windows.items()
+            w: Rolling(span, self.policy.max_examples, late)
+            for w, span in self.policy.windows.items()
         }
 
     # ---- examples -----------------------------------------------------------------------------
@@ -215,19 +228,22 @@ class Monitor:
     def on_example(self, e: Example) -> list[Alert]:
         """Update with one example; the alerts of the stream-wide signals it moves. Only final
         labels count (label modes fnw and observe emit a provisional negative first)."""
-        kind = getattr(e, "kind", None)
+        kind, correction = e.kind, e.correction
         if kind == "fake_negative":
             self.provisional += 1
             return []
-        if kind == "delayed_positive" and not getattr(e, "correction", False):
+        came = LATE if correction else DELAYED if kind == "delayed_positive" else IN_TIME
+        if came == DELAYED:
             self.delayed += 1
+        if not correction:
+            self._finalized(e.recommendation_time)
         if e.served_score is None:
             self.unscored += 1  # nothing to judge the served model by
             return []
         tag = e.model_version or "unversioned"
         model = tag.split(":")[0]
         p, y, t = e.served_score, e.label, e.recommendation_time
-        self._by_version(tag, p, y, t)
+        self._by_version(tag, p, y, t, came)
         st = self.streams.get(model)
         if st is None:
             st = self.streams[model] = _Stream(self._rolling(), self._concept())
@@ -236,7 +252,7 @@ class Monitor:
         st.version = tag
         st.seen += 1
         for rolling in st.windows.values():
-            rolling.add(t, p, y)
+            rolling.add(t, p, y, came)
         alerts = []
         st.concept.update(log_loss(p, y))
         alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tag)
@@ -268,14 +284,47 @@ class Monitor:
         p = self.policy
         return ConceptDrift(p.detector, p.recovery_examples, warmup=p.warmup_examples)
 
-    def _by_version(self, tag: str, p: float, y: bool, t: float) -> None:
+    def _finalized(self, recommendation_time: float) -> None:
+        bucket = self.join_policy.bucket(recommendation_time)
+        self.finals[bucket] += 1
+        if len(self.finals) > 4 * (self.join_policy.maturity_buckets + 3):
+            keep = max(self.finals) - 2 * (self.join_policy.maturity_buckets + 3)
+            for old in [b for b in self.finals if b < keep]:
+                del self.finals[old]
+
+    def maturity(self) -> list[dict[str, float]]:
+        """Per bucket of recommendation time, newest last, over an attribution window and a few
+        buckets more: the impressions (final labels read plus those the joiners hold without
+        one) and the share with their final label. In window mode the newest buckets fill as
+        positives come and jump to 1 as windows close; in fnw and observe, delayed positives
+        fill them. Exact once the monitor has read what the joiners had emitted when they
+        reported; between the two, by what is in flight."""
+        buckets = set(self.finals) | set(self.unlabeled)
+        if not buckets:
+            return []
+        newest = max(buckets)
+        out = []
+        for b in range(newest - self.join_policy.maturity_buckets - 2, newest + 1):
+            final, open_ = self.finals.get(b, 0), self.unlabeled.get(b, 0)
+            if final + open_:
+                out.append(
+                    {
+                        "start": self.join_policy.bucket_start(b),
+                        "impressions": float(final + open_),
+                        "final": float(final),
+                        "share": final / (final + open_),
+                    }
+                )
+        return out
+
+    def _by_version(self, tag: str, p: float, y: bool, t: float, came: int) -> None:
         v = self.versions.get(tag)
         if v is None:
             if len(self.versions) >= self.policy.max_versions:  # the one served longest ago goes
                 del self.versions[min(self.versions, key=lambda k: self.versions[k].last_at)]
             v = self.versions[tag] = _Version(self._rolling())
         for rolling in v.windows.values():
-            rolling.add(t, p, y)
+            rolling.add(t, p, y, came)
         v.seen += 1
         v.last_at = max(v.last_at, t)
 
@@ -318,6 +367,9 @@ class Monitor:
             w: r for w, r in self._last_reports.items() if r.at >= report.at - JOINER_GONE_AFTER_S
         }
         health = [h for r in live.values() for h in r.partitions.values()]
+        self.unlabeled = Counter()
+        for h in health:
+            self.unlabeled.update(h.unlabeled)
         lags = [h.watermark_lag_s for h in health if h.watermark_lag_s]
         self.join["watermark_lag_s"] = max(lags, default=0.0)
         self.join["pending_windows"] = float(sum(h.pending_impressions for h in health))
@@ -390,6 +442,7 @@ class Monitor:
             "unscored_examples": self.unscored,
             "provisional_examples": self.provisional,
             "delayed_positive_examples": self.delayed,
+            "maturity": self.maturity(),
             "firing": self.alarms.firing(),
         }
 

@@ -27,6 +27,7 @@ def report(joiner: Joiner, worker: str, partitions: Iterable[int], router: Route
                 pending_impressions=joiner.pending_impressions(p),
                 watermark=joiner.watermark(p),
                 watermark_lag_s=joiner.watermark_lag(p),
+                unlabeled=joiner.unlabeled_impressions(p),
             )
             for p in sorted(partitions)
         },

@@ -12,12 +12,15 @@ from __future__ import annotations
 import collections
 import random
 import signal
+import statistics
 import time
+from typing import Any
 
 import httpx
 import pytest
 from river import metrics
 
+from streamlearn.events import LabeledExample
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import open_store
@@ -173,3 +176,104 @@ def _served(base: str) -> int | None:
         return version
     except httpx.HTTPError:
         return None
+
+
+OBSERVE_S = 1.0
+
+
+def test_label_mode_observe_through_the_loop(
+    processes: Processes, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ES-DFM's observation window on the real broker: a storefront ranking through the API, the
+    joiner in label mode observe, a trainer correcting with esdfm weights, and the monitor. Each
+    impression gets one final label (the positives those that converted in the window), at most
+    one fake negative before it; the trainer learns every example but the final markers, once;
+    the monitor's label maturity ends at 100% in every bucket, over exactly the impressions on
+    the topic, and its share of delayed positives is the topic's."""
+    settings = configure(
+        processes,
+        monkeypatch,
+        **{
+            **loop_env(env),
+            "STREAMLEARN_SIM_RATE": "40",
+            "STREAMLEARN_LABEL_MODE": "observe",
+        },
+        STREAMLEARN_OBSERVE_S=str(OBSERVE_S),
+        STREAMLEARN_MODEL__DELAY_CORRECTION="esdfm",
+        STREAMLEARN_MONITOR_EVALUATE_S="1",
+    )
+    assert settings.join.label_mode == "observe" and settings.model.delay_correction == "esdfm"
+    store = open_store(settings)
+    for name in ("joiner", "trainer", "monitor", "api"):
+        processes.start(name, "-m", f"consumers.{name}" if name != "api" else "api")
+    base = f"http://127.0.0.1:{settings.api.port}"
+    sim = processes.start(
+        "simulator", "-m", "consumers.simulator", "--via-api", "--duration", "40", "--drain", "8"
+    )
+    assert sim.wait(180) == 0, processes.log("simulator")
+    recs, outcomes, impressions = traffic(settings)
+    final_kinds = {"immediate", "delayed_positive", "real_negative"}
+
+    def finals() -> list[LabeledExample]:
+        return [e for e in examples(settings) if e.kind in final_kinds]
+
+    wait_until(lambda: len(finals()) >= len(impressions), "every impression's final label")
+    time.sleep(WINDOW_S + 3)  # anything emitted twice has time to show
+    got = examples(settings)
+    kinds: dict[str, list[str]] = collections.defaultdict(list)
+    for e in got:
+        kinds[e.example_id].append(str(e.kind))
+    assert set(kinds) == impressions
+    for eid, seen in kinds.items():
+        assert sum(k in final_kinds for k in seen) == 1, (eid, seen)
+        assert seen.count("fake_negative") <= 1, (eid, seen)
+        # A delayed positive follows its fake negative; an immediate one has none.
+        assert ("delayed_positive" in seen) <= ("fake_negative" in seen), (eid, seen)
+        assert not ("immediate" in seen and "fake_negative" in seen), (eid, seen)
+    positives = {e.example_id for e in got if e.label}
+    should = converted(recs, outcomes, WINDOW_S)
+    assert positives <= should and len(positives) >= 0.97 * len(should)
+    immediate = [e for e in got if e.kind == "immediate"]
+    delayed = [e for e in got if e.kind == "delayed_positive"]
+    assert immediate and delayed  # the storefront's delays straddle the observation window
+    # The observation window ends when the join's watermark passes it, so a conversion read
+    # ahead of its partition's watermark may count as immediate a little after OBSERVE_S, or
+    # (read behind it) as delayed a little before: each kind on its side of it in the main.
+    assert statistics.median(e.elapsed_s or 0.0 for e in immediate) <= OBSERVE_S
+    assert statistics.median(e.elapsed_s or 0.0 for e in delayed) > OBSERVE_S
+    assert all((e.elapsed_s or 0.0) <= WINDOW_S for e in immediate + delayed)
+
+    # The trainer: every example once, but the final negatives (weight 0, already learned).
+    learned = sum(1 for e in got if not (e.kind == "real_negative" and e.weight == 0))
+
+    def trainer_done() -> bool:
+        v = store.latest_version("ctr")
+        return v is not None and store.meta("ctr", v)["samples_seen"] == learned
+
+    wait_until(trainer_done, "the trainer to checkpoint every example it learns", every=1)
+    metrics = store.get("ctr").metrics
+    assert metrics["served_logged_share"] > 0.5 and 0.5 < metrics["served_roc_auc"] <= 1
+
+    # The monitor: every bucket of the maturity view complete, over the topic's impressions.
+    policy = settings.join
+    per_bucket = collections.Counter(policy.bucket(r.event_time) for r in recs for _ in r.items)
+
+    def monitor() -> dict[str, Any]:
+        current: dict[str, Any] = httpx.get(f"{base}/v1/monitor", timeout=5).json()["current"]
+        return current or {}
+
+    def mature() -> bool:
+        buckets = monitor().get("maturity", [])
+        return bool(buckets) and all(b["share"] == 1.0 for b in buckets)
+
+    wait_until(mature, "every bucket's labels final in the monitor")
+    current = monitor()
+    shown = {
+        round(b["start"] / policy.bucket_start(1)): b["impressions"] for b in current["maturity"]
+    }
+    assert shown == {b: per_bucket[b] for b in shown} and len(shown) >= policy.maturity_buckets
+    scored = [e for e in got if e.kind in final_kinds and e.served_score is not None and e.label]
+    share = sum(e.kind == "delayed_positive" for e in scored) / len(scored)
+    window = current["models"]["ctr"]["windows"]["1h"]
+    assert window["delayed_positive_share"] == pytest.approx(share)
+    assert current["provisional_examples"] == sum(e.kind == "fake_negative" for e in got)

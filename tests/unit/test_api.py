@@ -437,8 +437,15 @@ SAFE_IN_PAGE = {
     'a.status === "firing" ? "firing" : "muted"', 'v.pinned ? " pinned" : ""',
     "new Date(a.at * 1000).toLocaleTimeString()",
     "new Date(m.current.at * 1000).toLocaleTimeString()",
+    # Numbers and colours of the maturity bars, and the label esc() takes whole:
+    "H - 20", "H - 4", "W - 10", "color", "x.toFixed(1)", "y(b.share).toFixed(1)",
+    "Math.max(bw - 2, 1).toFixed(1)", "(H - 20 - y(b.share)).toFixed(1)",
+    "new Date(b.start * 1000).toLocaleTimeString()", "b.final", "b.impressions",
+    "(100 * b.share).toFixed(1)",
     # Into textContent or a URL component:
     "m.served.model", 'm.served.version ?? "\u2013"', "e.message", "r.status", "r.version",
+    "(100 * newest.share).toFixed(1)", "current.provisional_examples",
+    "current.delayed_positive_examples",
     "b.dataset.model", "b.dataset.version",
     "encodeURIComponent(b.dataset.model)", "encodeURIComponent(served.model)",
 }  # fmt: skip

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from streamlearn.clock import ManualClock
-from streamlearn.events import LabeledExample
+from streamlearn.events import LabeledExample, Outcome, Recommendation
 from streamlearn.joining import Joiner, JoinPolicy, JoinState
 from tests.unit.test_joining import T0, outcome, rec
 
@@ -97,3 +98,69 @@ def test_observation_windows_survive_a_restart_from_the_changelog() -> None:
 def test_modes_that_cannot_work_are_refused(extra: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         JoinPolicy.model_validate({**BASE, **extra})
+
+
+FINAL = {"immediate", "delayed_positive", "real_negative"}
+
+
+def traffic(rng: random.Random, n: int) -> list[Recommendation | Outcome]:
+    """Four recommendations a second of one to three items, a tenth replayed; two in five
+    impressions convert after an exponential delay (mean 4 s, a 10 s window), some read just
+    before their recommendation, some after the window."""
+    events: list[tuple[float, int, Recommendation | Outcome]] = []
+    for k in range(n):
+        t = T0 + k * 0.25
+        items = tuple(f"i{m}" for m in range(rng.randint(1, 3)))
+        r = rec(f"r{k}", t, items=items)
+        events.append((t, 0, r))
+        if rng.random() < 0.1:
+            events.append((t + rng.random() * 5, 0, r))
+        for item in items:
+            if rng.random() < 0.4:
+                at = t + rng.expovariate(1 / 4)
+                events.append((at - rng.random() * 0.5, 1, outcome(f"r{k}", item, at)))
+    return [record for _, _, record in sorted(events, key=lambda e: (e[0], e[1]))]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"label_mode": "window"},
+        {"label_mode": "window", "combine": "sum_value"},
+        {"label_mode": "fnw"},
+        {"label_mode": "observe", "observe_s": 3.0},
+    ],
+    ids=["window", "window-sum_value", "fnw", "observe"],
+)
+def test_impressions_without_a_final_label_are_counted_by_bucket(
+    extra: dict[str, object],
+) -> None:
+    """What the label-maturity view needs from the join: per bucket of recommendation time, the
+    impressions whose final label has not been emitted. Checked against a count kept from the
+    examples themselves after every record (replays, early and late outcomes included), and
+    again after the joiner forgets its partitions and rebuilds from the state."""
+    mode = extra.pop("label_mode")
+    j = joiner(str(mode), maturity_buckets=5, **extra)
+    opened: dict[int, int] = {}
+    final: dict[int, int] = {}
+    known: set[str] = set()
+    for record in traffic(random.Random(7), 300):
+        if isinstance(record, Recommendation):
+            if record.recommendation_id not in known:
+                known.add(record.recommendation_id)
+                b = j.policy.bucket(record.event_time)
+                opened[b] = opened.get(b, 0) + len(record.items)
+            out = j.on_recommendation(record, 0)
+        else:
+            out = j.on_outcome(record, 0)
+        for e in out:
+            if e.kind in FINAL and not e.correction and e.item_id != "z":
+                b = j.policy.bucket(e.recommendation_time)
+                final[b] = final.get(b, 0) + 1
+        expected = {b: n - final.get(b, 0) for b, n in opened.items() if n != final.get(b, 0)}
+        assert j.unlabeled_impressions(0) == expected
+    assert any(n for n in expected.values())  # some still open at the end
+    assert len(final) >= 5  # and several buckets through the run
+    j.forget_partitions()
+    j.on_tick(0)
+    assert j.unlabeled_impressions(0) == expected

@@ -3,13 +3,19 @@ a flip of the hidden preferences, a shift of one feature, outcomes that stop."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import pytest
 
 from streamlearn.alerting import Rule
 from streamlearn.clock import ManualClock
-from streamlearn.events import JoinReport, LabeledExample, PartitionHealth
+from streamlearn.events import JoinReport, LabeledExample, PartitionHealth, Recommendation
+from streamlearn.joining import Joiner, JoinPolicy
 from streamlearn.monitoring import Monitor, MonitorPolicy
 from streamlearn.simulation import Deployed
+from tests.unit.test_joining import T0
+from tests.unit.test_label_modes import traffic
 
 RULES = [
     Rule(name="concept-drift", metric="concept_drift", window="stream", bad="above", threshold=0.5),
@@ -270,7 +276,13 @@ def test_only_final_labels_count_when_the_join_emits_fake_negatives() -> None:
     run(today, final)
     run(fnw, as_fnw)
     figures = fnw.snapshot()["models"]["ctr"]["windows"]["1h"]
-    assert figures == today.snapshot()["models"]["ctr"]["windows"]["1h"]
+    expected = today.snapshot()["models"]["ctr"]["windows"]["1h"]
+    # Every positive came after its fake negative; today's join has none of those.
+    assert (figures.pop("delayed_positive_share"), expected.pop("delayed_positive_share")) == (
+        1.0,
+        0.0,
+    )
+    assert figures == expected
     assert figures["count"] == 3000
     snapshot = fnw.snapshot()
     positives = sum(e.label for e in final)
@@ -278,3 +290,74 @@ def test_only_final_labels_count_when_the_join_emits_fake_negatives() -> None:
         3000,
         positives,
     )
+
+
+def test_label_maturity_and_the_windows_delayed_positives_follow_the_join() -> None:
+    """A joiner in label mode observe (late positives corrected) feeds a monitor its examples
+    and, every few records, its report. Each bucket's maturity is the share of its impressions
+    whose final label has been emitted; the window's share of delayed positives and coverage are
+    those of its final positives."""
+    clock = ManualClock(T0)
+    policy = JoinPolicy(
+        window_s=10.0,
+        allowed_lateness_s=0.0,
+        idle_timeout_s=60.0,
+        label_mode="observe",
+        observe_s=3.0,
+        late_policy="correct",
+        maturity_buckets=5,
+    )
+    joiner = Joiner(policy, {}, clock)
+    monitor = Monitor(MonitorPolicy(rules=RULES, warmup_examples=0), clock, policy)
+    opened: dict[int, int] = {}
+    final: dict[int, int] = {}
+    positives = delayed = late = 0
+    known: set[str] = set()
+    checked = 0
+    for n, record in enumerate(traffic(random.Random(3), 400)):
+        if isinstance(record, Recommendation):
+            if record.recommendation_id not in known:
+                known.add(record.recommendation_id)
+                b = policy.bucket(record.event_time)
+                opened[b] = opened.get(b, 0) + len(record.items)
+            out = joiner.on_recommendation(record, 0)
+        else:
+            out = joiner.on_outcome(record, 0)
+        for e in out:
+            monitor.on_example(e)
+            if e.kind != "fake_negative" and not e.correction:
+                final[policy.bucket(e.recommendation_time)] = (
+                    final.get(policy.bucket(e.recommendation_time), 0) + 1
+                )
+            positives += e.label
+            delayed += e.label and e.kind == "delayed_positive" and not e.correction
+            late += e.correction
+        if n % 37 == 0:
+            health = PartitionHealth(
+                pending_impressions=joiner.pending_impressions(0),
+                watermark=joiner.watermark(0),
+                watermark_lag_s=None,
+                unlabeled=joiner.unlabeled_impressions(0),
+            )
+            monitor.on_join_report(
+                JoinReport(
+                    worker="w", at=clock.now(), counters={}, coverage=None, partitions={0: health}
+                )
+            )
+            maturity = monitor.snapshot()["maturity"]
+            newest = max(opened)
+            expected = [
+                (policy.bucket_start(b), opened[b], final.get(b, 0) / opened[b])
+                for b in sorted(opened)
+                if b >= newest - policy.maturity_buckets - 2
+            ]
+            assert [(m["start"], m["impressions"], m["share"]) for m in maturity] == expected
+            checked += 1
+    assert checked > 20
+    shares = [m["share"] for m in maturity]
+    assert shares[0] == 1.0 and shares[-1] < 0.5  # old buckets complete, the newest filling
+    (served,) = monitor.snapshot()["models"].values()
+    figures = served["windows"]["1h"]
+    assert delayed and late
+    assert figures["delayed_positive_share"] == pytest.approx(delayed / positives)
+    assert figures["coverage"] == pytest.approx(1 - late / positives)

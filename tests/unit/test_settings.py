@@ -177,6 +177,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "API_DELIVERY_TIMEOUT_S": ("9", lambda s: s.api.delivery_timeout_s, 9.0),
     "LABEL_MODE": ("fnw", lambda s: s.join.label_mode, "fnw"),
     "OBSERVE_S": ("3", lambda s: s.join.observe_s, 3.0),
+    "MATURITY_BUCKETS": ("6", lambda s: s.join.maturity_buckets, 6),
     "DAILY_REPORT_HOUR": ("5", lambda s: s.daily.hour, 5),
     "DAILY_REFERENCE_DAYS": ("3", lambda s: s.daily.reference_days, 3),
     "DAILY_RETRAIN_LOG_LOSS_RATIO": ("1.3", lambda s: s.daily.retrain_log_loss_ratio, 1.3),
