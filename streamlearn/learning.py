@@ -295,6 +295,7 @@ class Learner:
         kind: str | None,
         example_id: str,
         served: float | None = None,
+        at: tuple[float, float | None] = (0.0, None),
     ) -> None:
         """An example of the join, by its kind (:mod:`streamlearn.delay`): a provisional
         negative's score waits for its impression's final label; the spec's correction
@@ -312,16 +313,22 @@ class Learner:
         if held is not None:
             self.record(True, held, served)
         if self.esdfm is not None and aux is not None and kind in ("immediate", "delayed_positive"):
-            self.esdfm.final(aux, kind, observed_negative=held is not None)
+            self.esdfm.final(aux, kind, held is not None, *at)
 
-    def settle(self, x: dict[str, Any], example_id: str, served: float | None = None) -> None:
+    def settle(
+        self,
+        x: dict[str, Any],
+        example_id: str,
+        served: float | None = None,
+        at: tuple[float, float | None] = (0.0, None),
+    ) -> None:
         """The final negative of an impression learned already as a fake negative: its held
         score counts now; nothing is learned again."""
         held = self.provisional.pop(example_id, None)
         if held is not None:
             self.record(False, held, served)
         if self.esdfm is not None:
-            self.esdfm.final(one_hot_union(x), "real_negative", observed_negative=True)
+            self.esdfm.final(one_hot_union(x), "real_negative", True, *at)
 
     def _hold(self, example_id: str, p: float) -> None:
         self.provisional[example_id] = p

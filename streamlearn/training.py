@@ -107,11 +107,13 @@ class Training:
         # The score this model served for the impression, when it was this model that served.
         version = example.model_version or ""
         served = example.served_score if version.split(":")[0] == self.spec.name else None
+        # When the impression was, and how long after it the join emitted this.
+        at = (example.recommendation_time, example.elapsed_s)
         if kind == "real_negative" and example.weight == 0:
             # The final label of an impression learned already as a fake negative.
-            self.learner.settle(x, eid, served)
+            self.learner.settle(x, eid, served, at)
         else:
-            self.learner.learn_labeled(x, example.label, weight, kind, eid, served)
+            self.learner.learn_labeled(x, example.label, weight, kind, eid, served, at)
         self.skip(partition, offset)
         self._since += 1
 

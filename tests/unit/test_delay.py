@@ -7,9 +7,9 @@ import random
 import pytest
 
 from streamlearn.clock import ManualClock
-from streamlearn.delay import fnc_served, fnw_weight
+from streamlearn.delay import EsdfmWeights, fnc_served, fnw_weight
 from streamlearn.events import LabeledExample
-from streamlearn.features import example_features
+from streamlearn.features import example_features, one_hot_union
 from streamlearn.learning import ModelSpec
 from streamlearn.training import Training
 from tests.factories import example
@@ -83,26 +83,80 @@ def test_a_final_negative_settles_without_learning_again() -> None:
     assert t.offsets == {0: 2}
 
 
+WINDOW_S, OBSERVE_S = 10.0, 3.0
+
+
+def observed(i: int, segment: str, converts_at: float | None) -> list[LabeledExample]:
+    """Impression ``i`` (one a second) as label mode observe emits it, a fake negative at
+    OBSERVE_S, then a delayed positive at ``converts_at`` or the final negative at WINDOW_S."""
+    base = example(False, segment).model_copy(
+        update={"example_id": f"r{i}:i", "recommendation_time": float(i)}
+    )
+    out = [base.model_copy(update={"kind": "fake_negative", "elapsed_s": OBSERVE_S})]
+    if converts_at is not None:
+        update = {"label": True, "kind": "delayed_positive", "elapsed_s": converts_at}
+        return [*out, base.model_copy(update=update)]
+    update = {"kind": "real_negative", "weight": 0.0, "elapsed_s": WINDOW_S}
+    return [*out, base.model_copy(update=update)]
+
+
+def in_emission_order(impressions: list[list[LabeledExample]]) -> list[LabeledExample]:
+    return sorted(
+        (e for examples in impressions for e in examples),
+        key=lambda e: e.recommendation_time + (e.elapsed_s or 0.0),
+    )
+
+
 def test_esdfm_learns_which_negatives_turn_positive() -> None:
     """Observed negatives of segment a convert later half the time, of segment b never: the
     auxiliary models learn it, and weigh a's negatives less than b's."""
     spec = ModelSpec(delay_correction="esdfm")
-    stream = []
-    for i in range(3000):
-        segment = "a" if i % 2 else "b"
-        base = example(False, segment).model_copy(update={"example_id": f"r{i}:i"})
-        stream.append(base.model_copy(update={"kind": "fake_negative"}))
-        if segment == "a" and i % 4 == 1:
-            stream.append(base.model_copy(update={"label": True, "kind": "delayed_positive"}))
-        else:
-            stream.append(base.model_copy(update={"kind": "real_negative", "weight": 0.0}))
-    t = learned(spec, stream)
+    impressions = [
+        observed(i, "a" if i % 2 else "b", 6.0 if i % 4 == 1 else None) for i in range(3000)
+    ]
+    t = learned(spec, in_emission_order(impressions))
     weights = t.learner.esdfm
     assert weights is not None
     x_a = {"c:segment_a": 1, "i:category_b": 1, "item_i": 1}
     x_b = {"c:segment_b": 1, "i:category_b": 1, "item_i": 1}
     assert weights.weight(x_a, False) < weights.weight(x_b, False)
     assert weights.weight(x_a, True) > weights.weight(x_b, True)
+
+
+def test_esdfm_learns_each_fate_when_its_window_closes() -> None:
+    """The delayed positives come before the real negatives of the same impressions' time:
+    learned as they come, the auxiliary models would see a biased order. They learn each fate
+    when its window closes instead, so exactly as from every impression's fate given in order
+    of its window's end; and until the first window closes they weigh every example 1."""
+    rng = random.Random(5)
+    impressions = [
+        observed(i, "a", rng.uniform(OBSERVE_S, WINDOW_S) if rng.random() < 0.3 else None)
+        for i in range(2000)
+    ]
+    t = Training(ModelSpec(delay_correction="esdfm"), ManualClock(0.0))
+    weights = t.learner.esdfm
+    assert weights is not None
+    x = {"c:segment_a": 1, "i:category_b": 1, "item_i": 1}
+    stream = in_emission_order(impressions)
+    for offset, e in enumerate(stream):
+        t.learn(e, 0, offset)
+        if e.recommendation_time + (e.elapsed_s or 0.0) < WINDOW_S:
+            assert (weights.weight(x, False), weights.weight(x, True)) == (1.0, 1.0)
+    # Every fate whose window has closed (by the last final label's time), in the order the
+    # windows closed, to two plain models; the later ones still held.
+    now = max(
+        e.recommendation_time + (e.elapsed_s or 0.0) for e in stream if e.kind != "fake_negative"
+    )
+    reference, later = EsdfmWeights(), set()
+    for examples in impressions:
+        final = examples[-1]
+        if final.recommendation_time + WINDOW_S <= now:
+            reference._learn(one_hot_union(example_features(t.spec, final)), final.label, True)
+        else:
+            later.add(final.recommendation_time)
+    assert {h[0] for h in weights.held} == later
+    assert weights.delayed._weights == reference.delayed._weights
+    assert weights.real_negative._weights == reference.real_negative._weights
 
 
 def test_served_time_figures_use_the_score_this_model_served() -> None:
