@@ -44,7 +44,7 @@ from streamlearn.features import impression_features, one_hot_candidates, one_ho
 
 # ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
 # importable from here so that snapshots written before streamlearn.metrics still load.
-from streamlearn.metrics import ThresholdAUC, exact_auc
+from streamlearn.metrics import MeanLogLoss, ThresholdAUC, exact_auc
 from streamlearn.retention import RetentionPolicy
 
 
@@ -174,7 +174,7 @@ class Learner:
         self.esdfm = EsdfmWeights() if spec.delay_correction == "esdfm" else None
         # River's metrics are untyped: Any keeps mypy's strictness for our own code.
         self.auc = ThresholdAUC()
-        self.log_loss: Any = metrics.LogLoss()
+        self.log_loss = MeanLogLoss()
         # The last scores and labels; their exact AUC is computed when asked for (at each
         # checkpoint), not updated per example as a rolling River metric would be.
         self.recent: deque[tuple[float, bool]] = deque(maxlen=spec.rolling_window)
@@ -184,7 +184,7 @@ class Learner:
     def _served_metrics(self) -> None:
         # Served-time figures: each impression scored as this model served it (see record).
         self.served_auc = ThresholdAUC()
-        self.served_log_loss: Any = metrics.LogLoss()
+        self.served_log_loss = MeanLogLoss()
         self.served_predicted = 0.0
         self.served_logged = 0
 
@@ -212,6 +212,9 @@ class Learner:
         # A learner pickled before label modes: every learned example was scored at once.
         state = {"scored": state["samples_seen"], "provisional": {}, "esdfm": None, **state}
         self.__dict__.update(state)
+        for name in ("log_loss", "served_log_loss"):  # River's, in a snapshot from before
+            if isinstance(state.get(name), metrics.LogLoss):
+                setattr(self, name, MeanLogLoss.of(state[name]))
         if "served_auc" not in state:  # and none served-time figures: they start now
             self._served_metrics()
         self._shortcuts()
@@ -276,14 +279,14 @@ class Learner:
         learned the impression) in the progressive metrics; in the served-time metrics the
         score this model served for it (``served``, logged by the API), else ``p``."""
         self.auc.update(y, p)
-        self.log_loss.update(y, {False: 1.0 - p, True: p})
+        self.log_loss.update(y, p)
         self.recent.append((p, y))
         self.scored += 1
         self.positives += int(y)
         self.predicted += p
         at = p if served is None else served
         self.served_auc.update(y, at)
-        self.served_log_loss.update(y, {False: 1.0 - at, True: at})
+        self.served_log_loss.update(y, at)
         self.served_predicted += at
         self.served_logged += served is not None
 

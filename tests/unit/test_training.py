@@ -105,3 +105,24 @@ def test_every_learner_and_encoding_learns_who_likes_what(
     likes = t.learner.predict_proba_one(example_features(spec, example(True, "likes")))
     dislikes = t.learner.predict_proba_one(example_features(spec, example(True, "dislikes")))
     assert likes > 0.6 > 0.4 > dislikes, (likes, dislikes)
+
+
+def test_a_learner_from_an_older_snapshot_keeps_its_log_loss() -> None:
+    """Snapshots written before the trainer kept its own running log loss pickled River's
+    ``LogLoss``: read back, the figure is the same and goes on counting."""
+    import pickle
+
+    from river import metrics
+
+    t = Training(ModelSpec(), ManualClock(0.0))
+    for offset in range(40):
+        t.learn(example(offset % 3 == 0), 0, offset)
+    old = metrics.LogLoss()
+    for offset in range(40):
+        old.update(offset % 2 == 0, {True: 0.3, False: 0.7})
+    t.learner.log_loss = old
+    restored = pickle.loads(pickle.dumps(t.learner))
+    assert restored.metrics()["log_loss"] == pytest.approx(old.get())
+    restored.record(True, 0.3)
+    old.update(True, {True: 0.3, False: 0.7})
+    assert restored.metrics()["log_loss"] == pytest.approx(old.get())
