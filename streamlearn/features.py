@@ -41,6 +41,7 @@ def impression_features(
     item_id: str,
     crosses: Iterable[tuple[str, str]] = (),
     include_ids: bool = True,
+    position: int | None = None,
 ) -> Features:
     # Comprehensions rather than a helper per feature: this runs once per example learned.
     out: Features = {
@@ -59,6 +60,8 @@ def impression_features(
         feature = cross(context, item, a, b)
         if feature is not None:
             out[feature[0]] = feature[1]
+    if position is not None:  # a model spec's position "feature": one bias per slot
+        out["pos"] = str(position)
     return out
 
 
@@ -78,12 +81,15 @@ def cross(
 
 
 def example_features(spec: ModelSpec, example: LabeledExample | ExampleRecord) -> Features:
+    """What a model learns an example on: the impression as served, and under the spec's
+    position ``feature`` the slot it was shown in."""
     return impression_features(
         example.context,
         example.item_features,
         item_id=example.item_id,
         crosses=spec.crosses,
         include_ids=spec.include_ids,
+        position=example.position if spec.position == "feature" else None,
     )
 
 
@@ -107,6 +113,7 @@ def one_hot_candidates(
     candidates: Iterable[tuple[str, Mapping[str, float | bool | str]]],
     crosses: Iterable[tuple[str, str]],
     include_ids: bool,
+    position: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``one_hot_union(impression_features(context, item, ...))`` for each candidate of one
     request, with the context encoded once rather than once per candidate: the same keys, values
@@ -137,4 +144,6 @@ def one_hot_candidates(
             out[f"item_{item_id}"] = 1
         for key in crossed:
             out[key] = 1
+        if position is not None:
+            out[f"pos_{position}"] = 1
         yield out

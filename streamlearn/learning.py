@@ -129,6 +129,13 @@ class ModelSpec(_Strict):
         description="How the learner undoes the join's label mode (streamlearn.delay): fnw "
         "weights (label_mode fnw), fnc calibration (fnw), esdfm weights (observe), none.",
     )
+    position: Literal["ignore", "feature", "ips"] = Field(
+        "ignore",
+        description="How the slot an item was shown in is handled: ignore; feature (learned as "
+        "one bias per slot, and every candidate ranked as if in the top slot); ips (each example "
+        "weighted by the inverse of its logged propensity, clipped at ips_clip).",
+    )
+    ips_clip: float = Field(20.0, ge=1, description="The largest inverse-propensity weight.")
     retention: RetentionPolicy | None = Field(
         None, description="Which of its versions to keep; default: the settings' retention."
     )
@@ -155,7 +162,7 @@ class ModelSpec(_Strict):
         )
 
 
-_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode", "_calibrated"})
+_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode", "_calibrated", "_neutral"})
 MAX_PROVISIONAL = 1_000_000
 
 
@@ -193,6 +200,8 @@ class Learner:
         from the model and spec when a snapshot is loaded."""
         self._final = self.model[-1]
         self._calibrated = self.spec.delay_correction == "fnc"
+        # Candidates are ranked as if each were shown in the top slot.
+        self._neutral = 0 if self.spec.position == "feature" else None
         # How the final step takes a sample weight: River's learners disagree on the name, and
         # AdPredictor takes none (weighted examples then count once).
         params = inspect.signature(self._final.learn_one).parameters
@@ -219,6 +228,21 @@ class Learner:
             self._served_metrics()
         self._shortcuts()
 
+    def serving_features(
+        self, context: Mapping[str, float | bool | str], item_id: str, item: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A candidate's features as this model scores it for ranking: under the position
+        ``feature``, as if shown in the top slot."""
+        spec = self.spec
+        return impression_features(
+            context,
+            item,
+            item_id=item_id,
+            crosses=spec.crosses,
+            include_ids=spec.include_ids,
+            position=self._neutral,
+        )
+
     def score_candidates(
         self,
         context: Mapping[str, float | bool | str],
@@ -229,15 +253,13 @@ class Learner:
         spec = self.spec
         if self._encode is one_hot_union:
             final = self._final
-            encoded = one_hot_candidates(context, candidates, spec.crosses, spec.include_ids)
+            encoded = one_hot_candidates(
+                context, candidates, spec.crosses, spec.include_ids, self._neutral
+            )
             raw = [float(final.predict_proba_one(x).get(True, 0.0)) for x in encoded]
             return [fnc_served(p) for p in raw] if self._calibrated else raw
         return [
-            self.predict_proba_one(
-                impression_features(
-                    context, item, item_id=i, crosses=spec.crosses, include_ids=spec.include_ids
-                )
-            )
+            self.predict_proba_one(self.serving_features(context, i, item))
             for i, item in candidates
         ]
 

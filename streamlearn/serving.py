@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_v
 
 from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
-from streamlearn.features import FeatureValue, impression_features
+from streamlearn.features import FeatureValue
 from streamlearn.learning import Learner
 from streamlearn.policy import Policy
 from streamlearn.registry import Registry
@@ -120,11 +120,7 @@ class Served:
     def score(
         self, context: dict[str, FeatureValue], item_id: str, item: dict[str, FeatureValue]
     ) -> float:
-        spec = self.learner.spec
-        x = impression_features(
-            context, item, item_id=item_id, crosses=spec.crosses, include_ids=spec.include_ids
-        )
-        return self.learner.predict_proba_one(x)
+        return self.learner.predict_proba_one(self.learner.serving_features(context, item_id, item))
 
     def score_request(self, request: ScoreRequest) -> list[float]:
         """Every candidate's score, exactly as :meth:`score` gives it, in less time."""

@@ -64,6 +64,7 @@ class Storefront:
         traffic_seed: int = 0,
         mean_delay_s: float = 2.0,
         cart_share: float = 0.3,
+        position_effect: float = 0.25,
     ) -> None:
         world = random.Random(world_seed)
         self.taste = {s: {c: world.gauss(0.0, 1.3) for c in CATEGORIES} for s in SEGMENTS}
@@ -81,13 +82,14 @@ class Storefront:
         self.cart_share = cart_share
         self.rng = random.Random(traffic_seed)
         self.price_factor = 1.0
+        self.position_effect = position_effect
 
     def probability(self, user: User, item: Item, position: int) -> float:
         z = (
             BASE
             + self.taste[user.segment][item.category]
             + self.appeal[item.item_id]
-            - 0.25 * position
+            - self.position_effect * position
             + (0.3 if user.mobile else 0.0)
         )
         return _sigmoid(z)

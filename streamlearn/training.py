@@ -102,6 +102,8 @@ class Training:
                 self.skip(partition, offset)
                 return
             weight *= self.policy.correction_weight
+        if self.spec.position == "ips":
+            weight *= min(1.0 / max(example.propensity, 1e-9), self.spec.ips_clip)
         x = example_features(self.spec, example)
         kind, eid = example.kind, example.example_id
         # The score this model served for the impression, when it was this model that served.

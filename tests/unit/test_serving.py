@@ -39,9 +39,12 @@ def test_the_fused_encoding_is_the_pipelines_in_the_same_order() -> None:
     for _ in range(200):
         r = _request(rng)
         candidates = [(c.item_id, c.features) for c in r.items]
-        fused = list(one_hot_candidates(r.context, candidates, CROSSES, True))
+        position = rng.choice([None, 0, 3])  # a position-aware model's slot feature
+        fused = list(one_hot_candidates(r.context, candidates, CROSSES, True, position))
         for (item_id, item), got in zip(candidates, fused, strict=True):
-            x = impression_features(r.context, item, item_id=item_id, crosses=CROSSES)
+            x = impression_features(
+                r.context, item, item_id=item_id, crosses=CROSSES, position=position
+            )
             assert list(got.items()) == list(one_hot_union(x).items())
 
 
@@ -52,8 +55,10 @@ def test_the_fused_encoding_is_the_pipelines_in_the_same_order() -> None:
         ModelSpec(crosses=CROSSES, encoding="hash"),
         ModelSpec(crosses=CROSSES, scale=True),
         ModelSpec(crosses=CROSSES, learner={"kind": "fm", "n_factors": 4}),
+        ModelSpec(crosses=CROSSES, position="feature"),
+        ModelSpec(crosses=CROSSES, position="feature", encoding="hash"),
     ],
-    ids=["onehot", "hash", "scaled", "fm"],
+    ids=["onehot", "hash", "scaled", "fm", "position", "position-hash"],
 )
 def test_a_request_scores_as_its_candidates_one_by_one(spec: ModelSpec) -> None:
     t = Training(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from streamlearn.clock import ManualClock
-from streamlearn.features import example_features
+from streamlearn.features import example_features, one_hot_union
 from streamlearn.learning import ModelSpec
 from streamlearn.training import Training, TrainingPolicy
 from tests.factories import example
@@ -126,3 +126,38 @@ def test_a_learner_from_an_older_snapshot_keeps_its_log_loss() -> None:
     restored.record(True, 0.3)
     old.update(True, {True: 0.3, False: 0.7})
     assert restored.metrics()["log_loss"] == pytest.approx(old.get())
+
+
+def test_position_as_a_feature_learns_one_bias_per_slot_and_ranks_as_the_top_slot() -> None:
+    """Clicks fall with the slot shown in, whatever the item: a position-aware model learns a
+    bias per slot (the lower, the less) and scores every candidate as if shown on top, so its
+    ranking score is the same whichever slot an item was logged in; a blind model's is not."""
+    import random
+
+    aware = Training(ModelSpec(position="feature"), ManualClock(0.0))
+    rng = random.Random(0)
+    for offset in range(6000):
+        slot = offset % 4
+        e = example(rng.random() < 0.4 - 0.1 * slot, "likes").model_copy(update={"position": slot})
+        aware.learn(e, 0, offset)
+    weights = aware.learner.model[-1].weights
+    bias = [weights.get(f"pos_{slot}", 0.0) for slot in range(4)]
+    assert bias == sorted(bias, reverse=True), bias  # lower slots, lower bias
+    e = example(True, "likes")
+    x = aware.learner.serving_features(e.context, e.item_id, e.item_features)
+    assert x["pos"] == "0"
+    shown_low = e.model_copy(update={"position": 3})
+    assert example_features(aware.spec, shown_low)["pos"] == "3"  # learned where it was shown
+
+
+def test_ips_weighs_each_example_by_its_inverse_propensity_clipped() -> None:
+    from river import linear_model, optim
+
+    t = Training(ModelSpec(position="ips", ips_clip=5.0), ManualClock(0.0))
+    plain = linear_model.LogisticRegression(optimizer=optim.AdaGrad(0.1))
+    for offset, (label, propensity) in enumerate([(True, 0.5), (False, 0.1), (True, 0.9)]):
+        e = example(label, "likes").model_copy(update={"propensity": propensity})
+        t.learn(e, 0, offset)
+        x = one_hot_union(example_features(t.spec, e))
+        plain.learn_one(x, label, w=min(1 / propensity, 5.0))
+    assert t.learner.model[-1].weights == plain.weights
