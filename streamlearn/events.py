@@ -61,11 +61,25 @@ class Recommendation(Event):
     context: Features = {}
     items: list[SlateItem] = Field(min_length=1, max_length=MAX_SLATE)
     model_version: str | None = Field(None, max_length=128)
+    # What an off-policy estimate needs besides each item's propensity (the API logs both).
+    epsilon: float | None = Field(
+        None, ge=0, le=1, description="The exploration the slate was chosen with, if any."
+    )
+    candidates: list[Id] | None = Field(
+        None,
+        max_length=MAX_SLATE,
+        description="Every candidate of the request in its order, shown or not: what another "
+        "model's ranking is replayed over.",
+    )
 
     @model_validator(mode="after")
     def _items_unique(self) -> Recommendation:
         if len({i.item_id for i in self.items}) != len(self.items):
             raise ValueError("items must not repeat an item_id")
+        if self.candidates is not None and not {i.item_id for i in self.items} <= set(
+            self.candidates
+        ):
+            raise ValueError("every item shown must be one of the candidates")
         return self
 
 

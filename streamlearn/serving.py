@@ -57,7 +57,11 @@ class ApiPolicy(Policy):
         description="How often the API polls for a new version; the Redis notice is the fast path.",
     )
     explore_epsilon: float = Field(
-        0.0, ge=0, le=1, description="Default epsilon-greedy exploration of /v1/rank."
+        0.05,
+        ge=0,
+        le=1,
+        description="Default epsilon-greedy exploration of /v1/rank: what lets another model's "
+        "ranking be judged on the slates this one served (0: none).",
     )
     admin_key: SecretStr | None = Field(
         None, description="Key for the model admin endpoints; unset, they answer 403."

@@ -96,6 +96,8 @@ async def rank(
             for p in slate
         ],
         model_version=served.tag,
+        epsilon=epsilon,
+        candidates=[c.item_id for c in body.items],
     )
     logged = publisher.publish(
         settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()

@@ -169,7 +169,7 @@ def test_rank_returns_the_top_k_and_logs_exactly_what_it_served(
     client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
 ) -> None:
     serving(client, store)
-    r = client.post("/v1/rank", json=RANK)
+    r = client.post("/v1/rank", json={**RANK, "epsilon": 0})  # no exploration: the top k
     assert r.status_code == 200, r.text
     body = r.json()
     unranked = {k: v for k, v in RANK.items() if k != "k"}
@@ -185,6 +185,9 @@ def test_rank_returns_the_top_k_and_logs_exactly_what_it_served(
     assert event["recommendation_id"] == body["recommendation_id"]
     assert event["model_version"] == "ctr:v1"
     assert event["context"] == RANK["context"]
+    # What an off-policy estimate replays: the exploration, and every candidate in order.
+    assert event["epsilon"] == 0
+    assert event["candidates"] == [c["item_id"] for c in RANK["items"]]
     served = {i["item_id"]: i for i in event["items"]}
     for item in body["items"]:
         logged = served[item["item_id"]]
@@ -207,6 +210,21 @@ def test_rank_with_exploration_logs_the_true_propensities(
             m = 3 - j
             assert p == pytest.approx(0.5 / m) or p == pytest.approx(0.5 + 0.5 / m)
     assert len(publisher.events) == 30
+
+
+def test_rank_explores_by_default_and_logs_how_much(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    """Without ``epsilon`` a request gets the setting's (5% by default); the event says so."""
+    serving(client, store)
+    for _ in range(20):
+        body = client.post("/v1/rank", json=RANK).json()
+        m = len(RANK["items"])  # type: ignore[arg-type]
+        assert body["items"][0]["propensity"] in (
+            pytest.approx(0.95 + 0.05 / m),
+            pytest.approx(0.05 / m),
+        )
+    assert {e["epsilon"] for _, _, e in publisher.events} == {0.05}
 
 
 def test_rank_says_when_its_event_was_not_logged(

@@ -26,6 +26,11 @@ GOOD = (
 def test_a_good_recommendation_parses() -> None:
     rec = parse(Recommendation, GOOD)
     assert rec.schema_version == 1 and rec.items[0].features == {"price": 1.5, "cat": "x"}
+    logged = GOOD.replace(
+        b'"event_time": 1.0', b'"event_time": 1.0, "epsilon": 0.05, "candidates": ["b", "a"]'
+    )
+    rec = parse(Recommendation, logged)
+    assert (rec.epsilon, rec.candidates) == (0.05, ["b", "a"])
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,11 @@ def test_a_good_recommendation_parses() -> None:
         ),
         (GOOD.replace(b'"user_id": "u1"', b'"user_id": "' + b"u" * 500 + b'"'), "user_id"),
         (None, "tombstone"),
+        (GOOD.replace(b'"event_time": 1.0', b'"event_time": 1.0, "epsilon": 2'), "epsilon"),
+        (
+            GOOD.replace(b'"event_time": 1.0', b'"event_time": 1.0, "candidates": ["b", "c"]'),
+            "every item shown must be one of the candidates",
+        ),
     ],
 )
 def test_bad_records_are_refused_with_a_reason(raw: bytes | None, reason: str) -> None:
