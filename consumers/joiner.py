@@ -135,6 +135,7 @@ class TransactionalJoin(KafkaProcess):
             self.outcomes: settings.topic("outcomes_repartition"),
         }
         self.examples = settings.topic("examples")
+        self.slates = settings.topic("slates")
         self.letters = settings.topic("dead_letters")
         self.stats_topic = settings.topic("joiner_stats")
         self.changelog = settings.topic("joiner_state")
@@ -266,6 +267,10 @@ class TransactionalJoin(KafkaProcess):
         for e in examples:
             self._produce(
                 self.examples, e.user_id.encode(), e.model_dump_json().encode(), partition
+            )
+        for slate in self.joiner.take_slates():
+            self._produce(
+                self.slates, slate.user_id.encode(), slate.model_dump_json().encode(), partition
             )
 
     def _produce(

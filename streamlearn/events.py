@@ -83,6 +83,32 @@ class Recommendation(Event):
         return self
 
 
+class ShownItem(Event):
+    """One slot of a closed slate: what was shown there and what it earned in its window."""
+
+    item_id: Id
+    position: int = Field(ge=0, lt=MAX_SLATE)
+    propensity: float = Field(gt=0, le=1)
+    score: float | None = None
+    converted: bool
+    value: float = Field(0.0, ge=0, description="The qualifying outcomes' value.")
+
+
+class Slate(Event):
+    """A recommendation once its attribution window has closed, every slot with its final
+    label: what off-policy estimates and ranking metrics are computed from (one per
+    recommendation, emitted by the join with its last examples)."""
+
+    schema_version: Literal[1] = 1
+    recommendation_id: Id
+    user_id: Id
+    event_time: EventTime
+    model_version: str | None = None
+    epsilon: float | None = None
+    candidates: list[Id] | None = None
+    shown: list[ShownItem] = Field(min_length=1, max_length=MAX_SLATE)
+
+
 class Outcome(Event):
     """A conversion: the storefront saw the user act on an item."""
 

@@ -63,7 +63,15 @@ from typing import Any, ClassVar, Literal, get_args
 from pydantic import Field, model_validator
 
 from streamlearn.clock import Clock
-from streamlearn.events import ExampleKind, LabeledExample, Outcome, OutcomeKind, Recommendation
+from streamlearn.events import (
+    ExampleKind,
+    LabeledExample,
+    Outcome,
+    OutcomeKind,
+    Recommendation,
+    ShownItem,
+    Slate,
+)
 from streamlearn.policy import Policy
 
 Input = Literal["recommendations", "outcomes"]
@@ -238,6 +246,8 @@ class Joiner:
     # the backlog it has yet to read.
     _advanced_at: dict[tuple[int, str], float] = field(default_factory=dict)
     _caught_up_at: dict[tuple[int, str], float] = field(default_factory=dict)
+    # Slates closed since the caller last took them (take_slates), in closing order.
+    _slates: list[Slate] = field(default_factory=list)
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -534,8 +544,15 @@ class Joiner:
                 heapq.heappush(due, (value["until"], key))
         return out
 
+    def take_slates(self) -> list[Slate]:
+        """The slates whose windows closed since the last call: the caller sends them with the
+        examples those calls returned, in the same transaction."""
+        out, self._slates = self._slates, []
+        return out
+
     def _close(self, rid: str, pending: dict[str, Any]) -> list[LabeledExample]:
         rec, pos = pending["rec"], pending["pos"]
+        self._slates.append(_slate(rec, pos))
         out: list[LabeledExample] = []
         late = [i for i in pending["late"] if i not in pos]
         summed = self.policy.combine == "sum_value"
@@ -597,6 +614,28 @@ class Joiner:
     def unlabeled_impressions(self, partition: int) -> dict[int, int]:
         """A partition's impressions still without a final label, by maturity bucket."""
         return {b: n for b, n in self._unlabeled.get(partition, {}).items() if n}
+
+
+def _slate(rec: dict[str, Any], pos: dict[str, list[Any]]) -> Slate:
+    return Slate(
+        recommendation_id=rec["recommendation_id"],
+        user_id=rec["user_id"],
+        event_time=rec["event_time"],
+        model_version=rec.get("model_version"),
+        epsilon=rec.get("epsilon"),
+        candidates=rec.get("candidates"),
+        shown=[
+            ShownItem(
+                item_id=i["item_id"],
+                position=i["position"],
+                propensity=i["propensity"],
+                score=i.get("score"),
+                converted=i["item_id"] in pos,
+                value=pos[i["item_id"]][2] if i["item_id"] in pos else 0.0,
+            )
+            for i in rec["items"]
+        ],
+    )
 
 
 def _source(input: Input, forwarded: bool) -> str:

@@ -17,7 +17,14 @@ from pydantic import BaseModel
 
 from streamlearn.alerting import Alert
 from streamlearn.errors import InfraError
-from streamlearn.events import DeadLetter, JoinReport, LabeledExample, Outcome, Recommendation
+from streamlearn.events import (
+    DeadLetter,
+    JoinReport,
+    LabeledExample,
+    Outcome,
+    Recommendation,
+    Slate,
+)
 from streamlearn.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -50,6 +57,8 @@ def declared(settings: Settings) -> dict[str, TopicSpec]:
         ),
         "outcomes": TopicSpec(settings.topic("outcomes"), "user_id", Outcome, n, week),
         "examples": TopicSpec(settings.topic("examples"), "user_id", LabeledExample, n, week),
+        # Each recommendation once its window has closed, every slot labeled (the join's).
+        "slates": TopicSpec(settings.topic("slates"), "user_id", Slate, n, week),
         "dead_letters": TopicSpec(
             settings.topic("dead_letters"),
             "source topic",

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from river import metrics
 
-from streamlearn.events import LabeledExample
+from streamlearn.events import LabeledExample, Slate
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import open_store
@@ -29,6 +29,7 @@ from tests.conftest import (
     configure,
     converted,
     examples,
+    records,
     traffic,
     trainer_committed,
     wait_until,
@@ -233,6 +234,16 @@ def test_label_mode_observe_through_the_loop(
     positives = {e.example_id for e in got if e.label}
     should = converted(recs, outcomes, WINDOW_S)
     assert positives <= should and len(positives) >= 0.97 * len(should)
+    # One slate per recommendation, each slot converted exactly when its impression was.
+    slates = records(settings, "slates", Slate)
+    assert sorted(s.recommendation_id for s in slates) == sorted(r.recommendation_id for r in recs)
+    assert {
+        LabeledExample.id_for(s.recommendation_id, slot.item_id)
+        for s in slates
+        for slot in s.shown
+        if slot.converted
+    } == positives
+    assert all(s.epsilon == 0.05 and s.candidates for s in slates if s.model_version)
     immediate = [e for e in got if e.kind == "immediate"]
     delayed = [e for e in got if e.kind == "delayed_positive"]
     assert immediate and delayed  # the storefront's delays straddle the observation window

@@ -164,3 +164,33 @@ def test_impressions_without_a_final_label_are_counted_by_bucket(
     j.forget_partitions()
     j.on_tick(0)
     assert j.unlabeled_impressions(0) == expected
+
+
+@pytest.mark.parametrize("mode", ["window", "fnw", "observe"])
+def test_each_recommendation_closes_into_one_slate_with_its_final_labels(mode: str) -> None:
+    """Whatever the label mode, a recommendation's window closing gives one slate: every slot
+    shown, converted exactly when the join emitted that impression's positive."""
+    j = joiner(mode, observe_s=3.0)
+    converted: set[str] = set()
+    slates = []
+    known: set[str] = set()
+    records = traffic(random.Random(11), 200)
+    for record in records:
+        if isinstance(record, Recommendation):
+            known.add(record.recommendation_id)
+            out = j.on_recommendation(record, 0)
+        else:
+            out = j.on_outcome(record, 0)
+        converted |= {e.example_id for e in out if e.label and not e.correction}
+        slates += j.take_slates()
+    advance(j, T0 + 1000)
+    slates += j.take_slates()
+    slates = [s for s in slates if not s.recommendation_id.startswith("tick")]
+    assert sorted(s.recommendation_id for s in slates) == sorted(known)
+    assert j.take_slates() == []  # taken once
+    for s in slates:
+        for slot in s.shown:
+            example_id = LabeledExample.id_for(s.recommendation_id, slot.item_id)
+            assert slot.converted == (example_id in converted), (s, slot)
+            assert slot.value == (2.0 if slot.converted else 0.0)  # the factory's outcome value
+    assert any(slot.converted for s in slates for slot in s.shown)
