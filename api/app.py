@@ -89,8 +89,14 @@ def create_app(
         snapshots = store or open_store(settings)
         events = publisher or EventPublisher(settings)
         holder = ModelHolder(snapshots, settings.model.name)
+        shadows = (
+            [ModelHolder(snapshots, spec.name) for spec in settings.challengers]
+            if settings.api.shadow_share > 0
+            else []
+        )
         app.state.settings = settings
         app.state.holder = holder
+        app.state.shadows = shadows
         app.state.registry = Registry(snapshots)
         app.state.publisher = events
         app.state.clock = SystemClock()
@@ -100,7 +106,8 @@ def create_app(
         )
         SERVING.holders[holder.model_name] = holder
         events.start()
-        await asyncio.to_thread(holder.refresh)
+        for each in (holder, *shadows):
+            await asyncio.to_thread(each.refresh)
         # Everything alive now (the imports, the app, the model) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it, which otherwise
         # stalls every request in flight for tens of milliseconds.
@@ -109,13 +116,18 @@ def create_app(
         threading.Thread(
             target=holder.follow, args=(snapshots, stop, following), name="notices", daemon=True
         ).start()
+        for shadow in shadows:  # a challenger's new version may wait for a notice or a poll
+            threading.Thread(
+                target=shadow.follow, args=(snapshots, stop), name="shadow", daemon=True
+            ).start()
         # Serve once the follower listens: what changes from then on reaches it by notice.
         await asyncio.to_thread(following.wait, 30.0)
 
         async def poll() -> None:
             while True:
                 await asyncio.sleep(settings.api.model_poll_s)
-                await asyncio.to_thread(holder.refresh)
+                for each in (holder, *shadows):
+                    await asyncio.to_thread(each.refresh)
 
         task = asyncio.create_task(poll())
         try:

@@ -55,3 +55,5 @@ PublisherDep = Annotated[Publisher, Depends(_state("publisher"))]
 RegistryDep = Annotated[Registry, Depends(_state("registry"))]
 ClockDep = Annotated[Clock, Depends(_state("clock"))]
 RngDep = Annotated[random.Random, Depends(_state("rng"))]
+# The challengers' holders, scoring /v1/rank's candidates in shadow.
+ShadowsDep = Annotated[list[ModelHolder], Depends(_state("shadows"))]

@@ -51,6 +51,17 @@ class SlateItem(Event):
     features: Features = {}
 
 
+ModelScores = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=128)], list[float]],
+    Field(max_length=16),
+]
+
+
+def _check_scores(scores: dict[str, list[float]] | None, candidates: list[str] | None) -> None:
+    if scores and (candidates is None or any(len(s) != len(candidates) for s in scores.values())):
+        raise ValueError("scores must give one per candidate, in the candidates' order")
+
+
 class Recommendation(Event):
     """What was shown to whom, with what, by which model version."""
 
@@ -71,6 +82,11 @@ class Recommendation(Event):
         description="Every candidate of the request in its order, shown or not: what another "
         "model's ranking is replayed over.",
     )
+    scores: ModelScores | None = Field(
+        None,
+        description="Each model version's score of every candidate, in the candidates' order "
+        "(the served one's and the challengers' in shadow).",
+    )
 
     @model_validator(mode="after")
     def _items_unique(self) -> Recommendation:
@@ -80,6 +96,7 @@ class Recommendation(Event):
             self.candidates
         ):
             raise ValueError("every item shown must be one of the candidates")
+        _check_scores(self.scores, self.candidates)
         return self
 
 
@@ -106,7 +123,13 @@ class Slate(Event):
     model_version: str | None = None
     epsilon: float | None = None
     candidates: list[Id] | None = None
+    scores: ModelScores | None = None
     shown: list[ShownItem] = Field(min_length=1, max_length=MAX_SLATE)
+
+    @model_validator(mode="after")
+    def _scores_match(self) -> Slate:
+        _check_scores(self.scores, self.candidates)
+        return self
 
 
 class Outcome(Event):

@@ -624,6 +624,7 @@ def _slate(rec: dict[str, Any], pos: dict[str, list[Any]]) -> Slate:
         model_version=rec.get("model_version"),
         epsilon=rec.get("epsilon"),
         candidates=rec.get("candidates"),
+        scores=rec.get("scores"),
         shown=[
             ShownItem(
                 item_id=i["item_id"],

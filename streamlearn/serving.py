@@ -36,6 +36,7 @@ class ApiPolicy(Policy):
         "max_body_bytes": "max_body_bytes",
         "model_poll_s": "model_poll_s",
         "explore_epsilon": "explore_epsilon",
+        "shadow_share": "shadow_share",
         "admin_key": "admin_key",
         "scoring_keys": "scoring_keys",
         "buffer_max": "api_buffer_max",
@@ -62,6 +63,14 @@ class ApiPolicy(Policy):
         le=1,
         description="Default epsilon-greedy exploration of /v1/rank: what lets another model's "
         "ranking be judged on the slates this one served (0: none).",
+    )
+    shadow_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="The share of /v1/rank requests on which every challenger scores the "
+        "candidates too (in shadow: only the served model ranks), and every model's scores are "
+        "logged: what the monitor's off-policy estimates of each model are computed from.",
     )
     admin_key: SecretStr | None = Field(
         None, description="Key for the model admin endpoints; unset, they answer 403."

@@ -42,9 +42,9 @@ def example(label: bool, segment: str = "a") -> LabeledExample:
     )
 
 
-def trained(version: int, n: int = 50) -> Snapshot:
+def trained(version: int, n: int = 50, spec: ModelSpec | None = None) -> Snapshot:
     t = Training(
-        ModelSpec(),
+        spec or ModelSpec(),
         ManualClock(0.0),
         TrainingPolicy(checkpoint_every_n=1000, checkpoint_every_s=60.0),
     )

@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from pydantic import Field
 
-from api.deps import ClockDep, PublisherDep, RngDep, ServedDep, SettingsDep
+from api.deps import ClockDep, PublisherDep, RngDep, ServedDep, SettingsDep, ShadowsDep
 from api.schemas import (
     OutcomesResponse,
     RankRequest,
@@ -70,6 +70,7 @@ async def rank(
     publisher: PublisherDep,
     clock: ClockDep,
     rng: RngDep,
+    shadows: ShadowsDep,
 ) -> Response:
     """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
     exploration), and the recommendation event of what was served published to Kafka, with the
@@ -80,6 +81,14 @@ async def rank(
         [(c.item_id, p) for c, p in zip(body.items, scores, strict=True)], body.k, epsilon, rng
     )
     features = {c.item_id: c.features for c in body.items}
+    logged_scores = None
+    if settings.api.shadow_share > 0 and rng.random() < settings.api.shadow_share:
+        # Every model's scores of every candidate, the served one's and the challengers' in
+        # shadow: the monitor replays each model's ranking over this slate.
+        logged_scores = {served.tag: [round(p, 6) for p in scores]}
+        for shadow in shadows:
+            if (version := shadow.current) is not None:
+                logged_scores[version.tag] = [round(p, 6) for p in version.score_request(body)]
     event = Recommendation(
         recommendation_id=uuid.uuid4().hex,
         user_id=body.user_id,
@@ -98,6 +107,7 @@ async def rank(
         model_version=served.tag,
         epsilon=epsilon,
         candidates=[c.item_id for c in body.items],
+        scores=logged_scores,
     )
     logged = publisher.publish(
         settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()

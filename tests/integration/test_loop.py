@@ -243,7 +243,9 @@ def test_label_mode_observe_through_the_loop(
         for slot in s.shown
         if slot.converted
     } == positives
-    assert all(s.epsilon == 0.05 and s.candidates for s in slates if s.model_version)
+    ranked = [s for s in slates if s.model_version]  # by the API: the rest drawn unscored
+    assert ranked and all(s.epsilon == 0.05 and s.candidates for s in ranked)
+    assert all(s.scores and s.model_version in s.scores for s in ranked)
     immediate = [e for e in got if e.kind == "immediate"]
     delayed = [e for e in got if e.kind == "delayed_positive"]
     assert immediate and delayed  # the storefront's delays straddle the observation window

@@ -17,8 +17,9 @@ from api.app import create_app
 from streamlearn.archive_query import connect
 from streamlearn.errors import SignatureError
 from streamlearn.evaluation import evaluate
+from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry
-from streamlearn.serving import ModelHolder
+from streamlearn.serving import ModelHolder, ScoreRequest
 from streamlearn.settings import Settings
 from streamlearn.snapshots import ObjectSnapshotStore
 from tests.factories import RANK, archive_of_examples, trained
@@ -225,6 +226,37 @@ def test_rank_explores_by_default_and_logs_how_much(
             pytest.approx(0.05 / m),
         )
     assert {e["epsilon"] for _, _, e in publisher.events} == {0.05}
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0])
+def test_rank_logs_every_models_scores_of_every_candidate(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher, share: float
+) -> None:
+    """With a challenger configured, each ranked request (SHADOW_SHARE of them) logs the served
+    model's and the challenger's scores of all candidates, in their order: the challenger's are
+    its own, though only the served model ranks."""
+    store.put(trained(1))
+    challenger = ModelSpec(name="ctr-b", crosses=())
+    store.put(trained(3, spec=challenger))
+    with app_client(
+        store, publisher, challengers=[challenger.model_dump()], shadow_share=share
+    ) as c:
+        body = c.post("/v1/rank", json=RANK).json()
+        unranked = {k: v for k, v in RANK.items() if k != "k"}
+        served = [s["probability"] for s in c.post("/v1/score", json=unranked).json()["scores"]]
+    [(_, _, event)] = publisher.events
+    if not share:
+        assert event["scores"] is None
+        return
+    holder = ModelHolder(store, "ctr-b")
+    holder.refresh()
+    assert holder.current is not None
+    own = holder.current.score_request(ScoreRequest.model_validate(unranked))
+    assert event["scores"] == {
+        "ctr:v1": [round(p, 6) for p in served],
+        "ctr-b:v3": [round(p, 6) for p in own],
+    }
+    assert own != served and body["model_version"] == 1
 
 
 def test_rank_says_when_its_event_was_not_logged(
