@@ -38,7 +38,7 @@ from streamlearn.alerting import Alert
 from streamlearn.board import Board
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, SnapshotNotFound, StreamlearnError
-from streamlearn.events import JoinReport, parse, parse_example
+from streamlearn.events import JoinReport, Slate, parse, parse_example
 from streamlearn.faults import failpoint
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
@@ -62,8 +62,19 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 7  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 8  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
+EVIDENCE = Gauge(
+    "streamlearn_monitor_evidence",
+    "Off-policy estimates of each model's conversion rate per slot on the logged slates, with "
+    "their anytime bounds (figure: ips, ips_lower, ips_upper, snips..., dr..., slates).",
+    ["model", "figure"],
+)
+RANKING = Gauge(
+    "streamlearn_monitor_ranking",
+    "Each serving version's ranking against observed conversions per window.",
+    ["model_version", "window", "metric"],
+)
 MATURITY = Gauge(
     "streamlearn_monitor_label_maturity",
     "Share of the impressions with their final label, by age in label-maturity buckets of "
@@ -79,6 +90,7 @@ class MonitorProcess(KafkaProcess):
         super().__init__(settings)
         self.examples = settings.topic("examples")
         self.stats = settings.topic("joiner_stats")
+        self.slates = settings.topic("slates")
         self.alerts_topic = settings.topic("alerts")
         self.key = settings.snapshot_hmac_key.get_secret_value().encode()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
@@ -164,7 +176,7 @@ class MonitorProcess(KafkaProcess):
             thread = threading.Thread(target=courier.run, args=(stop,), name=f"courier-{hook.name}")
             thread.start()
             couriers.append(thread)
-        self.consumer.subscribe([self.examples, self.stats], on_assign=self._on_assign)
+        self.consumer.subscribe([self.examples, self.stats, self.slates], on_assign=self._on_assign)
         if self.pending:  # decided before a crash, maybe done: done now, once
             self._save(self._act())
         last_eval = time.monotonic()
@@ -211,6 +223,9 @@ class MonitorProcess(KafkaProcess):
         try:
             if topic == self.examples:
                 return self.monitor.on_example(parse_example(msg.value()))
+            if topic == self.slates:
+                self.monitor.on_slate(parse(Slate, msg.value()))
+                return []
             return self.monitor.on_join_report(parse(JoinReport, msg.value()))
         except InvalidEventError as exc:  # the joiner wrote it: log it, it is not ours to fix
             log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
@@ -269,6 +284,15 @@ class MonitorProcess(KafkaProcess):
         for name, value in snapshot["join"].items():
             JOIN_FIGURE.labels(name).set(value)
         FIRING.set(len(snapshot["firing"]))
+        EVIDENCE.clear()
+        for model, figures in snapshot["evidence"].items():
+            for name, value in figures.items():
+                EVIDENCE.labels(model, name).set(value)
+        RANKING.clear()
+        for tag, windows in snapshot["ranking"].items():
+            for window, metrics in windows.items():
+                for name, value in metrics.items():
+                    RANKING.labels(tag, window, name).set(value)
         MATURITY.clear()
         newest = snapshot["maturity"][-1]["start"] if snapshot["maturity"] else 0.0
         step = self.settings.join.window_s / self.settings.join.maturity_buckets

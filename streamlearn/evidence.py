@@ -256,10 +256,12 @@ class Evidence:
         return lower, upper
 
     def figures(self) -> dict[str, float]:
+        """Slates, and each estimate with its bounds once it has one (JSON has no NaN)."""
         out: dict[str, float] = {"slates": float(self.n)}
         for name in ESTIMATORS:
             point, lower, upper = self.estimate(name)
-            out |= {name: point, f"{name}_lower": lower, f"{name}_upper": upper}
+            if math.isfinite(point):
+                out |= {name: point, f"{name}_lower": lower, f"{name}_upper": upper}
         return out
 
 

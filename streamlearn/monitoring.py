@@ -42,6 +42,7 @@ double backquotes above are the fields of :class:`MonitorPolicy`, the monitor's 
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ from pydantic import Field
 from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
 from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
-from streamlearn.events import JoinReport
+from streamlearn.events import JoinReport, Slate
+from streamlearn.evidence import Evidence, LoggedSlate, slate_terms
 from streamlearn.joining import JoinPolicy
 from streamlearn.metrics import DELAYED, IN_TIME, LATE, Rolling, log_loss
 from streamlearn.policy import Policy
@@ -183,6 +185,14 @@ class MonitorPolicy(Policy):
     auto_action_rules: list[str] = Field(
         default_factory=lambda: ["concept-drift"], description="The rules that trigger it."
     )
+    evidence_alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 minus the confidence of the off-policy bounds."
+    )
+    evidence_target_slates: int = Field(
+        10_000,
+        ge=10,
+        description="The slate count at which the off-policy bounds are tuned to be tightest.",
+    )
     alert_link: str = Field(
         "http://127.0.0.1:8000/docs",
         description="Where an alert's link points; {model} and {version} are filled in.",
@@ -204,6 +214,10 @@ class Monitor:
         # the joiners' latest reports) the impressions whose final label is still to come.
         self.finals: Counter[int] = Counter()
         self.unlabeled: Counter[int] = Counter()
+        # Off-policy evidence per model, over the slates logged since the champion last moved;
+        # and each serving version's ranking figures per window.
+        self.evidence: dict[str, Evidence] = {}
+        self.ranking: dict[str, dict[str, SlateWindow]] = {}
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
         # Per joiner: its counters' changes over its last two reports, and the seconds between.
@@ -328,6 +342,44 @@ class Monitor:
         v.seen += 1
         v.last_at = max(v.last_at, t)
 
+    # ---- slates ----------------------------------------------------------------------------
+
+    def on_slate(self, slate: Slate) -> None:
+        """A closed slate: the serving version's ranking figures, and every model whose scores
+        it logged replayed over it (IPS, SNIPS, DR)."""
+        tag = slate.model_version or "unversioned"
+        windows = self.ranking.get(tag)
+        if windows is None:
+            if len(self.ranking) >= self.policy.max_versions:  # the one served longest ago goes
+                del self.ranking[min(self.ranking, key=lambda k: self._newest(self.ranking[k]))]
+            windows = self.ranking[tag] = {
+                w: SlateWindow(span) for w, span in self.policy.windows.items()
+            }
+        for window in windows.values():
+            window.add(slate)
+        if not (slate.scores and slate.candidates and slate.epsilon):
+            return  # not logged for replay: no exploration, or no candidates and scores
+        logged = LoggedSlate(
+            tuple(slate.candidates),
+            tuple(i.item_id for i in slate.shown),
+            tuple(i.propensity for i in slate.shown),
+            tuple(float(i.converted) for i in slate.shown),
+        )
+        for version, scores in slate.scores.items():
+            model = version.split(":")[0]
+            evidence = self.evidence.get(model)
+            if evidence is None:
+                evidence = self.evidence[model] = Evidence(
+                    slate.epsilon / len(slate.candidates),
+                    self.policy.evidence_alpha,
+                    target_slates=self.policy.evidence_target_slates,
+                )
+            evidence.update(slate_terms(logged, dict(zip(slate.candidates, scores, strict=True))))
+
+    @staticmethod
+    def _newest(windows: dict[str, SlateWindow]) -> float:
+        return max((w.newest for w in windows.values()), default=0.0)
+
     def on_champion(self, model: str, version: int | None) -> None:
         """The registry's champion of ``model`` as read now; a move restarts drift detection."""
         before = self.champions.get(model, version)  # the first reading is no move
@@ -335,6 +387,7 @@ class Monitor:
         st = self.streams.get(model)
         if version is None or version == before or st is None:
             return
+        self.evidence.clear()  # another logging policy: the evidence starts again
         st.rebaseline_at = f"{model}:v{version}"
         if st.version == st.rebaseline_at:  # its examples are already coming
             st.restart_drift(self._concept())
@@ -443,6 +496,11 @@ class Monitor:
             "provisional_examples": self.provisional,
             "delayed_positive_examples": self.delayed,
             "maturity": self.maturity(),
+            "evidence": {model: e.figures() for model, e in self.evidence.items()},
+            "ranking": {
+                tag: {w: r.metrics() for w, r in windows.items()}
+                for tag, windows in self.ranking.items()
+            },
             "firing": self.alarms.firing(),
         }
 
@@ -466,7 +524,48 @@ def history_point(snapshot: Mapping[str, Any], window: str = "5m") -> dict[str, 
         },
         "join": snapshot["join"],
         "firing": snapshot["firing"],
+        "evidence": snapshot.get("evidence", {}),
     }
+
+
+@dataclass
+class SlateWindow:
+    """A serving version's slates of the last ``span`` seconds of event time: its ranking
+    against what customers did. ``ctr_at_1``: conversions in the top slot per slate;
+    ``ctr_at_k``: per slot shown; ``ndcg_at_k``: the slate's order against its conversions
+    (slates with one at least); ``value_per_impression``: the outcomes' value per slot."""
+
+    span: float
+    # (event time, slots, top converted, conversions, NDCG or NaN, value)
+    items: deque[tuple[float, int, int, int, float, float]] = field(default_factory=deque)
+    newest: float = 0.0
+
+    def add(self, slate: Slate) -> None:
+        shown = sorted(slate.shown, key=lambda i: i.position)
+        gain = sum(1.0 / math.log2(slot + 2) for slot, i in enumerate(shown) if i.converted)
+        converted = sum(i.converted for i in shown)
+        ideal = sum(1.0 / math.log2(slot + 2) for slot in range(converted))
+        ndcg = gain / ideal if converted else math.nan
+        value = sum(i.value for i in shown)
+        top = int(shown[0].converted)
+        self.items.append((slate.event_time, len(shown), top, converted, ndcg, value))
+        self.newest = max(self.newest, slate.event_time)
+        while self.items and self.items[0][0] < self.newest - self.span:
+            self.items.popleft()
+
+    def metrics(self) -> dict[str, float]:
+        n = len(self.items)
+        if not n:
+            return {"slates": 0.0}
+        slots = sum(i[1] for i in self.items)
+        ndcgs = [i[4] for i in self.items if not math.isnan(i[4])]
+        return {
+            "slates": float(n),
+            "ctr_at_1": sum(i[2] for i in self.items) / n,
+            "ctr_at_k": sum(i[3] for i in self.items) / slots,
+            "ndcg_at_k": sum(ndcgs) / len(ndcgs) if ndcgs else 0.0,
+            "value_per_impression": sum(i[5] for i in self.items) / slots,
+        }
 
 
 def _prefixed(prefix: str, features: Mapping[str, float | bool | str]) -> dict[str, Any]:
