@@ -472,7 +472,7 @@ def test_the_dashboard_page_and_the_figures_it_polls(
     assert len(got["history"]) == 100 and got["history"][1]["at"] == 10  # evenly thinned
     assert got["served"] == {"model": "ctr", "version": 3, "swaps": 1}
     assert got["recent_alerts"] == [{"status": "resolved"}]
-    assert got["api_requests_total"] >= 3  # this test's own requests count
+    assert got["api_requests_total"] >= 2  # this test's two earlier requests (its page, a poll)
     assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
 
 
