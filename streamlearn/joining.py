@@ -43,6 +43,9 @@ Semantics
   negative. Coverage is positives / (positives + impressions that got only a late positive).
 * Duplicates make no second label: a replayed recommendation (window open, or closed within
   ``dedup_retention``), the same outcome again, a second outcome under ``earliest``.
+* Slates: when a window closes, the recommendation is also handed out once as a
+  :class:`~streamlearn.events.Slate`, every slot with its final label (:meth:`Joiner.take_slates`),
+  for the monitor's ranking figures and off-policy estimates.
 
 The policy names above are the fields of :class:`JoinPolicy` (``window`` is ``window_s``, each
 duration in seconds with an ``_s``), composed into the settings as the ``join`` section.
