@@ -21,9 +21,10 @@ the slot it was shown in, its propensity).
 
 Figures: true rates (mean over seeds); each estimator's absolute error at the end (mean over
 seeds and models); ``bound_coverage``, the share of (seed, model, estimator) whose bounds hold
-the truth at the end, and ``bound_coverage_every_look``, at every thousandth slate; which model
-the gate promoted and after how many slates (median over seeds); promotions of any other model
-(goal 0); ``exploration_cost``, the share of the aware model's true rate that 5% exploration
+the truth at the end, and ``bound_coverage_every_look``, at every thousandth slate (and the DR
+bounds' median width; the same under WSR's finite-sample bounds, which the gate does not use);
+which model the gate promoted and after how many slates (median over seeds); promotions of any
+other model (goal 0); ``exploration_cost``, the share of the aware model's true rate that 5% exploration
 gives up (its epsilon-greedy slates against its greedy ones, on the same fresh requests).
 Prints figures; the last line is one JSON object. Run: ``python bench/evidence.py [SCALE]``
 (SCALE shortens every run, for a quick look).
@@ -189,6 +190,8 @@ def gate_run(seed: int) -> dict[str, Any]:
     )
     board = ("basic", "aware", "worse")
     evidence = {name: Evidence(EPSILON / CANDIDATES) for name in board}
+    # The same slates under the finite-sample bounds, for their coverage and width only.
+    strict = {name: Evidence(EPSILON / CANDIDATES, bounds="empirical_bernstein") for name in board}
     truth: Counter[str] = Counter()
     gate = Gate(RULE, sim.clock)
     champion, promotions = "basic", []
@@ -199,7 +202,9 @@ def gate_run(seed: int) -> dict[str, Any]:
         scores["worse"] = {i: 1.0 - p for i, p in scores["aware"].items()}
         slate = sim.serve(user, candidates, scores[champion])
         for name in board:
-            evidence[name].update(slate_terms(slate, scores[name]))
+            terms = slate_terms(slate, scores[name])
+            evidence[name].update(terms)
+            strict[name].update(terms)
             truth[name] += sim.true_value(user, slate, scores[name])
         decision = gate.judge(champion, evidence)
         if decision is not None and decision.action == "promote":
@@ -210,7 +215,15 @@ def gate_run(seed: int) -> dict[str, Any]:
                 for e in ESTIMATORS:
                     _, lower, upper = evidence[name].estimate(e)
                     held[name, e] &= lower <= truth[name] / n <= upper
-    out: dict[str, Any] = {"promotions": promotions, "errors": {}, "covered": {}, "held": {}}
+    out: dict[str, Any] = {
+        "promotions": promotions,
+        "errors": {},
+        "covered": {},
+        "held": {},
+        "width": {},
+        "strict_covered": {},
+        "strict_width": {},
+    }
     for name in board:
         value = truth[name] / GATE_SLATES
         for e in ESTIMATORS:
@@ -218,6 +231,10 @@ def gate_run(seed: int) -> dict[str, Any]:
             out["errors"][name, e] = abs(point - value)
             out["covered"][name, e] = lower <= value <= upper
             out["held"][name, e] = held[name, e]
+            out["width"][name, e] = upper - lower
+            _, lower, upper = strict[name].estimate(e)
+            out["strict_covered"][name, e] = lower <= value <= upper
+            out["strict_width"][name, e] = upper - lower
     return out
 
 
@@ -257,6 +274,18 @@ def main() -> None:
         },
         "bound_coverage": round(sum(intervals) / len(intervals), 3),
         "bound_coverage_every_look": round(sum(looks) / len(looks), 3),
+        "bound_width_dr_median": round(
+            statistics.median(v for g in gates for (_, e), v in g["width"].items() if e == "dr"), 4
+        ),
+        "bound_coverage_empirical_bernstein": round(
+            statistics.mean(c for g in gates for c in g["strict_covered"].values()), 3
+        ),
+        "bound_width_dr_median_empirical_bernstein": round(
+            statistics.median(
+                v for g in gates for (_, e), v in g["strict_width"].items() if e == "dr"
+            ),
+            4,
+        ),
         "promoted": {
             "model": Counter(first).most_common(1)[0][0] if first else None,
             "seeds": len(after),
