@@ -181,6 +181,9 @@ class Evidence:
     ``bounds``: ``asymptotic`` (Waudby-Smith et al. 2021: the estimate plus or minus its running
     standard deviation times :func:`asymptotic_radius`; SNIPS's by the delta method) is valid
     under continuous monitoring as the slates grow, and as tight as the terms' spread allows;
+    until ``min_informative`` slates have earned an IPS term (a conversion the model would have
+    placed where it was logged) the spread says nothing (a model that rarely agrees with the
+    log has seen none of its rare, large terms yet), and the bounds are the finite-sample ones;
     ``empirical_bernstein`` (:class:`ConfidenceSequence`) holds at every sample size, but its
     width has a term in ``1 / min_propensity`` over the slates, which at 5% exploration over
     tens of candidates takes ten times more slates to separate two models."""
@@ -189,7 +192,9 @@ class Evidence:
     alpha: float = 0.05
     bounds: Literal["asymptotic", "empirical_bernstein"] = "asymptotic"
     target_slates: int = 10_000
+    min_informative: int = 30
     n: int = 0
+    informative: int = 0  # slates with an IPS term above 0
     # Sums of the terms, their squares and IPS x weight (SNIPS's delta method).
     sums: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("ips", "w", "dr", "ips2", "w2", "dr2", "ipsw"), 0.0)
@@ -197,7 +202,7 @@ class Evidence:
     sequences: dict[str, ConfidenceSequence] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.bounds == "empirical_bernstein" and not self.sequences:
+        if not self.sequences:
             top = 1.0 / self.min_propensity
             self.sequences = {
                 "ips": ConfidenceSequence(0.0, top, self.alpha),
@@ -216,6 +221,7 @@ class Evidence:
         s["w2"] += terms.weight * terms.weight
         s["dr2"] += terms.dr * terms.dr
         s["ipsw"] += terms.ips * terms.weight
+        self.informative += terms.ips > 0
         if self.sequences:
             self.sequences["ips"].update(terms.ips)
             self.sequences["snips_numerator"].update(terms.ips)
@@ -231,7 +237,7 @@ class Evidence:
             point = s["ips"] / s["w"] if s["w"] else math.nan
         else:
             point = s[estimator] / n
-        if self.sequences:
+        if self.bounds == "empirical_bernstein" or self.informative < self.min_informative:
             return (point, *self._sequence_bounds(estimator))
         if estimator == "snips":
             if not s["w"]:

@@ -16,6 +16,7 @@ from streamlearn.evidence import (
     Gate,
     LoggedSlate,
     PromotionRule,
+    SlateTerms,
     asymptotic_radius,
     greedy_pick,
     slate_terms,
@@ -215,3 +216,21 @@ def test_the_gate_needs_enough_slates_and_rolls_back_a_promotion_that_falls_shor
     assert rolled is not None and (rolled.action, rolled.model) == ("rollback", "aware")
     assert "fell below the bound it was promoted on (0.1400)" in rolled.summary()
     assert gate.judge("aware", board) is None  # once
+
+
+def test_until_a_model_has_earned_terms_its_bounds_are_the_finite_sample_ones() -> None:
+    """A model that never agrees with the log has no IPS term but 0 yet: its spread is 0, and
+    asymptotic bounds would shrink to a point. Until min_informative slates have earned a term,
+    the finite-sample bounds stand."""
+    evidence = Evidence(0.05 / 10, min_informative=3)
+    strict = Evidence(0.05 / 10, bounds="empirical_bernstein")
+    nothing = SlateTerms(ips=0.0, weight=0.0, dr=0.1)
+    for _ in range(500):
+        evidence.update(nothing)
+        strict.update(nothing)
+    assert evidence.estimate("ips") == strict.estimate("ips")
+    assert evidence.estimate("ips")[2] > 0.05  # not a point at 0
+    for _ in range(3):
+        evidence.update(SlateTerms(ips=40.0, weight=200.0, dr=40.0))
+    # The asymptotic ones from here.
+    assert evidence.estimate("ips")[1:] != evidence._sequence_bounds("ips")
