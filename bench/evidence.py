@@ -24,8 +24,9 @@ seeds and models); ``bound_coverage``, the share of (seed, model, estimator) who
 the truth at the end, and ``bound_coverage_every_look``, at every thousandth slate (and the DR
 bounds' median width; the same under WSR's finite-sample bounds, which the gate does not use);
 which model the gate promoted and after how many slates (median over seeds); promotions of any
-other model (goal 0); ``exploration_cost``, the share of the aware model's true rate that 5% exploration
-gives up (its epsilon-greedy slates against its greedy ones, on the same fresh requests).
+other model (goal 0); ``exploration_cost``, the share of the aware model's true rate that 5%
+exploration gives up (its epsilon-greedy slates against its greedy ones, on the same fresh
+requests).
 Prints figures; the last line is one JSON object. Run: ``python bench/evidence.py [SCALE]``
 (SCALE shortens every run, for a quick look).
 """
