@@ -22,14 +22,16 @@ score of an item (the direct model):
 Each figure is a running mean of one bounded term per slate, and its bounds are a **confidence
 sequence**: with probability ``1 - alpha`` they hold at every slate at once, so they may be
 watched continuously and acted on whenever they say so (a fixed-n confidence interval looked at
-after every slate would be crossed by chance sooner or later). :class:`ConfidenceSequence` is
-Waudby-Smith and Ramdas's predictable plug-in empirical Bernstein sequence (2020, their
-Theorem 2), for terms in a known range: IPS terms lie in ``[0, 1/p_min]`` and DR terms in
-``[-1/p_min, 1 + 1/p_min]``, with ``p_min = epsilon / candidates``. SNIPS's bounds are the ratio
-of its numerator's and denominator's sequences, each at ``alpha / 2`` (both hold together with
-probability ``1 - alpha``). While a model keeps learning, its policy changes from slate to slate;
-the sequence then covers the average of the slates' true values weighted by the sequence's own
-bets (:attr:`ConfidenceSequence.bet`), which the simulator's cross-check computes likewise.
+after every slate would be crossed by chance sooner or later). :class:`Evidence` uses by default
+Waudby-Smith et al.'s asymptotic sequence (2021), as tight as the terms' spread allows, and
+:class:`ConfidenceSequence`, Waudby-Smith and Ramdas's predictable plug-in empirical Bernstein
+sequence (2020, their Theorem 2), where a finite-sample guarantee is wanted and until a model's
+spread means something. The latter needs the terms' range: IPS terms lie in ``[0, 1/p_min]`` and
+DR terms in ``[-1/p_min, 1 + 1/p_min]``, with ``p_min = epsilon / candidates``; SNIPS's bounds
+are then the ratio of its numerator's and denominator's sequences, each at ``alpha / 2`` (both
+hold together with probability ``1 - alpha``). While a model keeps learning, its policy changes
+from slate to slate; the asymptotic sequence then covers the average of the slates' true values
+(the finite-sample one, that average weighted by its bets, :attr:`ConfidenceSequence.bet`).
 """
 
 from __future__ import annotations
@@ -222,11 +224,10 @@ class Evidence:
         s["dr2"] += terms.dr * terms.dr
         s["ipsw"] += terms.ips * terms.weight
         self.informative += terms.ips > 0
-        if self.sequences:
-            self.sequences["ips"].update(terms.ips)
-            self.sequences["snips_numerator"].update(terms.ips)
-            self.sequences["weight"].update(terms.weight)
-            self.sequences["dr"].update(terms.dr)
+        self.sequences["ips"].update(terms.ips)
+        self.sequences["snips_numerator"].update(terms.ips)
+        self.sequences["weight"].update(terms.weight)
+        self.sequences["dr"].update(terms.dr)
 
     def estimate(self, estimator: Estimator) -> tuple[float, float, float]:
         """(point estimate, lower bound, upper bound) of the conversion rate per shown slot."""

@@ -188,6 +188,14 @@ class MonitorPolicy(Policy):
     evidence_alpha: float = Field(
         0.05, gt=0, lt=1, description="1 minus the confidence of the off-policy bounds."
     )
+    evidence_min_propensity: float = Field(
+        1e-4,
+        gt=0,
+        le=1,
+        description="Slates with a rarer logged choice are left out of the off-policy "
+        "estimates (counted): the bound on an inverse-propensity weight that the finite-sample "
+        "bounds need (5% exploration over the API's 500 candidates at most).",
+    )
     evidence_target_slates: int = Field(
         10_000,
         ge=10,
@@ -217,6 +225,7 @@ class Monitor:
         # Off-policy evidence per model, over the slates logged since the champion last moved;
         # and each serving version's ranking figures per window.
         self.evidence: dict[str, Evidence] = {}
+        self.evidence_skipped = 0  # slates with a choice rarer than evidence_min_propensity
         self.ranking: dict[str, dict[str, SlateWindow]] = {}
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
@@ -359,6 +368,9 @@ class Monitor:
             window.add(slate)
         if not (slate.scores and slate.candidates and slate.epsilon):
             return  # not logged for replay: no exploration, or no candidates and scores
+        if min(i.propensity for i in slate.shown) < self.policy.evidence_min_propensity:
+            self.evidence_skipped += 1
+            return
         logged = LoggedSlate(
             tuple(slate.candidates),
             tuple(i.item_id for i in slate.shown),
@@ -370,7 +382,7 @@ class Monitor:
             evidence = self.evidence.get(model)
             if evidence is None:
                 evidence = self.evidence[model] = Evidence(
-                    slate.epsilon / len(slate.candidates),
+                    self.policy.evidence_min_propensity,
                     self.policy.evidence_alpha,
                     target_slates=self.policy.evidence_target_slates,
                 )
@@ -497,6 +509,7 @@ class Monitor:
             "delayed_positive_examples": self.delayed,
             "maturity": self.maturity(),
             "evidence": {model: e.figures() for model, e in self.evidence.items()},
+            "evidence_skipped_slates": self.evidence_skipped,
             "ranking": {
                 tag: {w: r.metrics() for w, r in windows.items()}
                 for tag, windows in self.ranking.items()

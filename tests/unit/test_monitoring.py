@@ -421,7 +421,7 @@ def test_every_model_whose_scores_a_slate_logged_is_replayed_over_it() -> None:
     again."""
     monitor = monitor_of(ManualClock(T0))
     rng = random.Random(2)
-    direct = {"ctr": Evidence(0.05 / 4), "ctr-b": Evidence(0.05 / 4)}
+    direct = {"ctr": Evidence(1e-4), "ctr-b": Evidence(1e-4)}
     for n in range(300):
         scores = {m: [round(rng.random(), 3) for _ in range(4)] for m in ("ctr:v1", "ctr-b:v2")}
         s = slate(
@@ -443,9 +443,19 @@ def test_every_model_whose_scores_a_slate_logged_is_replayed_over_it() -> None:
             ranked = dict(zip(("i0", "i1", "i2", "i3"), values, strict=True))
             direct[tag.split(":")[0]].update(slate_terms(logged, ranked))
     monitor.on_slate(slate("plain", T0 + 400, (True, True)))  # no exploration logged
+    # A choice rarer than the weights the bounds allow (epsilon 1e-5 over four): left out.
+    rare = slate("rare", T0 + 401, (True, False), epsilon=1e-5, candidates=["i0", "i1", "i2", "i3"])
+    rare = rare.model_copy(
+        update={
+            "scores": {"ctr:v1": [0.1, 0.2, 0.3, 0.4]},
+            "shown": [rare.shown[0].model_copy(update={"propensity": 2.5e-6}), rare.shown[1]],
+        }
+    )
+    monitor.on_slate(rare)
     snapshot = monitor.snapshot()
+    assert snapshot["evidence_skipped_slates"] == 1
     assert snapshot["evidence"] == {m: e.figures() for m, e in direct.items()}
-    assert snapshot["ranking"]["ctr:v1"]["1d"]["slates"] == 301
+    assert snapshot["ranking"]["ctr:v1"]["1d"]["slates"] == 302
     assert history_point(snapshot)["evidence"] == snapshot["evidence"]
     monitor.on_champion("ctr", 1)
     monitor.on_example(Deployed(ManualClock(T0)).examples(1)[0])
