@@ -167,6 +167,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "MAX_BODY_BYTES": ("2048", lambda s: s.api.max_body_bytes, 2048),
     "MODEL_POLL_S": ("0.5", lambda s: s.api.model_poll_s, 0.5),
     "EXPLORE_EPSILON": ("0", lambda s: s.api.explore_epsilon, 0.0),
+    "SHADOW_SHARE": ("0.5", lambda s: s.api.shadow_share, 0.5),
     "ADMIN_KEY": ("adm", lambda s: s.api.admin_key and s.api.admin_key.get_secret_value(), "adm"),
     "SCORING_KEYS": (
         '["a", "b"]',
