@@ -222,6 +222,7 @@ class Monitor:
         # the joiners' latest reports) the impressions whose final label is still to come.
         self.finals: Counter[int] = Counter()
         self.unlabeled: Counter[int] = Counter()
+        self.maturity_until: float | None = None  # the least watermark of the live joiners
         # Off-policy evidence per model, over the slates logged since the champion last moved;
         # and each serving version's ranking figures per window.
         self.evidence: dict[str, Evidence] = {}
@@ -310,24 +311,26 @@ class Monitor:
     def _finalized(self, recommendation_time: float) -> None:
         bucket = self.join_policy.bucket(recommendation_time)
         self.finals[bucket] += 1
-        if len(self.finals) > 4 * (self.join_policy.maturity_buckets + 3):
-            keep = max(self.finals) - 2 * (self.join_policy.maturity_buckets + 3)
+        if len(self.finals) > 6 * (self.join_policy.maturity_buckets + 3):
+            keep = max(self.finals) - 3 * (self.join_policy.maturity_buckets + 3)
             for old in [b for b in self.finals if b < keep]:
                 del self.finals[old]
 
     def maturity(self) -> list[dict[str, float]]:
-        """Per bucket of recommendation time, newest last, over an attribution window and a few
+        """Per bucket of recommendation time, newest last, over two attribution windows and two
         buckets more: the impressions (final labels read plus those the joiners hold without
         one) and the share with their final label. In window mode the newest buckets fill as
         positives come and jump to 1 as windows close; in fnw and observe, delayed positives
-        fill them. Exact once the monitor has read what the joiners had emitted when they
-        reported; between the two, by what is in flight."""
+        fill them. Only buckets the joiners' watermarks have passed (at their last reports):
+        a newer one holds recommendations they had not read when they counted. Exact once the
+        monitor has read what the joiners had emitted when they reported; between the two, a
+        label emitted since counts twice, briefly."""
         buckets = set(self.finals) | set(self.unlabeled)
-        if not buckets:
+        if not buckets or self.maturity_until is None:
             return []
-        newest = max(buckets)
+        last = min(max(buckets), self.join_policy.bucket(self.maturity_until) - 1)
         out = []
-        for b in range(newest - self.join_policy.maturity_buckets - 2, newest + 1):
+        for b in range(last - 2 * self.join_policy.maturity_buckets - 1, last + 1):
             final, open_ = self.finals.get(b, 0), self.unlabeled.get(b, 0)
             if final + open_:
                 out.append(
@@ -435,6 +438,8 @@ class Monitor:
         self.unlabeled = Counter()
         for h in health:
             self.unlabeled.update(h.unlabeled)
+        watermarks = [h.watermark for h in health if h.watermark and math.isfinite(h.watermark)]
+        self.maturity_until = min(watermarks, default=None)
         lags = [h.watermark_lag_s for h in health if h.watermark_lag_s]
         self.join["watermark_lag_s"] = max(lags, default=0.0)
         self.join["pending_windows"] = float(sum(h.pending_impressions for h in health))
