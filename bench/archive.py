@@ -20,7 +20,6 @@ Prints figures; the last line is one JSON object. Run: ``python bench/archive.py
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import raw_consume_per_s
+from common import print_figures, raw_consume_per_s
 from confluent_kafka import Producer
 
 from streamlearn.archive import PREFIX
@@ -147,9 +146,7 @@ def main() -> None:
         "replay_per_s": round(replay_per_s),
         "replay_identical": all(v.identical for v in verdicts),
     }
-    for key, value in figures.items():
-        print(f"{key:24} {value}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

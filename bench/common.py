@@ -1,9 +1,13 @@
-"""What the benches share: the baseline of reading a topic with raw confluent-kafka."""
+"""What the benches share: the baseline of reading a topic with raw confluent-kafka, and how
+figures are printed (one per line, then all of them as the last line's JSON object)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import Consumer
 
@@ -31,3 +35,11 @@ def raw_consume_per_s(s: Settings, topic: str, n: int, batch: int = 10_000) -> f
     elapsed = time.perf_counter() - (start or time.perf_counter())
     c.close()
     return got / elapsed
+
+
+def print_figures(figures: Mapping[str, Any]) -> None:
+    """Each figure on a line of its own, then the JSON object every bench ends with."""
+    width = max(map(len, figures)) + 2
+    for key, value in figures.items():
+        print(f"{key:{width}} {value}")
+    print(json.dumps(figures))

@@ -23,11 +23,12 @@ after the change. Prints figures; the last line is one JSON object. Run: ``pytho
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
 from dataclasses import dataclass
+
+from common import print_figures
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import Outcome, Recommendation, SlateItem
@@ -188,9 +189,7 @@ def main() -> None:
     out["logloss_gain_best_vs_window_after_change"] = round(
         1 - totals[f"logloss_{best}_after_change"] / totals["logloss_window_after_change"], 4
     )
-    for key, value in out.items():
-        print(f"{key:42} {value}")
-    print(json.dumps(out))
+    print_figures(out)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,14 @@ Prints figures; the last line is one JSON object. Run: ``python bench/evidence.p
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+from common import print_figures
 
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
@@ -294,9 +295,7 @@ def main() -> None:
         },
         "wrong_promotions": wrong,
     }
-    for key, value in out.items():
-        print(f"{key:32} {value}")
-    print(json.dumps(out))
+    print_figures(out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Prints figures; the last line is one JSON object. Run: ``python bench/join.py [N
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import random
 import subprocess
@@ -31,7 +30,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from common import raw_consume_per_s
+from common import print_figures, raw_consume_per_s
 from confluent_kafka import Consumer, Producer
 
 from streamlearn.clock import ManualClock
@@ -196,9 +195,7 @@ def main() -> None:
         "pure_join_impressions_per_s": round(pure_join(recs, outs)),
         "bytes_per_pending_impression": round(bytes_per_pending(recs[:5000])),
     }
-    for key, value in figures.items():
-        print(f"{key:32} {value}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

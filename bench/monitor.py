@@ -25,7 +25,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from common import raw_consume_per_s
+from common import print_figures, raw_consume_per_s
 from confluent_kafka import Producer
 
 from streamlearn.clock import ManualClock
@@ -149,9 +149,7 @@ def main() -> None:
         "examples_after_onset": sent,
         "rate_after_onset_per_s": RATE,
     }
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

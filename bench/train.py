@@ -19,13 +19,13 @@ last line is one JSON object. Run: ``python bench/train.py [N]`` after ``make in
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 import tempfile
 import time
 import uuid
 
+from common import print_figures
 from river import metrics
 
 from streamlearn.clock import SystemClock
@@ -159,9 +159,7 @@ def main() -> None:
         "snapshot_load_s": round(load_s, 3),
         "snapshot_bytes_1m_weights": size,
     }
-    for key, value in figures.items():
-        print(f"{key:32} {value}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from streamlearn.clock import Clock
+from streamlearn.policy import Policy
 
 Estimator = Literal["ips", "snips", "dr"]
 ESTIMATORS: tuple[Estimator, ...] = ("ips", "snips", "dr")
@@ -224,6 +225,8 @@ class Evidence:
         s["dr2"] += terms.dr * terms.dr
         s["ipsw"] += terms.ips * terms.weight
         self.informative += terms.ips > 0
+        if self.bounds == "asymptotic" and self.informative > self.min_informative:
+            return  # the finite-sample bounds are not read again: not worth their cost per slate
         self.sequences["ips"].update(terms.ips)
         self.sequences["snips_numerator"].update(terms.ips)
         self.sequences["weight"].update(terms.weight)
@@ -272,10 +275,8 @@ class Evidence:
         return out
 
 
-class PromotionRule(BaseModel):
+class PromotionRule(Policy):
     """When a challenger replaces the champion on off-policy evidence (off by default)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="Promote automatically (the gate only judges).")
     estimator: Estimator = Field("dr", description="Whose bounds are compared.")
