@@ -89,9 +89,11 @@ def create_app(
         snapshots = store or open_store(settings)
         events = publisher or EventPublisher(settings)
         holder = ModelHolder(snapshots, settings.model.name)
+        # Every configured model's own champion, in shadow: whichever is served under the
+        # champion's name, the others score beside it (the served one is skipped).
         shadows = (
-            [ModelHolder(snapshots, spec.name) for spec in settings.challengers]
-            if settings.api.shadow_share > 0
+            [ModelHolder(snapshots, spec.name, across=False) for spec in settings.models]
+            if settings.api.shadow_share > 0 and settings.challengers
             else []
         )
         app.state.settings = settings

@@ -69,8 +69,9 @@ class OutcomesResponse(Body):
 
 class Health(Body):
     status: str
-    model: str
+    model: str = Field(description="The model served (a challenger promoted across names too).")
     model_version: int | None
+    served_as: str = Field(description="The API's model name, under which it is served.")
 
 
 class Readiness(Body):
@@ -84,15 +85,33 @@ class VersionSet(Body):
     version: int = Field(ge=1)
 
 
+class Promotion(Body):
+    """What to serve under a model's name: its own ``version``, or another model's (``model``:
+    its ``version``, or without one what it serves itself, its newest as it learns)."""
+
+    version: int | None = Field(None, ge=1)
+    model: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,63}$", examples=["ctr-aware"])
+
+    @model_validator(mode="after")
+    def _something(self) -> Promotion:
+        if self.version is None and self.model is None:
+            raise ValueError("give a version, a model, or both")
+        return self
+
+
 class AliasMove(Body):
     model: str
     alias: str
-    version: int
+    version: int | None = Field(description="The version served under the name after the move.")
+    serves: str = Field(description="Whose version: this model, or one promoted across names.")
 
 
 class ModelSummary(Body):
     model: str
     aliases: dict[str, int]
+    serves: str | None = Field(
+        None, description="Another model served under this name (promoted across names)."
+    )
     pinned: list[int]
     challengers: list[str] = Field(
         default_factory=list, description="Retrained challengers learning live beside it."

@@ -33,7 +33,7 @@ from prometheus_client import Gauge
 
 from consumers.process import KafkaProcess
 from streamlearn import signing
-from streamlearn.actions import auto_rollback
+from streamlearn.actions import Action, GateStep, Rollback, carry_out
 from streamlearn.alerting import Alert
 from streamlearn.board import Board
 from streamlearn.clock import SystemClock
@@ -42,7 +42,7 @@ from streamlearn.events import JoinReport, Slate, parse, parse_example
 from streamlearn.faults import failpoint
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
-from streamlearn.registry import CHAMPION, Registry
+from streamlearn.registry import CHAMPION, Registry, Served
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from topics import producer_config
@@ -62,7 +62,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 9  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 10  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 EVIDENCE = Gauge(
     "streamlearn_monitor_evidence",
@@ -99,8 +99,8 @@ class MonitorProcess(KafkaProcess):
         self.outbox = Outbox(self.redis, settings.topic_prefix)
         self.board = Board(self.redis, settings.topic_prefix)
         self.offsets: dict[tuple[str, int], int] = {}
-        # Automatic actions decided and saved, not yet known to be done: (alert, served version).
-        self.pending: list[tuple[Alert, int | None]] = []
+        # Automatic actions decided and saved, not yet known to be done.
+        self.pending: list[Action] = []
         self.monitor = self._restore() or Monitor(settings.monitor, SystemClock(), settings.join)
         # Rules and bounds come from today's configuration, whatever a restored state had.
         self.monitor.configure(settings.monitor, settings.join)
@@ -190,6 +190,11 @@ class MonitorProcess(KafkaProcess):
                     last_eval = time.monotonic()
                     self._follow_champions()
                     alerts += self.monitor.evaluate()
+                    decision = self.monitor.judge()
+                    if decision is not None:
+                        self.pending.append(
+                            GateStep(decision, s.model.name, self.monitor.gate.decisions)
+                        )
                 if alerts or evaluate:
                     # What the alerts call for is saved with them, before it is done.
                     self.pending += self._actions_for(alerts)
@@ -231,8 +236,8 @@ class MonitorProcess(KafkaProcess):
             log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
             return []
 
-    def _actions_for(self, alerts: list[Alert]) -> list[tuple[Alert, int | None]]:
-        """The automatic actions the alerts call for, each with the version served now."""
+    def _actions_for(self, alerts: list[Alert]) -> list[Action]:
+        """The automatic rollbacks the alerts call for, each with what is served now."""
         policy = self.settings.monitor
         if policy.auto_action != "rollback":
             return []
@@ -241,20 +246,25 @@ class MonitorProcess(KafkaProcess):
             for a in alerts
             if a.status == "firing" and a.rule in policy.auto_action_rules and a.model != JOIN
         ]
-        return [(a, self._served(a.model)) for a in chosen]
+        actions: list[Action] = []
+        for a in chosen:
+            # A challenger served under the champion's name is stepped back from there.
+            name = self.settings.model.name if a.model == self.monitor.serving else a.model
+            actions.append(Rollback(a, name, self._served(name)))
+        return actions
 
-    def _served(self, model: str) -> int | None:
+    def _served(self, name: str) -> Served | None:
         try:
-            return self.registry.served_version(model)
+            return self.registry.serving(name)
         except StreamlearnError as exc:  # the action will say it could not be done
-            log.warning("could not read %s's served version: %s", model, exc)
+            log.warning("could not read what %s serves: %s", name, exc)
             return None
 
     def _act(self) -> list[Alert]:
         """Do the pending actions; the alerts that say what was done."""
         out = []
-        for alert, before in self.pending:
-            out += auto_rollback(alert, self.registry, SystemClock(), before)
+        for action in self.pending:
+            out += carry_out(action, self.registry, SystemClock())
         self.pending = []
         return out
 
@@ -300,7 +310,11 @@ class MonitorProcess(KafkaProcess):
             MATURITY.labels(str(round((newest - bucket["start"]) / step))).set(bucket["share"])
 
     def _follow_champions(self) -> None:
-        """Tell the monitor where each model's champion points: a move restarts drift."""
+        """Tell the monitor which model the API serves and where each model's champion points:
+        a move restarts drift (and, of the served model, the evidence)."""
+        served = self._served(self.settings.model.name)
+        if served is not None:
+            self.monitor.on_serving(served[0])
         for model in list(self.monitor.streams):
             try:
                 champion = self.registry.resolve(model, CHAMPION)

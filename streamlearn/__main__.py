@@ -3,7 +3,11 @@
     streamlearn registry list [MODEL]          versions, metrics, aliases, pins
     streamlearn registry show MODEL [VERSION]  one version (a number or an alias) as JSON
     streamlearn registry promote MODEL VERSION [--alias champion]
+    streamlearn registry promote MODEL [VERSION] --from OTHER
+                                               serve another model under MODEL's name (its
+                                               VERSION, else its newest as it learns)
     streamlearn registry rollback MODEL [--alias champion]
+                                               undo the newest move of what MODEL serves
     streamlearn registry pin|unpin MODEL VERSION
     streamlearn registry retain MODEL --keep-last N
     streamlearn score INPUT OUTPUT [--model M] [--version V]
@@ -50,7 +54,7 @@ from rich.table import Table
 from streamlearn.batch import read_rows, score_file
 from streamlearn.errors import ConfigError, ReplayError, SnapshotNotFound, StreamlearnError
 from streamlearn.processes import PROCESSES
-from streamlearn.registry import CHAMPION, Registry
+from streamlearn.registry import CHAMPION, Registry, tag
 from streamlearn.serving import Served
 from streamlearn.settings import get_settings
 from streamlearn.snapshots import open_store
@@ -69,10 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("promote", "pin", "unpin"):
         op = ops.add_parser(name)
         op.add_argument("model")
-        op.add_argument("version", type=int)
+        op.add_argument("version", type=int, nargs="?" if name == "promote" else None)
         if name == "promote":
             op.add_argument("--alias", default=CHAMPION)
-    rb = ops.add_parser("rollback", help="point an alias back at its previous version")
+            op.add_argument(
+                "--from",
+                dest="source",
+                metavar="OTHER",
+                help="serve this other model under MODEL's name (promotion across names)",
+            )
+    rb = ops.add_parser(
+        "rollback",
+        help="undo the newest move of what MODEL serves (a promotion across names first), or "
+        "point another alias back at its previous version",
+    )
     rb.add_argument("model")
     rb.add_argument("--alias", default=CHAMPION)
     keep = ops.add_parser(
@@ -281,7 +295,10 @@ def _infra(action: str) -> int:
 
 def _score(registry: Registry, args: argparse.Namespace, console: Console) -> None:
     model = args.model or get_settings().model.name
-    version = registry.resolve(model, args.version) or registry.served_version(model)
+    if args.version is None:
+        model, version = registry.serving(model)  # what the API serves under that name
+    else:
+        version = registry.resolve(model, args.version)
     if version is None:
         raise SnapshotNotFound(f"model {model!r} has no version to score with")
     snapshot = registry.store.get(model, version)
@@ -363,11 +380,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta = registry.show(args.model, args.version)
             sys.stdout.write(orjson.dumps(meta, option=orjson.OPT_INDENT_2).decode() + "\n")
         elif args.op == "promote":
-            registry.promote(args.model, args.version, args.alias)
-            console.print(f"{args.model}:{args.alias} -> v{args.version}")
+            if args.source is not None or args.alias == CHAMPION:
+                if args.source is None and args.version is None:
+                    raise ConfigError("promote needs a VERSION (or --from OTHER)")
+                served = registry.serve(args.model, args.source or args.model, args.version)
+                console.print(f"{args.model} serves {tag(served)}")
+            elif args.version is None:
+                raise ConfigError(f"promoting alias {args.alias!r} needs a VERSION")
+            else:
+                registry.promote(args.model, args.version, args.alias)
+                console.print(f"{args.model}:{args.alias} -> v{args.version}")
         elif args.op == "rollback":
-            version = registry.rollback(args.model, args.alias)
-            console.print(f"{args.model}:{args.alias} -> v{version}")
+            if args.alias == CHAMPION:
+                console.print(f"{args.model} serves {tag(registry.step_back(args.model))}")
+            else:
+                version = registry.rollback(args.model, args.alias)
+                console.print(f"{args.model}:{args.alias} -> v{version}")
         elif args.op in ("pin", "unpin"):
             registry.pin(args.model, args.version, pinned=args.op == "pin")
             console.print(f"{args.model} v{args.version} {args.op}ned")

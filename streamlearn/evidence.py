@@ -302,18 +302,24 @@ class Decision:
     # The evidence: each model's (estimate, lower, upper) by the rule's estimator.
     figures: dict[str, tuple[float, float, float]]
     bound: float  # promote: the champion's upper bound beaten; rollback: the bound fallen below
+    estimator: Estimator = "dr"
 
     def summary(self) -> str:
         model, (point, lower, upper) = self.model, self.figures[self.model]
+        evidence = "; ".join(
+            f"{name} {p:.4f} [{lo:.4f}, {hi:.4f}]" for name, (p, lo, hi) in self.figures.items()
+        )
         if self.action == "promote":
-            return (
+            head = (
                 f"{model} promoted over {self.champion}: its conversion per slot {point:.4f} "
                 f"[{lower:.4f}, {upper:.4f}] beat the champion's upper bound {self.bound:.4f}"
             )
-        return (
-            f"{model} fell below the bound it was promoted on ({self.bound:.4f}): "
-            f"{point:.4f} [{lower:.4f}, {upper:.4f}]"
-        )
+        else:
+            head = (
+                f"{model} fell below the bound it was promoted on ({self.bound:.4f}): "
+                f"{point:.4f} [{lower:.4f}, {upper:.4f}]"
+            )
+        return f"{head}. Evidence ({self.estimator}, anytime bounds): {evidence}"
 
 
 @dataclass
@@ -328,6 +334,7 @@ class Gate:
     ahead_since: dict[str, float] = field(default_factory=dict)
     last_promotion: float | None = None
     promoted: tuple[str, float] | None = None  # (model, the bound it was promoted on)
+    decisions: int = 0
 
     def judge(self, champion: str, evidence: Mapping[str, Evidence]) -> Decision | None:
         now = self.clock.now()
@@ -342,7 +349,10 @@ class Gate:
         # Its upper bound under the champion's it beat: proven worse than what it replaced.
         if promoted is not None and promoted[0] == champion and figures[champion][2] < promoted[1]:
             self.promoted = None
-            return Decision("rollback", champion, champion, figures, promoted[1])
+            self.decisions += 1
+            return Decision(
+                "rollback", champion, champion, figures, promoted[1], self.rule.estimator
+            )
         upper = figures[champion][2]
         ahead = {name for name, (_, lower, _) in figures.items() if lower > upper}
         ahead.discard(champion)
@@ -358,4 +368,5 @@ class Gate:
         best = max(held, key=lambda n: figures[n][1])
         self.last_promotion, self.promoted = now, (best, upper)
         self.ahead_since.clear()
-        return Decision("promote", best, champion, figures, upper)
+        self.decisions += 1
+        return Decision("promote", best, champion, figures, upper, self.rule.estimator)

@@ -54,7 +54,7 @@ from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
 from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
 from streamlearn.events import JoinReport, Slate
-from streamlearn.evidence import Evidence, LoggedSlate, slate_terms
+from streamlearn.evidence import Decision, Evidence, Gate, LoggedSlate, PromotionRule, slate_terms
 from streamlearn.joining import JoinPolicy
 from streamlearn.metrics import DELAYED, IN_TIME, LATE, Rolling, log_loss
 from streamlearn.policy import Policy
@@ -201,6 +201,12 @@ class MonitorPolicy(Policy):
         ge=10,
         description="The slate count at which the off-policy bounds are tuned to be tightest.",
     )
+    promotion: PromotionRule = Field(
+        default_factory=PromotionRule,
+        description="Automatic promotion on off-policy evidence (off by default): a challenger "
+        "is served under the champion's name once proven better, and stepped back from once "
+        "proven worse than what it replaced.",
+    )
     alert_link: str = Field(
         "http://127.0.0.1:8000/docs",
         description="Where an alert's link points; {model} and {version} are filled in.",
@@ -228,6 +234,10 @@ class Monitor:
         self.evidence: dict[str, Evidence] = {}
         self.evidence_skipped = 0  # slates with a choice rarer than evidence_min_propensity
         self.ranking: dict[str, dict[str, SlateWindow]] = {}
+        # The model the API serves (under the champion's name), and the gate that judges the
+        # challengers' evidence against it.
+        self.serving: str | None = None
+        self.gate = Gate(policy.promotion, clock)
         self.join: dict[str, float] = {}
         self._last_reports: dict[str, JoinReport] = {}
         # Per joiner: its counters' changes over its last two reports, and the seconds between.
@@ -239,6 +249,7 @@ class Monitor:
         self.policy = policy
         self.join_policy = join or self.join_policy
         self.alarms.rules = list(policy.rules)
+        self.gate.rule = policy.promotion
 
     def _rolling(self) -> dict[str, Rolling]:
         late = self.join_policy.late_policy == "correct"
@@ -402,10 +413,33 @@ class Monitor:
         st = self.streams.get(model)
         if version is None or version == before or st is None:
             return
-        self.evidence.clear()  # another logging policy: the evidence starts again
+        if self.serving in (None, model):
+            self._restart_evidence()  # another logging policy: the evidence starts again
         st.rebaseline_at = f"{model}:v{version}"
         if st.version == st.rebaseline_at:  # its examples are already coming
             st.restart_drift(self._concept())
+
+    def on_serving(self, model: str) -> None:
+        """The model the API serves as read now from the registry (a challenger promoted
+        across names, or back): another logging policy, so the evidence starts again, and the
+        newly served model's drift detection too."""
+        before, self.serving = self.serving, model
+        if before is None or before == model:
+            return
+        self._restart_evidence()
+        st = self.streams.get(model)
+        if st is not None:
+            st.restart_drift(self._concept())
+
+    def _restart_evidence(self) -> None:
+        self.evidence.clear()
+        self.gate.ahead_since.clear()
+
+    def judge(self) -> Decision | None:
+        """The promotion gate's decision on the evidence now, when the rule is enabled."""
+        if not self.policy.promotion.enabled or self.serving is None:
+            return None
+        return self.gate.judge(self.serving, self.evidence)
 
     def evaluate(self) -> list[Alert]:
         """The rolling metrics of every model and window through the rules."""
@@ -515,6 +549,7 @@ class Monitor:
             "maturity": self.maturity(),
             "evidence": {model: e.figures() for model, e in self.evidence.items()},
             "evidence_skipped_slates": self.evidence_skipped,
+            "serving": self.serving,
             "ranking": {
                 tag: {w: r.metrics() for w, r in windows.items()}
                 for tag, windows in self.ranking.items()

@@ -22,6 +22,16 @@ pinned one, nor the newest (the trainer's lineage continues from it).
 [2]
 >>> [(v["version"], v["aliases"]) for v in reg.versions("ctr")]
 [(1, ['champion']), (3, [])]
+
+A challenger can be served under the champion's name (``ctr-aware``'s newest version here):
+what the API serves is :meth:`Registry.serving`, and a step back undoes the newest move of it.
+
+>>> store.put(Snapshot(model_name="ctr-aware", version=1, model={}, offsets={}, samples_seen=1,
+...     metrics={}, spec={}, parent_version=None, created_at=4.0))
+>>> reg.serve("ctr", "ctr-aware")
+('ctr-aware', 1)
+>>> reg.step_back("ctr")
+('ctr', 1)
 """
 
 from __future__ import annotations
@@ -34,7 +44,16 @@ from streamlearn.snapshots.base import RegistryDocument, SnapshotStore
 
 CHAMPION = "champion"
 
-__all__ = ["CHAMPION", "Registry", "RegistryDocument"]
+__all__ = ["CHAMPION", "Registry", "RegistryDocument", "Served", "tag"]
+
+Served = tuple[str, int | None]
+"""What is served under a name: the model, and its version (None: it has none yet)."""
+
+
+def tag(served: Served) -> str:
+    """``<model>:v<version>``, as recommendation events name a version."""
+    model, version = served
+    return f"{model}:v{version}" if version is not None else f"{model} (no version)"
 
 
 class Registry:
@@ -92,19 +111,68 @@ class Registry:
         aliases = self.store.read_registry(model_name).aliases
         return aliases[alias] if alias in aliases else self.store.latest_version(model_name)
 
-    def promote(self, model_name: str, version: int, alias: str = CHAMPION) -> None:
-        self.store.get(model_name, version)  # exists, and the snapshot itself verifies
-        self.store.update_registry(model_name, lambda d: d.promoted(alias, version))
+    def serving(self, name: str) -> Served:
+        """What the API serves under ``name``: the model (``name`` itself unless a challenger
+        was promoted across names) and that model's champion, else its newest version."""
+        model = self.store.read_registry(name).serves or name
+        return model, self.served_version(model)
 
-    def rollback(self, model_name: str, alias: str = CHAMPION, expected: int | None = None) -> int:
-        """Point the alias back at the version it named before; returns the version it names
-        after. With ``expected``, only while the alias still names that version: one that has
-        moved on (rolled back already, say) is left as it is."""
+    def promote(self, model_name: str, version: int, alias: str = CHAMPION) -> None:
+        """Point ``alias`` at ``version``. The champion moved while this name serves its own
+        model starts the name's serving history afresh: a rollback undoes this move first."""
+        self.store.get(model_name, version)  # exists, and the snapshot itself verifies
+
+        def move(doc: RegistryDocument) -> RegistryDocument:
+            doc = doc.promoted(alias, version)
+            if alias == CHAMPION and doc.serves is None and doc.serves_history:
+                doc = doc.model_copy(update={"serves_history": []})
+            return doc
+
+        self.store.update_registry(model_name, move)
+
+    def serve(self, name: str, model: str, version: int | None = None) -> Served:
+        """Serve ``model`` under ``name`` (the API's model name): another model's champion (with
+        ``version``, that model's champion is moved there first; without, it serves what the
+        model serves itself: its champion, else its newest version), or with ``model == name``
+        its own again. Returns what is served after."""
+        if version is not None:
+            self.promote(model, version)
+        elif self.served_version(model) is None:
+            raise SnapshotNotFound(f"model {model!r} has no version to serve")
+        self.store.update_registry(name, lambda d: d.serving(None if model == name else model))
+        return self.serving(name)
+
+    def step_back(self, name: str, expected: Served | None = None) -> Served:
+        """Undo the newest move of what ``name`` serves: back to the model served before while
+        the name has a serving history (a promotion across names), else its champion back to
+        the version it named before. With ``expected`` (the model and version served when the
+        step was decided), only while that is still served: a step already taken (by a run
+        before a crash, say) is not taken twice. Returns what is served after."""
 
         def back(doc: RegistryDocument) -> RegistryDocument:
-            current = doc.aliases.get(alias)
-            if expected is not None and current is not None and current != expected:
-                return doc
+            if expected is not None:
+                model, version = expected
+                if (doc.serves or name) != model:
+                    return doc
+                if not doc.serves_history:
+                    current = doc.aliases.get(CHAMPION)
+                    if version is not None and current is not None and current != version:
+                        return doc
+            try:
+                if doc.serves_history:
+                    return doc.serving_rolled_back()
+                return doc.rolled_back(CHAMPION)
+            except SnapshotError as exc:
+                raise SnapshotError(f"model {name!r}: {exc}") from None
+
+        self.store.update_registry(name, back)
+        return self.serving(name)
+
+    def rollback(self, model_name: str, alias: str = CHAMPION) -> int:
+        """Point the alias back at the version it named before; returns the version it names
+        after (:meth:`step_back` undoes what the API serves, promotions across names first)."""
+
+        def back(doc: RegistryDocument) -> RegistryDocument:
             try:
                 return doc.rolled_back(alias)
             except SnapshotError as exc:

@@ -147,10 +147,15 @@ class Served:
 
 
 class ModelHolder:
-    def __init__(self, store: SnapshotStore, model_name: str) -> None:
+    """The version served under ``model_name``: with ``across`` (the API's served model) that
+    name's serving pointer is followed, so a challenger promoted across names is served under
+    it (:meth:`Registry.serving`); without (a challenger scoring in shadow), the model's own."""
+
+    def __init__(self, store: SnapshotStore, model_name: str, across: bool = True) -> None:
         self._store = store
         self._registry = Registry(store)
         self.model_name = model_name
+        self.across = across
         self.current: Served | None = None
         self.swaps = 0
         # The poll, the notice follower and an admin request may refresh at once: one at a time,
@@ -164,19 +169,23 @@ class ModelHolder:
             return self._refresh()
 
     def _refresh(self) -> bool:
-        held = self.current.version if self.current is not None else None
+        current = self.current
+        held = (current.model_name, current.version) if current is not None else None
         try:
-            wanted = self._registry.served_version(self.model_name)
-            if wanted is None or wanted == held:
+            if self.across:
+                model, wanted = self._registry.serving(self.model_name)
+            else:
+                model, wanted = self.model_name, self._registry.served_version(self.model_name)
+            if wanted is None or (model, wanted) == held:
                 return False
-            snapshot = self._store.get(self.model_name, wanted)
+            snapshot = self._store.get(model, wanted)
         except SnapshotError as exc:
             # Store down, or a version that fails verification: keep serving what we hold.
-            log.warning("keeping version %s: %s", held, exc)
+            log.warning("keeping %s: %s", current.tag if current else "nothing", exc)
             return False
-        self.current = Served(self.model_name, snapshot.version, snapshot.model)
+        self.current = Served(model, snapshot.version, snapshot.model)
         self.swaps += 1
-        log.info("serving %s v%d", self.model_name, snapshot.version)
+        log.info("serving %s under %s", self.current.tag, self.model_name)
         return True
 
     def follow(
@@ -190,7 +199,6 @@ class ModelHolder:
         store's notices fail (Redis gone, say). ``started`` is set once the follower has
         listened and looked for itself, or found that it cannot listen: from then on no change
         goes unnoticed by it, and it swaps only on a notice."""
-        prefix = f"{self.model_name}:"
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -198,7 +206,7 @@ class ModelHolder:
                     backoff = 0.5
                     if stop.is_set():
                         return
-                    if notice == "" or (notice is not None and notice.startswith(prefix)):
+                    if notice is not None and self._concerns(notice):
                         self.refresh()
                     if started is not None:
                         started.set()
@@ -208,3 +216,10 @@ class ModelHolder:
                 log.warning("notices unavailable (%s): polling only, retrying", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _concerns(self, notice: str) -> bool:
+        """A notice ("<model>:<version>" or "<model>:registry"; "" after a reconnect) about
+        this name or the model served under it."""
+        current = self.current
+        names = {self.model_name, current.model_name if current is not None else self.model_name}
+        return notice == "" or notice.split(":", 1)[0] in names

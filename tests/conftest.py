@@ -234,11 +234,18 @@ def produce_examples(settings: Settings, examples: list[LabeledExample]) -> None
 
 def served_version(base: str) -> int | None:
     """The version the API at ``base`` serves; None while it does not answer or serves none."""
+    served = served_model(base)
+    return served[1] if served is not None else None
+
+
+def served_model(base: str) -> tuple[str, int | None] | None:
+    """The model and version the API at ``base`` serves; None while it does not answer."""
     try:
-        version = httpx.get(f"{base}/healthz", timeout=2).json()["model_version"]
+        health = httpx.get(f"{base}/healthz", timeout=2).json()
+        version = health["model_version"]
+        return str(health["model"]), int(version) if version is not None else None
     except (httpx.HTTPError, KeyError, ValueError):
         return None
-    return int(version) if version is not None else None
 
 
 def letters(settings: Settings) -> list[DeadLetter]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import HolderDep, RegistryDep, SettingsDep
-from api.schemas import AliasMove, ModelSummary, VersionPage, VersionSet, problems
+from api.schemas import AliasMove, ModelSummary, Promotion, VersionPage, VersionSet, problems
 from api.security import AdminKey
 from streamlearn.archive_query import connect
 from streamlearn.evaluation import evaluate_versions
@@ -40,6 +40,7 @@ def _summary(registry: Registry, model: str, limit: int = 20) -> ModelSummary:
     return ModelSummary(
         model=model,
         aliases=doc.aliases,
+        serves=doc.serves,
         pinned=doc.pins,
         challengers=doc.challengers,
         versions=[listed[v] for v in sorted(listed)],
@@ -48,7 +49,8 @@ def _summary(registry: Registry, model: str, limit: int = 20) -> ModelSummary:
 
 async def _serve_now(holder: ModelHolder, model: str) -> None:
     """This worker swaps before answering; the Redis notice tells the others."""
-    if model == holder.model_name:
+    current = holder.current
+    if model in (holder.model_name, current.model_name if current else None):
         await asyncio.to_thread(holder.refresh)
 
 
@@ -116,20 +118,29 @@ async def evaluation(
 
 @router.post("/{model}/promote", response_model=AliasMove)
 async def promote(
-    model: ModelName, body: VersionSet, registry: RegistryDep, holder: HolderDep
+    model: ModelName, body: Promotion, registry: RegistryDep, holder: HolderDep
 ) -> AliasMove:
-    """Point the champion at ``version`` (verified first); the API serves it at once."""
-    await asyncio.to_thread(registry.promote, model, body.version)
+    """Serve ``version`` under this name (verified first; the champion alias moves there), or
+    promote another ``model`` across names: its ``version``, else what it serves itself (its
+    newest, as it learns). The API serves it at once; a rollback undoes it."""
+    if body.model is None or body.model == model:
+        if body.version is None:
+            raise HTTPException(422, detail="promoting a model's own champion needs a version")
+        await asyncio.to_thread(registry.serve, model, model, body.version)
+    else:
+        await asyncio.to_thread(registry.serve, model, body.model, body.version)
     await _serve_now(holder, model)
-    return AliasMove(model=model, alias=CHAMPION, version=body.version)
+    served, version = await asyncio.to_thread(registry.serving, model)
+    return AliasMove(model=model, alias=CHAMPION, version=version, serves=served)
 
 
 @router.post("/{model}/rollback", response_model=AliasMove)
 async def rollback(model: ModelName, registry: RegistryDep, holder: HolderDep) -> AliasMove:
-    """Point the champion back at the version it named before."""
-    version = await asyncio.to_thread(registry.rollback, model)
+    """Undo the newest move of what is served under this name: back to the model served before
+    a promotion across names, else the champion back at the version it named before."""
+    served, version = await asyncio.to_thread(registry.step_back, model)
     await _serve_now(holder, model)
-    return AliasMove(model=model, alias=CHAMPION, version=version)
+    return AliasMove(model=model, alias=CHAMPION, version=version, serves=served)
 
 
 @router.post("/{model}/pin", response_model=ModelSummary)

@@ -76,7 +76,8 @@ async def monitor(
             if sample.name.endswith("_total")
         ),
         "served": {
-            "model": holder.model_name,
+            "name": holder.model_name,
+            "model": served.model_name if served else holder.model_name,
             "version": served.version if served else None,
             "swaps": holder.swaps,
         },

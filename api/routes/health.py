@@ -13,10 +13,14 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health)
 async def healthz(holder: HolderDep) -> Health:
-    """Alive. Names the version being served, if any."""
+    """Alive. Names the model and version being served, if any (a challenger promoted across
+    names is served under the champion's name)."""
     current = holder.current
     return Health(
-        status="ok", model=holder.model_name, model_version=current.version if current else None
+        status="ok",
+        model=current.model_name if current else holder.model_name,
+        model_version=current.version if current else None,
+        served_as=holder.model_name,
     )
 
 

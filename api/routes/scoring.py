@@ -87,7 +87,8 @@ async def rank(
         # shadow: the monitor replays each model's ranking over this slate.
         logged_scores = {served.tag: [round(p, 6) for p in scores]}
         for shadow in shadows:
-            if (version := shadow.current) is not None:
+            version = shadow.current
+            if version is not None and version.model_name != served.model_name:
                 logged_scores[version.tag] = [round(p, 6) for p in version.score_request(body)]
     event = Recommendation(
         recommendation_id=uuid.uuid4().hex,

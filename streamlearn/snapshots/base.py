@@ -140,6 +140,16 @@ class RegistryDocument(BaseModel):
         description="Models retrained from this one's spec (by the daily drift job), which the "
         "trainer learns live beside it, as if configured.",
     )
+    serves: str | None = Field(
+        None,
+        description="The model whose champion (its alias, else its newest version) the API "
+        "serves under this name: a challenger promoted across names. None: this model's own.",
+    )
+    serves_history: list[str] = Field(
+        default_factory=list,
+        description='The models this name served before, oldest first ("": its own), since '
+        "its own champion last moved while served: what a rollback returns to first.",
+    )
 
     def _changed(self, **update: Any) -> RegistryDocument:
         return self.model_copy(update={**update, "revision": self.revision + 1})
@@ -164,6 +174,19 @@ class RegistryDocument(BaseModel):
         return self._changed(
             aliases={**self.aliases, alias: past[-1]}, history={**self.history, alias: past[:-1]}
         )
+
+    def serving(self, model: str | None) -> RegistryDocument:
+        """This name serves ``model``'s champion from now on (None: its own)."""
+        if model == self.serves:
+            return self
+        return self._changed(serves=model, serves_history=[*self.serves_history, self.serves or ""])
+
+    def serving_rolled_back(self) -> RegistryDocument:
+        """Back to the model served before the newest serving move."""
+        if not self.serves_history:
+            raise SnapshotError("no earlier model served to return to")
+        *past, last = self.serves_history
+        return self._changed(serves=last or None, serves_history=past)
 
     def pinned(self, version: int, pinned: bool = True) -> RegistryDocument:
         pins = set(self.pins) | {version} if pinned else set(self.pins) - {version}

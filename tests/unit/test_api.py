@@ -82,7 +82,12 @@ BODY = {
 
 def test_no_model_yet_is_503_and_health_says_so(client: TestClient) -> None:
     assert client.post("/v1/score", json=BODY).status_code == 503
-    assert client.get("/healthz").json() == {"status": "ok", "model": "ctr", "model_version": None}
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "model": "ctr",
+        "model_version": None,
+        "served_as": "ctr",
+    }
 
 
 def test_scores_name_the_version_and_follow_the_model(
@@ -470,7 +475,7 @@ def test_the_dashboard_page_and_the_figures_it_polls(
     got = client.get("/v1/monitor", params={"points": 100}).json()
     assert got["current"]["firing"] == ["ctr/auc-floor/5m"]
     assert len(got["history"]) == 100 and got["history"][1]["at"] == 10  # evenly thinned
-    assert got["served"] == {"model": "ctr", "version": 3, "swaps": 1}
+    assert got["served"] == {"name": "ctr", "model": "ctr", "version": 3, "swaps": 1}
     assert got["recent_alerts"] == [{"status": "resolved"}]
     assert got["api_requests_total"] >= 2  # this test's two earlier requests (its page, a poll)
     assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
@@ -488,6 +493,8 @@ SAFE_IN_PAGE = {
     "new Date(a.at * 1000).toLocaleTimeString()",
     "new Date(m.current.at * 1000).toLocaleTimeString()",
     # Numbers and colours of the maturity bars, and the label esc() takes whole:
+    "x(t).toFixed(1)", "(x(t) + 2).toFixed(1)",  # a promotion's mark: its place on the axis
+    "encodeURIComponent(name)", "encodeURIComponent(served.served_as)",
     "H - 20", "H - 4", "W - 10", "color", "x.toFixed(1)", "y(b.share).toFixed(1)",
     "Math.max(bw - 2, 1).toFixed(1)", "(H - 20 - y(b.share)).toFixed(1)",
     "new Date(b.start * 1000).toLocaleTimeString()", "b.final", "b.impressions",
@@ -588,3 +595,48 @@ def test_admin_evaluation_gives_the_commands_figures(
         bad = c.get(url, params={**period, "from": "yesterday", "version": "1"}, headers=admin)
         assert 400 <= bad.status_code < 500
         assert c.get(url, params={**period, "version": "1"}).status_code == 401
+
+
+def test_a_challenger_promoted_across_names_is_served_and_the_champion_scores_in_shadow(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    """POST /v1/models/ctr/promote {"model": "ctr-b"} serves ctr-b's newest version under the
+    name ctr: rank answers with it and logs it as served, ctr's own champion scores in shadow;
+    a rollback serves ctr again; a promotion of ctr's own version does too."""
+    store.put(trained(1))
+    store.put(trained(2))
+    challenger = ModelSpec(name="ctr-b", crosses=())
+    store.put(trained(3, spec=challenger))
+    admin = {"X-API-Key": "adm"}
+    with app_client(store, publisher, challengers=[challenger.model_dump()], admin_key="adm") as c:
+        moved = c.post("/v1/models/ctr/promote", json={"model": "ctr-b"}, headers=admin)
+        assert moved.status_code == 200, moved.text
+        assert moved.json() == {
+            "model": "ctr",
+            "alias": "champion",
+            "version": 3,
+            "serves": "ctr-b",
+        }
+        body = c.post("/v1/rank", json=RANK).json()
+        assert (body["model"], body["model_version"]) == ("ctr-b", 3)
+        health = c.get("/healthz").json()
+        assert (health["model"], health["model_version"], health["served_as"]) == (
+            "ctr-b",
+            3,
+            "ctr",
+        )
+        summary = c.get("/v1/models/ctr", headers=admin).json()
+        assert summary["serves"] == "ctr-b"
+        back = c.post("/v1/models/ctr/rollback", headers=admin).json()
+        assert (back["serves"], back["version"]) == ("ctr", 2)
+        assert c.post("/v1/rank", json=RANK).json()["model"] == "ctr"
+        c.post("/v1/models/ctr/promote", json={"model": "ctr-b", "version": 3}, headers=admin)
+        own = c.post("/v1/models/ctr/promote", json={"version": 1}, headers=admin).json()
+        assert (own["serves"], own["version"]) == ("ctr", 1)
+        bad = c.post("/v1/models/ctr/promote", json={}, headers=admin)
+        missing = c.post("/v1/models/ctr/promote", json={"model": "nope"}, headers=admin)
+    assert bad.status_code == 422 and missing.status_code == 404
+    first = publisher.events[0][2]
+    assert first["model_version"] == "ctr-b:v3"
+    assert set(first["scores"]) == {"ctr-b:v3", "ctr:v2"}  # the champion's own, in shadow
+    assert set(publisher.events[1][2]["scores"]) == {"ctr:v2", "ctr-b:v3"}

@@ -19,7 +19,7 @@ from streamlearn.events import (
     ShownItem,
     Slate,
 )
-from streamlearn.evidence import Evidence, LoggedSlate, slate_terms
+from streamlearn.evidence import Evidence, LoggedSlate, PromotionRule, slate_terms
 from streamlearn.joining import Joiner, JoinPolicy
 from streamlearn.monitoring import Monitor, MonitorPolicy, history_point
 from streamlearn.simulation import Deployed
@@ -466,3 +466,48 @@ def test_every_model_whose_scores_a_slate_logged_is_replayed_over_it() -> None:
     monitor.on_example(Deployed(ManualClock(T0)).examples(1)[0])
     monitor.on_champion("ctr", 2)
     assert monitor.snapshot()["evidence"] == {}
+
+
+def test_the_gate_judges_the_served_models_evidence_and_a_serving_move_starts_it_again() -> None:
+    """With the promotion rule on, a challenger that ranks the item that converts (80% of the
+    time, the others 5%) first is promoted over a served champion that ranks it last, on slates
+    logged uniformly at random; once the registry says the challenger is served, the evidence
+    (of another logging policy) starts again and nothing is decided on what is left. Off, the
+    gate decides nothing."""
+    clock = ManualClock(T0)
+    rule = PromotionRule(enabled=True, min_slates=200, hold_s=0, cooldown_s=0)
+    monitor, off = monitor_of(clock, promotion=rule), monitor_of(clock)
+    for m in (monitor, off):
+        m.on_serving("ctr")
+    rng = random.Random(5)
+    rates = {"i0": 0.8, "i1": 0.05, "i2": 0.05}
+    for n in range(1000):
+        shown = rng.sample(sorted(rates), 2)
+        s = Slate(
+            recommendation_id=f"r{n}",
+            user_id="u",
+            event_time=T0 + n,
+            model_version="ctr:v1",
+            shown=[
+                ShownItem(
+                    item_id=item,
+                    position=k,
+                    propensity=1 / (3 - k),
+                    converted=rng.random() < rates[item],
+                    value=0.0,
+                )
+                for k, item in enumerate(shown)
+            ],
+            epsilon=1.0,
+            candidates=sorted(rates),
+            scores={"ctr:v1": [0.05, 0.05, 0.8], "ctr-b:v1": [0.8, 0.05, 0.05]},
+        )
+        monitor.on_slate(s)
+        off.on_slate(s)
+    assert off.judge() is None
+    decision = monitor.judge()
+    assert decision is not None and (decision.action, decision.model) == ("promote", "ctr-b")
+    assert decision.figures["ctr-b"][1] > decision.figures["ctr"][2] == decision.bound
+    monitor.on_serving("ctr-b")
+    assert monitor.snapshot()["evidence"] == {} and monitor.snapshot()["serving"] == "ctr-b"
+    assert monitor.judge() is None
