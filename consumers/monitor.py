@@ -70,6 +70,12 @@ EVIDENCE = Gauge(
     "their anytime bounds (figure: ips, ips_lower, ips_upper, snips..., dr..., slates).",
     ["model", "figure"],
 )
+EVIDENCE_WINDOW = Gauge(
+    "streamlearn_monitor_evidence_window",
+    "Off-policy estimates of each model over each window's slates, with fixed-sample 95% "
+    "intervals (figure as in streamlearn_monitor_evidence).",
+    ["model", "window", "figure"],
+)
 RANKING = Gauge(
     "streamlearn_monitor_ranking",
     "Each serving version's ranking against observed conversions per window.",
@@ -298,6 +304,11 @@ class MonitorProcess(KafkaProcess):
         for model, figures in snapshot["evidence"].items():
             for name, value in figures.items():
                 EVIDENCE.labels(model, name).set(value)
+        EVIDENCE_WINDOW.clear()
+        for model, windows in snapshot["evidence_windows"].items():
+            for window, figures in windows.items():
+                for name, value in figures.items():
+                    EVIDENCE_WINDOW.labels(model, window, name).set(value)
         RANKING.clear()
         for tag, windows in snapshot["ranking"].items():
             for window, metrics in windows.items():

@@ -314,7 +314,8 @@ def _score(registry: Registry, args: argparse.Namespace, console: Console) -> No
 
 
 def _table(registry: Registry, model: str) -> Table:
-    table = Table(title=f"model {model}")
+    serves = registry.store.read_registry(model).serves
+    table = Table(title=f"model {model}" + (f" (serves {serves})" if serves else ""))
     columns = ("version", "parent", "created", "samples", "served AUC", "AUC", "log loss")
     for col in (*columns, "aliases"):
         table.add_column(col)

@@ -37,6 +37,7 @@ from slate to slate; the asymptotic sequence then covers the average of the slat
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -199,9 +200,7 @@ class Evidence:
     n: int = 0
     informative: int = 0  # slates with an IPS term above 0
     # Sums of the terms, their squares and IPS x weight (SNIPS's delta method).
-    sums: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("ips", "w", "dr", "ips2", "w2", "dr2", "ipsw"), 0.0)
-    )
+    sums: dict[str, float] = field(default_factory=lambda: _sums())
     sequences: dict[str, ConfidenceSequence] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -216,14 +215,7 @@ class Evidence:
 
     def update(self, terms: SlateTerms) -> None:
         self.n += 1
-        s = self.sums
-        s["ips"] += terms.ips
-        s["w"] += terms.weight
-        s["dr"] += terms.dr
-        s["ips2"] += terms.ips * terms.ips
-        s["w2"] += terms.weight * terms.weight
-        s["dr2"] += terms.dr * terms.dr
-        s["ipsw"] += terms.ips * terms.weight
+        _add(self.sums, terms)
         self.informative += terms.ips > 0
         if self.bounds == "asymptotic" and self.informative > self.min_informative:
             return  # the finite-sample bounds are not read again: not worth their cost per slate
@@ -237,21 +229,12 @@ class Evidence:
         n, s = self.n, self.sums
         if n < 2:
             return math.nan, 0.0, 1.0
-        if estimator == "snips":
-            point = s["ips"] / s["w"] if s["w"] else math.nan
-        else:
-            point = s[estimator] / n
+        point = _point(s, n, estimator)
         if self.bounds == "empirical_bernstein" or self.informative < self.min_informative:
             return (point, *self._sequence_bounds(estimator))
-        if estimator == "snips":
-            if not s["w"]:
-                return point, 0.0, 1.0
-            # Delta method: the spread of ips - point * w, over the mean weight.
-            var = (s["ips2"] - 2 * point * s["ipsw"] + point * point * s["w2"]) / n
-            sd = math.sqrt(max(var, 0.0) * n / (n - 1)) / (s["w"] / n)
-        else:
-            mean = s[estimator] / n
-            sd = math.sqrt(max(s[f"{estimator}2"] / n - mean * mean, 0.0) * n / (n - 1))
+        if not math.isfinite(point):  # SNIPS before any slate agreed with the log
+            return point, 0.0, 1.0
+        sd = _spread(s, n, estimator, point)
         half = sd * asymptotic_radius(n, self.alpha, self.target_slates)
         return point, max(point - half, 0.0), min(point + half, 1.0)
 
@@ -272,6 +255,79 @@ class Evidence:
             point, lower, upper = self.estimate(name)
             if math.isfinite(point):
                 out |= {name: point, f"{name}_lower": lower, f"{name}_upper": upper}
+        return out
+
+
+def _point(s: Mapping[str, float], n: int, estimator: Estimator) -> float:
+    if estimator == "snips":
+        return s["ips"] / s["w"] if s["w"] else math.nan
+    return s[estimator] / n
+
+
+def _spread(s: Mapping[str, float], n: int, estimator: Estimator, point: float) -> float:
+    """The standard deviation of one slate's term (SNIPS's by the delta method), from sums."""
+    if estimator == "snips":
+        # Delta method: the spread of ips - point * w, over the mean weight.
+        var = (s["ips2"] - 2 * point * s["ipsw"] + point * point * s["w2"]) / n
+        return math.sqrt(max(var, 0.0) * n / (n - 1)) / (s["w"] / n)
+    mean = s[estimator] / n
+    return math.sqrt(max(s[f"{estimator}2"] / n - mean * mean, 0.0) * n / (n - 1))
+
+
+def _sums() -> dict[str, float]:
+    return dict.fromkeys(("ips", "w", "dr", "ips2", "w2", "dr2", "ipsw"), 0.0)
+
+
+def _add(s: dict[str, float], terms: SlateTerms, sign: float = 1.0) -> None:
+    s["ips"] += sign * terms.ips
+    s["w"] += sign * terms.weight
+    s["dr"] += sign * terms.dr
+    s["ips2"] += sign * terms.ips * terms.ips
+    s["w2"] += sign * terms.weight * terms.weight
+    s["dr2"] += sign * terms.dr * terms.dr
+    s["ipsw"] += sign * terms.ips * terms.weight
+
+
+@dataclass
+class WindowEvidence:
+    """The IPS, SNIPS and DR estimates of one model over the slates of the last ``span``
+    seconds of event time (at most ``max_slates``, the newest), with **fixed-sample** 95%
+    intervals: for reading a window's figure, not for acting on it when watched (the gate acts
+    on :class:`Evidence`'s anytime bounds, over every slate since the served model last
+    moved)."""
+
+    span: float
+    max_slates: int = 50_000
+    z: float = 1.959964
+    items: deque[tuple[float, SlateTerms]] = field(default_factory=deque)
+    sums: dict[str, float] = field(default_factory=_sums)
+    newest: float = 0.0
+
+    def add(self, at: float, terms: SlateTerms) -> None:
+        self.items.append((at, terms))
+        _add(self.sums, terms)
+        self.newest = max(self.newest, at)
+        while self.items and (
+            self.items[0][0] < self.newest - self.span or len(self.items) > self.max_slates
+        ):
+            _add(self.sums, self.items.popleft()[1], -1.0)
+        if not self.items:
+            self.sums = _sums()  # what subtraction leaves of rounding, gone
+
+    def figures(self) -> dict[str, float]:
+        n = len(self.items)
+        out: dict[str, float] = {"slates": float(n)}
+        if n < 2:
+            return out
+        for name in ESTIMATORS:
+            point = _point(self.sums, n, name)
+            if math.isfinite(point):
+                half = self.z * _spread(self.sums, n, name, point) / math.sqrt(n)
+                out |= {
+                    name: point,
+                    f"{name}_lower": max(point - half, 0.0),
+                    f"{name}_upper": min(point + half, 1.0),
+                }
         return out
 
 

@@ -54,7 +54,15 @@ from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
 from streamlearn.clock import Clock
 from streamlearn.drift import ConceptDrift, DataDrift
 from streamlearn.events import JoinReport, Slate
-from streamlearn.evidence import Decision, Evidence, Gate, LoggedSlate, PromotionRule, slate_terms
+from streamlearn.evidence import (
+    Decision,
+    Evidence,
+    Gate,
+    LoggedSlate,
+    PromotionRule,
+    WindowEvidence,
+    slate_terms,
+)
 from streamlearn.joining import JoinPolicy
 from streamlearn.metrics import DELAYED, IN_TIME, LATE, Rolling, log_loss
 from streamlearn.policy import Policy
@@ -232,6 +240,7 @@ class Monitor:
         # Off-policy evidence per model, over the slates logged since the champion last moved;
         # and each serving version's ranking figures per window.
         self.evidence: dict[str, Evidence] = {}
+        self.evidence_windows: dict[str, dict[str, WindowEvidence]] = {}
         self.evidence_skipped = 0  # slates with a choice rarer than evidence_min_propensity
         self.ranking: dict[str, dict[str, SlateWindow]] = {}
         # The model the API serves (under the champion's name), and the gate that judges the
@@ -400,7 +409,16 @@ class Monitor:
                     self.policy.evidence_alpha,
                     target_slates=self.policy.evidence_target_slates,
                 )
-            evidence.update(slate_terms(logged, dict(zip(slate.candidates, scores, strict=True))))
+            terms = slate_terms(logged, dict(zip(slate.candidates, scores, strict=True)))
+            evidence.update(terms)
+            by_window = self.evidence_windows.get(model)
+            if by_window is None:
+                by_window = self.evidence_windows[model] = {
+                    w: WindowEvidence(span, self.policy.max_examples)
+                    for w, span in self.policy.windows.items()
+                }
+            for estimates in by_window.values():
+                estimates.add(slate.event_time, terms)
 
     @staticmethod
     def _newest(windows: dict[str, SlateWindow]) -> float:
@@ -548,6 +566,10 @@ class Monitor:
             "delayed_positive_examples": self.delayed,
             "maturity": self.maturity(),
             "evidence": {model: e.figures() for model, e in self.evidence.items()},
+            "evidence_windows": {
+                model: {w: e.figures() for w, e in windows.items()}
+                for model, windows in self.evidence_windows.items()
+            },
             "evidence_skipped_slates": self.evidence_skipped,
             "serving": self.serving,
             "ranking": {

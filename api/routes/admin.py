@@ -125,7 +125,7 @@ async def promote(
     newest, as it learns). The API serves it at once; a rollback undoes it."""
     if body.model is None or body.model == model:
         if body.version is None:
-            raise HTTPException(422, detail="promoting a model's own champion needs a version")
+            raise HTTPException(400, detail="promoting a model's own champion needs a version")
         await asyncio.to_thread(registry.serve, model, model, body.version)
     else:
         await asyncio.to_thread(registry.serve, model, body.model, body.version)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamlearn.events import Outcome, Recommendation
+from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry
 from streamlearn.serving import Served
 from streamlearn.settings import Settings
@@ -48,8 +49,16 @@ def test_registry_commands(env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     assert cli(env, "promote", "ctr", "3").returncode == 0
     assert registry.served_version("ctr") == 3
     done = cli(env, "rollback", "ctr")
-    assert done.returncode == 0 and "ctr:champion -> v2" in done.stdout
+    assert done.returncode == 0 and "ctr serves ctr:v2" in done.stdout
     assert registry.served_version("ctr") == 2
+    # Across names: another model served under ctr, then back.
+    store.put(trained(1, spec=ModelSpec(name="fm")))
+    across = cli(env, "promote", "ctr", "--from", "fm")
+    assert across.returncode == 0 and "ctr serves fm:v1" in across.stdout
+    assert registry.serving("ctr") == ("fm", 1)
+    assert "serves fm" in cli(env, "list", "ctr").stdout
+    assert "ctr serves ctr:v2" in cli(env, "rollback", "ctr").stdout
+    assert cli(env, "promote", "ctr").returncode == 1  # its own champion needs a version
     assert cli(env, "pin", "ctr", "1").returncode == 0
     shown = orjson.loads(cli(env, "show", "ctr", "champion").stdout)
     assert shown["version"] == 2 and "roc_auc" in shown["metrics"]

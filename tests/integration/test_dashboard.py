@@ -102,7 +102,9 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     promote_on_page(browser, base, 2)
     wait_until(lambda: _click(browser, "#rollback"), "the rollback button")
     wait_until(lambda: served_version(base) == 1, "the API to serve v1 again")
-    wait_until(lambda: "rolled back to v1" in text(browser, "admin-status"), "the page to say so")
+    wait_until(
+        lambda: "rolled back to ctr v1" in text(browser, "admin-status"), "the page to say so"
+    )
 
 
 FLIP_AT_S = 105.0  # well after the warm-up (10,000 served examples, ~40 s of the loop)
@@ -172,7 +174,8 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     wait_until(lambda: _click(browser, "#rollback"), "click")
     wait_until(lambda: served_version(base) == older, f"the API to serve v{older} again")
     wait_until(
-        lambda: f"rolled back to v{older}" in text(browser, "admin-status"), "the page to say so"
+        lambda: f"rolled back to ctr v{older}" in text(browser, "admin-status"),
+        "the page to say so",
     )
     assert processes.running["loop"].poll() is None, processes.log("loop")
 

@@ -165,6 +165,6 @@ def test_a_crash_between_a_rollback_and_the_save_rolls_back_once(
     wait_until(lambda: len(told()) >= 2, "the rollback announced")
     time.sleep(3)  # a few more evaluations: nothing more may come
     assert [(a.status, a.severity) for a in told()] == [("firing", "info"), ("resolved", "info")]
-    assert "rolled back from v2 to v1" in told()[0].summary
+    assert "rolled back from ctr:v2 to ctr:v1" in told()[0].summary
     assert registry.served_version("ctr") == 1
     assert store.read_registry("ctr").history == {"champion": []}  # one rollback, not two

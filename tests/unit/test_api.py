@@ -634,8 +634,9 @@ def test_a_challenger_promoted_across_names_is_served_and_the_champion_scores_in
         own = c.post("/v1/models/ctr/promote", json={"version": 1}, headers=admin).json()
         assert (own["serves"], own["version"]) == ("ctr", 1)
         bad = c.post("/v1/models/ctr/promote", json={}, headers=admin)
+        own = c.post("/v1/models/ctr/promote", json={"model": "ctr"}, headers=admin)
         missing = c.post("/v1/models/ctr/promote", json={"model": "nope"}, headers=admin)
-    assert bad.status_code == 422 and missing.status_code == 404
+    assert (bad.status_code, own.status_code, missing.status_code) == (422, 400, 404)
     first = publisher.events[0][2]
     assert first["model_version"] == "ctr-b:v3"
     assert set(first["scores"]) == {"ctr-b:v3", "ctr:v2"}  # the champion's own, in shadow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from streamlearn.evidence import (
     LoggedSlate,
     PromotionRule,
     SlateTerms,
+    WindowEvidence,
     asymptotic_radius,
     greedy_pick,
     slate_terms,
@@ -234,3 +236,40 @@ def test_until_a_model_has_earned_terms_its_bounds_are_the_finite_sample_ones() 
         evidence.update(SlateTerms(ips=40.0, weight=200.0, dr=40.0))
     # The asymptotic ones from here.
     assert evidence.estimate("ips")[1:] != evidence._sequence_bounds("ips")
+
+
+def test_a_windows_estimates_are_the_means_of_its_slates_terms_with_fixed_sample_intervals() -> (
+    None
+):
+    """Three slates in the window, the first evicted when the fourth comes 11 s later: IPS and
+    DR are the means of the last three terms, SNIPS their IPS over their weights, each with
+    1.96 standard errors (SNIPS's by the delta method)."""
+    window = WindowEvidence(span=10.0)
+    terms = [
+        SlateTerms(ips=9.0, weight=9.0, dr=5.0),
+        SlateTerms(ips=0.0, weight=2.0, dr=0.2),
+        SlateTerms(ips=2.0, weight=4.0, dr=0.6),
+        SlateTerms(ips=1.0, weight=1.0, dr=0.4),
+    ]
+    for at, t in zip((0.0, 5.0, 8.0, 11.0), terms, strict=True):
+        window.add(at, t)
+    kept = terms[1:]
+    figures = window.figures()
+    assert figures["slates"] == 3
+    ips = [t.ips for t in kept]
+    assert figures["ips"] == pytest.approx(statistics.mean(ips))
+    half = 1.959964 * statistics.stdev(ips) / math.sqrt(3)
+    assert figures["ips_lower"] == pytest.approx(max(1.0 - half, 0.0))
+    assert figures["ips_upper"] == 1.0  # clipped to a rate
+    assert figures["dr"] == pytest.approx(0.4)
+    dr_half = 1.959964 * statistics.stdev([0.2, 0.6, 0.4]) / math.sqrt(3)
+    assert (figures["dr_lower"], figures["dr_upper"]) == pytest.approx(
+        (0.4 - dr_half, 0.4 + dr_half)
+    )
+    snips = sum(ips) / sum(t.weight for t in kept)
+    residuals = [t.ips - snips * t.weight for t in kept]
+    snips_half = (
+        1.959964 * statistics.stdev(residuals) / (sum(t.weight for t in kept) / 3) / math.sqrt(3)
+    )
+    assert figures["snips"] == pytest.approx(snips)
+    assert figures["snips_lower"] == pytest.approx(max(snips - snips_half, 0.0))

@@ -461,6 +461,12 @@ def test_every_model_whose_scores_a_slate_logged_is_replayed_over_it() -> None:
     assert snapshot["evidence_skipped_slates"] == 1
     assert snapshot["evidence"] == {m: e.figures() for m, e in direct.items()}
     assert snapshot["ranking"]["ctr:v1"]["1d"]["slates"] == 302
+    # Per window too: the day holds them all, the same estimates with fixed-sample intervals.
+    for model, evidence in direct.items():
+        day = snapshot["evidence_windows"][model]["1d"]
+        assert day["slates"] == 300
+        assert day["dr"] == pytest.approx(evidence.estimate("dr")[0])
+        assert day["snips"] == pytest.approx(evidence.estimate("snips")[0])
     assert history_point(snapshot)["evidence"] == snapshot["evidence"]
     monitor.on_champion("ctr", 1)
     monitor.on_example(Deployed(ManualClock(T0)).examples(1)[0])

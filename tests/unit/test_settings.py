@@ -121,6 +121,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "MODEL__LEARNER__LEARNING_RATE": ("0.05", lambda s: s.model.learner.learning_rate, 0.05),
     "ATTRIBUTION_WINDOW_S": ("45", lambda s: s.join.window_s, 45.0),
     "JOIN__WINDOW_S": ("46", lambda s: s.join.window_s, 46.0),
+    "MONITOR__PROMOTION__ENABLED": ("true", lambda s: s.monitor.promotion.enabled, True),
     "ALLOWED_LATENESS_S": ("3", lambda s: s.join.allowed_lateness_s, 3.0),
     "IDLE_TIMEOUT_S": ("11", lambda s: s.join.idle_timeout_s, 11.0),
     "EARLY_OUTCOME_GRACE_S": ("12", lambda s: s.join.early_grace_s, 12.0),
