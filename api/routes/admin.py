@@ -123,12 +123,10 @@ async def promote(
     """Serve ``version`` under this name (verified first; the champion alias moves there), or
     promote another ``model`` across names: its ``version``, else what it serves itself (its
     newest, as it learns). The API serves it at once; a rollback undoes it."""
-    if body.model is None or body.model == model:
-        if body.version is None:
-            raise HTTPException(400, detail="promoting a model's own champion needs a version")
-        await asyncio.to_thread(registry.serve, model, model, body.version)
-    else:
-        await asyncio.to_thread(registry.serve, model, body.model, body.version)
+    target = body.model or model
+    if target == model and body.version is None:
+        raise HTTPException(400, detail="promoting a model's own champion needs a version")
+    await asyncio.to_thread(registry.serve, model, target, body.version)
     await _serve_now(holder, model)
     served, version = await asyncio.to_thread(registry.serving, model)
     return AliasMove(model=model, alias=CHAMPION, version=version, serves=served)
