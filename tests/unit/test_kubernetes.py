@@ -58,7 +58,7 @@ def test_a_deployment_per_process_and_the_api_behind_a_service_ready_on_readyz()
     assert service["spec"]["selector"].items() <= (
         deployments["streamlearn-api"]["spec"]["template"]["metadata"]["labels"].items()
     )
-    assert deployments["streamlearn-monitor"]["spec"]["replicas"] == 1
+    assert deployments["streamlearn-monitor"]["spec"]["replicas"] == 2  # one acts, one stands by
 
 
 def test_the_configuration_they_give_is_streamlearns(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "ARCHIVE_URL": ("s3://b/p", lambda s: s.archive_url, "s3://b/p"),
     "ARCHIVE_OPTIONS": ('{"region": "eu"}', lambda s: s.archive_options, {"region": "eu"}),
     "CHALLENGERS": ('[{"name": "fm"}]', lambda s: [m.name for m in s.challengers], ["fm"]),
+    "MONITOR_LEASE_S": ("30", lambda s: s.monitor.lease_s, 30.0),
     "TRAINER_MODELS": ('["ctr"]', lambda s: s.training.models, ["ctr"]),
     "MODEL__LEARNER__LEARNING_RATE": ("0.05", lambda s: s.model.learner.learning_rate, 0.05),
     "ATTRIBUTION_WINDOW_S": ("45", lambda s: s.join.window_s, 45.0),
