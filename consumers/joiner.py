@@ -67,6 +67,11 @@ from topics import client_config, consumer_config, producer_config
 
 log = logging.getLogger("streamlearn.joiner")
 
+STALL_S = 2.0
+"""A pause of the joiner's own loop longer than this is a stall, not the inputs' silence."""
+FAILPOINT_STALL_S = 25.0
+"""The stall of failpoint ``joiner.stall``: longer than a forwarded input's idle timeout."""
+
 
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
@@ -152,7 +157,8 @@ class TransactionalJoin(KafkaProcess):
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.in_transaction = False
 
-    # ---- the loop -------------------------------------------------------------------------
+        # ---- the loop -------------------------------------------------------------------------
+        self._checked_at = time.monotonic()  # when the loop last looked for a stall
 
     def _transactional_producer(self) -> Producer:
         """A producer under this worker's transactional id, its transactions initialized (which
@@ -198,8 +204,10 @@ class TransactionalJoin(KafkaProcess):
         last_commit = last_tick = last_stats = last_purge = time.monotonic()
         try:
             while not self.stopping:
+                self._check_stall()
                 for msg in self.consume(1000, timeout=0.05):
                     self._handle(msg)
+                self._check_stall()
                 now = time.monotonic()
                 if now - last_tick >= policy.tick_s:
                     last_tick = now
@@ -220,6 +228,17 @@ class TransactionalJoin(KafkaProcess):
             # commits whatever the last batch did.
             self.consumer.close()
             self.producer.flush(10)
+
+    def _check_stall(self) -> None:
+        """Tell the join when this loop itself stopped for longer than a stall: what it had
+        read to the end may have grown meanwhile (see Joiner.on_stalled)."""
+        now = time.monotonic()
+        if now - self._checked_at > STALL_S:
+            log.warning(
+                "the loop stalled for %.1f s: idleness counts from now", now - self._checked_at
+            )
+            self.joiner.on_stalled()
+        self._checked_at = now
 
     def metrics_port(self) -> int:
         return self.settings.join.metrics_port
@@ -331,6 +350,8 @@ class TransactionalJoin(KafkaProcess):
             self._abort(error.str())
             return
         self.in_transaction = False
+        if fails("joiner.stall"):  # the tests' stall, between transactions, past every idle timeout
+            time.sleep(FAILPOINT_STALL_S)
         for (topic, p), offset in self.next_offsets.items():
             if self.inputs[topic][1]:
                 self.joined[(topic, p)] = offset

@@ -334,6 +334,16 @@ class Joiner:
         when ``forwarded``): from now until its next record, silence is idleness."""
         self._caught_up_at.setdefault((partition, _source(input, forwarded)), self.clock.now())
 
+    def on_stalled(self) -> None:
+        """The reader itself stopped reading for a while (this process paused, or a commit the
+        broker was slow to answer): an input it had read to its end before may have grown
+        since, so its silence counts as idleness again only from now. Without this, the wall
+        time of the stall would count as the inputs' silence, and the watermark would jump past
+        windows whose outcomes are waiting unread."""
+        now = self.clock.now()
+        for key in self._caught_up_at:
+            self._caught_up_at[key] = now
+
     def on_tick(self, partition: int) -> list[LabeledExample]:
         """Let wall time advance an idle partition's watermark, and close what it passes."""
         return self._expire(partition)

@@ -193,6 +193,8 @@ def run_with(
         processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit:60"
     if disrupt == "renew":  # a commit the broker did not answer: a new producer takes over
         processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit-retriable:60"
+    if disrupt == "stall":  # the joiner stops for 25 s after a commit, as a slow broker's would
+        processes.env["STREAMLEARN_FAILPOINT"] = "joiner.stall:40"
     processes.start("joiner", "-m", "consumers.joiner")
     processes.env.pop("STREAMLEARN_FAILPOINT", None)
     wait_until(lambda: bool(reports(s)), "the joiner to start")
@@ -246,6 +248,8 @@ def run_with(
         assert "transaction aborted (failpoint joiner.commit)" in processes.log("joiner")
     if disrupt == "renew":
         assert "transaction aborted (Local: Broker transport failure)" in processes.log("joiner")
+    if disrupt == "stall":
+        assert "the loop stalled for" in processes.log("joiner")
     forwarded = sum(sum(g.values()) for r in reports(s) for g in r.forwarded.values())
     if outcomes_partitioner == "murmur2_random":
         assert forwarded == 0
@@ -281,6 +285,17 @@ def test_a_rebalance_while_forwarding_unkeyed_outcomes(
 ) -> None:
     """Outcomes without a key, anywhere: forwarded to a partition whose owner changes."""
     run_with(processes, monkeypatch, "rebalance", "no-key")
+
+
+def test_a_stall_of_the_joiner_while_forwarding_loses_nothing(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joiner stops for 25 s between two transactions (as behind a commit the broker is slow
+    to answer) while outcomes arrive unkeyed and are forwarded: every label exact afterwards.
+    CI once lost 22 positives after such a stall; the race it hit (the stall's wall time taken
+    for the inputs' silence) is pinned by the unit test test_a_stall_of_the_reader_is_not_
+    idleness, which fails without Joiner.on_stalled: this one does not always hit it."""
+    run_with(processes, monkeypatch, "stall", "no-key")
 
 
 def test_an_aborted_transaction_loses_and_repeats_nothing(

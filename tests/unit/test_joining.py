@@ -478,3 +478,20 @@ def test_join_state_forgets_released_partitions_and_their_unsent_changes() -> No
     s.drop_partitions({1})
     assert dict(s) == {"r/x": {"p": 0}}
     assert s.drain() == [(0, "r/x", {"p": 0})]
+
+
+def test_a_stall_of_the_reader_is_not_idleness(joiner: Joiner, clock: ManualClock) -> None:
+    """Read to the end, then the reader itself stops for 30 s (a pause of the process, a commit
+    the broker was slow to answer): on resuming, what it had read to its end may have grown, so
+    its inputs are not idle yet; the window stays open for the outcome still unread. Silence
+    from then on is idleness again."""
+    joiner.on_recommendation(rec("r1", T0), 0)
+    outcomes_reach(joiner, T0)
+    caught_up(joiner)
+    clock.advance(30)
+    joiner.on_stalled()
+    assert joiner.on_tick(0) == []
+    assert labels(joiner.on_outcome(outcome("r1", "a", T0 + 2), 0)) == [("r1:a", True)]
+    caught_up(joiner, "outcomes")
+    clock.advance(100)
+    assert labels(joiner.on_tick(0)) == [("r1:b", False)]
