@@ -52,12 +52,14 @@ def test_two_of_every_stage_count_every_event_once(
     s = configure(
         processes,
         monkeypatch,
-        **loop_env(env),
-        STREAMLEARN_CHALLENGERS=json.dumps([{"name": "ctr-aware", "position": "feature"}]),
-        STREAMLEARN_SIM_RATE="50",
-        STREAMLEARN_ARCHIVE_ROLL_S="1",
-        STREAMLEARN_MONITOR_EVALUATE_S="1",
-        STREAMLEARN_MONITOR_LEASE_S="3",
+        **{
+            **loop_env(env),
+            "STREAMLEARN_CHALLENGERS": json.dumps([{"name": "ctr-aware", "position": "feature"}]),
+            "STREAMLEARN_SIM_RATE": "50",
+            "STREAMLEARN_ARCHIVE_ROLL_S": "1",
+            "STREAMLEARN_MONITOR_EVALUATE_S": "1",
+            "STREAMLEARN_MONITOR_LEASE_S": "3",
+        },
     )
     ports = [s.api.port, free_port()]
     for n in (0, 1):
