@@ -37,9 +37,10 @@ from streamlearn.actions import Action, GateStep, Rollback, carry_out
 from streamlearn.alerting import Alert
 from streamlearn.board import Board
 from streamlearn.clock import SystemClock
-from streamlearn.errors import InvalidEventError, SnapshotNotFound, StreamlearnError
+from streamlearn.errors import InvalidEventError, LeaseLost, SnapshotNotFound, StreamlearnError
 from streamlearn.events import JoinReport, Slate, parse, parse_example
 from streamlearn.faults import failpoint
+from streamlearn.lease import Lease
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
 from streamlearn.registry import CHAMPION, Registry, Served
@@ -107,9 +108,13 @@ class MonitorProcess(KafkaProcess):
         self.offsets: dict[tuple[str, int], int] = {}
         # Automatic actions decided and saved, not yet known to be done.
         self.pending: list[Action] = []
-        self.monitor = self._restore() or Monitor(settings.monitor, SystemClock(), settings.join)
-        # Rules and bounds come from today's configuration, whatever a restored state had.
-        self.monitor.configure(settings.monitor, settings.join)
+        # One monitor acts at a time: the others stand by until its lease expires, and take over
+        # from the state it saved (streamlearn.lease).
+        self.lease = Lease(
+            self.redis, f"{settings.topic_prefix}monitor-lease", settings.monitor.lease_s
+        )
+        self.renewed_at = 0.0
+        self.monitor = Monitor(settings.monitor, SystemClock(), settings.join)
         self.producer = Producer(producer_config(settings))
 
     # ---- state -----------------------------------------------------------------------------
@@ -152,6 +157,43 @@ class MonitorProcess(KafkaProcess):
             log.warning("alert %s %s: %s", a.status, a.dedup_key, a.summary)
         self.producer.poll(0)
 
+    def _take_over(self) -> bool:
+        """Wait for the lease (standing by while another monitor holds it), then restore the
+        state saved last. False when asked to stop first."""
+        told = False
+        while not self.stopping:
+            try:
+                if self.lease.acquire():
+                    break
+            except redis.RedisError as exc:
+                log.warning("lease not taken (Redis is away): %s", exc)
+            if not told:
+                log.info("standing by: another monitor holds %s", self.lease.key)
+                told = True
+            time.sleep(self.settings.monitor.lease_s / 3)
+        else:
+            return False
+        self.renewed_at = time.monotonic()
+        log.info("holding %s: this monitor acts", self.lease.key)
+        restored = self._restore()
+        if restored is not None:
+            self.monitor = restored
+        # Rules and bounds come from today's configuration, whatever a restored state had.
+        self.monitor.configure(self.settings.monitor, self.settings.join)
+        return True
+
+    def _keep_lease(self) -> None:
+        """Renew the lease every third of its time to live; LeaseLost once it is another's."""
+        if time.monotonic() - self.renewed_at < self.settings.monitor.lease_s / 3:
+            return
+        try:
+            if not self.lease.renew():
+                raise LeaseLost(f"{self.lease.key} expired and was taken: another monitor acts")
+        except redis.RedisError as exc:  # the save says whether it is still ours
+            log.warning("lease not renewed (Redis is away): %s", exc)
+            return
+        self.renewed_at = time.monotonic()
+
     def _record(self, alerts: list[Alert]) -> None:
         state = {
             "format": STATE_FORMAT,
@@ -160,7 +202,9 @@ class MonitorProcess(KafkaProcess):
             "pending": list(self.pending),
         }
         blob = signing.dumps(state, self.key, signing.MONITOR_STATE)
-        self.outbox.record(blob, alerts, [w.name for w in self.settings.monitor.webhooks])
+        self.outbox.record(
+            blob, alerts, [w.name for w in self.settings.monitor.webhooks], self.lease
+        )
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -171,8 +215,12 @@ class MonitorProcess(KafkaProcess):
 
     def run(self) -> None:
         s = self.settings
+        if not self._take_over():
+            self.consumer.close()
+            return
         stop = threading.Event()
         couriers = []
+        lost = False
 
         def link(alert: Alert) -> str:
             return s.monitor.alert_link.format(model=alert.model, version=alert.model_version or "")
@@ -188,6 +236,7 @@ class MonitorProcess(KafkaProcess):
         last_eval = time.monotonic()
         try:
             while not self.stopping:
+                self._keep_lease()
                 alerts: list[Alert] = []
                 for msg in self.consume(500, timeout=0.5):
                     alerts += self._handle(msg)
@@ -212,8 +261,14 @@ class MonitorProcess(KafkaProcess):
                 if evaluate:
                     self._publish()
                     self._commit()
+        except LeaseLost as exc:
+            # Another monitor acts from the state saved last: this one saves nothing more.
+            log.error("stopping: %s", exc)
+            lost = True
         finally:
-            self._save([])
+            if not lost:
+                self._save([])
+                self.lease.release()
             stop.set()
             for thread in couriers:
                 thread.join()

@@ -44,8 +44,12 @@ class KafkaProcess(ABC):
     def __init__(self, settings: Settings, **consumer: Any) -> None:
         self.settings = settings
         self.log = logging.getLogger(f"streamlearn.{self.name}")
-        self.consumer = Consumer(consumer_config(settings, self.name, **consumer))
+        self.consumer = Consumer(consumer_config(settings, self.group(), **consumer))
         self.stopping = False
+
+    def group(self) -> str:
+        """Its consumer group, after the prefix: by default its name."""
+        return self.name
 
     @abstractmethod
     def run(self) -> None:

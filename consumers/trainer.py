@@ -1,7 +1,8 @@
 """The trainer process (confluent-kafka): poll examples, learn, checkpoint, then commit.
 
-Every configured model (the champion and its challengers) learns from one pass over the
-examples, each in its own lineage of snapshots. Order on every checkpoint: flush dead letters,
+Every configured model (the champion and its challengers; with ``TRAINER_MODELS``, the subset
+this process learns) learns from one pass over the examples, each in its own lineage of
+snapshots. Order on every checkpoint: flush dead letters,
 write each model's snapshot (model + the next offset of every partition it has learned) to the
 store, and only then commit to Kafka the offsets every model has made durable. On start each
 model restores its latest snapshot; every assigned partition is read from the least of the
@@ -85,7 +86,11 @@ class Trainer(KafkaProcess):
         self.dead_letters = settings.topic("dead_letters")
         self.store = open_store(settings)
         self.registry = Registry(self.store)
-        self.trainings = [restore(self.store, spec, settings.training) for spec in settings.models]
+        self.specs = settings.trained_models
+        self.trainings = [restore(self.store, spec, settings.training) for spec in self.specs]
+        # With TRAINER_MODELS, one process per subset reads every example: the one learning the
+        # champion says which are unreadable, once.
+        self.dead_lettering = settings.model in self.specs
         self.followed_at = 0.0
         self.follow_challengers()
         self.producer = Producer(producer_config(settings))
@@ -94,6 +99,9 @@ class Trainer(KafkaProcess):
 
     def metrics_port(self) -> int:
         return self.settings.training.metrics_port
+
+    def group(self) -> str:
+        return self.settings.trainer_group
 
     def resume_offset(self, partition: int) -> int:
         """Where to read a partition from: the least next offset of all the models."""
@@ -139,7 +147,9 @@ class Trainer(KafkaProcess):
         except InvalidEventError as exc:
             # Dead letters are flushed before each snapshot: below every model's offsets this
             # one was sent before a restart.
-            if any(offset >= t.offsets.get(partition, 0) for t in self.trainings):
+            if self.dead_lettering and any(
+                offset >= t.offsets.get(partition, 0) for t in self.trainings
+            ):
                 letter = DeadLetter.of(
                     str(exc), self.examples, partition, offset, msg.key(), msg.value(), time.time()
                 )
@@ -162,7 +172,7 @@ class Trainer(KafkaProcess):
         and every other model skips what it has learned already."""
         self.followed_at = time.monotonic()
         known = {t.spec.name for t in self.trainings}
-        for spec in self.settings.models:
+        for spec in self.specs:
             try:
                 named = self.store.read_registry(spec.name).challengers
             except StoreUnavailable as exc:

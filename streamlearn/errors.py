@@ -57,3 +57,7 @@ class ArchiveError(StreamlearnError):
 
 class ReplayError(StreamlearnError):
     pass
+
+
+class LeaseLost(StreamlearnError):
+    """Another process holds the lease this one acted under: it must stop acting."""

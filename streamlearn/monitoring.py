@@ -133,6 +133,7 @@ class MonitorPolicy(Policy):
         "reference_renew_examples": "monitor_reference_renew_examples",
         "max_versions": "monitor_max_versions",
         "metrics_port": "monitor_metrics_port",
+        "lease_s": "monitor_lease_s",
         "rules": "monitor_rules",
         "webhooks": "webhooks",
         "auto_action": "auto_action",
@@ -184,6 +185,12 @@ class MonitorPolicy(Policy):
     )
     metrics_port: int = Field(
         9110, ge=0, le=65535, description="Prometheus endpoint of the monitor (0: off)."
+    )
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="The monitor's lease in Redis: one monitor acts, the others stand by and "
+        "take over this long after it stops renewing (a crash; a clean stop hands over at once).",
     )
     auto_action: Literal["off", "rollback"] = Field(
         "off",

@@ -28,6 +28,8 @@ import redis
 from prometheus_client import Counter
 
 from streamlearn.alerting import Alert
+from streamlearn.errors import LeaseLost
+from streamlearn.lease import Lease
 from streamlearn.webhooks import Verdict, Webhook, backoff, body, headers, retry_after, verdict
 
 log = logging.getLogger("streamlearn.outbox")
@@ -58,12 +60,29 @@ class Outbox:
     def state_key(self) -> str:
         return f"{self._p}monitor-state"
 
-    def record(self, state: bytes, alerts: list[Alert], webhooks: list[str]) -> None:
-        """Save the state that made the alerts and queue them for every webhook, atomically."""
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(self.state_key, state)
-        self._push(pipe, alerts, webhooks)
-        pipe.execute()
+    def record(
+        self, state: bytes, alerts: list[Alert], webhooks: list[str], lease: Lease | None = None
+    ) -> None:
+        """Save the state that made the alerts and queue them for every webhook, atomically;
+        with ``lease``, only while this process holds it (else :class:`LeaseLost`, and
+        nothing is saved or queued)."""
+        if lease is None:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.set(self.state_key, state)
+            self._push(pipe, alerts, webhooks)
+            pipe.execute()
+            return
+        with self._r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(lease.key)
+                if not lease.held():  # read after WATCH: a change since fails the EXEC
+                    raise LeaseLost(f"another process holds {lease.key}")
+                pipe.multi()
+                pipe.set(self.state_key, state)
+                self._push(pipe, alerts, webhooks)
+                pipe.execute()
+            except redis.WatchError:
+                raise LeaseLost(f"{lease.key} changed hands while saving") from None
 
     def send(self, alerts: list[Alert], webhooks: list[str]) -> None:
         """Queue alerts that no alarm state made (the daily job's) for every webhook: the

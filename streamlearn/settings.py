@@ -201,7 +201,25 @@ class Settings(BaseSettings):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must differ (each has its own snapshots): {names}")
+        unknown = sorted(set(self.training.models) - set(names))
+        if unknown:
+            raise ValueError(f"TRAINER_MODELS names models not configured: {unknown}")
         return self
+
+    @property
+    def trained_models(self) -> list[ModelSpec]:
+        """The configured models this trainer process learns (TRAINER_MODELS; all by default)."""
+        chosen = self.training.models
+        return [m for m in self.models if not chosen or m.name in chosen]
+
+    @property
+    def trainer_group(self) -> str:
+        """The trainer's consumer group: ``trainer``, or one per subset of TRAINER_MODELS (each
+        subset reads every example)."""
+        chosen = self.training.models
+        if not chosen or set(chosen) == {m.name for m in self.models}:
+            return "trainer"
+        return "trainer." + "+".join(sorted(chosen))
 
     @model_validator(mode="after")
     def _slate_fits_catalog(self) -> Settings:

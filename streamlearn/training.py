@@ -40,6 +40,7 @@ class TrainingPolicy(Policy):
         "correction_policy": "correction_policy",
         "correction_weight": "correction_weight",
         "metrics_port": "trainer_metrics_port",
+        "models": "trainer_models",
     }
 
     checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
@@ -52,6 +53,12 @@ class TrainingPolicy(Policy):
     correction_weight: float = Field(1.0, gt=0, description="Weight of a learned correction.")
     metrics_port: int = Field(
         9109, ge=0, le=65535, description="Prometheus /metrics of the trainer; 0 turns it off."
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="The configured models this trainer process learns (empty: every one), and "
+        "their retrained challengers: a process per subset scales the trainer out, each in a "
+        "consumer group of its own, since every model reads every example.",
     )
 
 

@@ -118,8 +118,9 @@ class Processes:
     logs: Path
     running: dict[str, subprocess.Popen[bytes]]
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        full_env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start ``python *args`` as ``name``, with the test's environment and ``env``."""
+        full_env = {**os.environ, **self.env, **env, "PYTHONUNBUFFERED": "1"}
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, *args], env=full_env, cwd=ROOT, stdout=log, stderr=log
@@ -280,12 +281,12 @@ def converted(recs: list[Recommendation], outs: list[Outcome], window_s: float) 
     }
 
 
-def trainer_committed(settings: Settings) -> dict[int, int]:
-    """The offsets the trainer's consumer group has committed on the examples topic."""
+def trainer_committed(settings: Settings, group: str = "trainer") -> dict[int, int]:
+    """The offsets a trainer's consumer group has committed on the examples topic."""
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.topic("examples")
-    group = f"{settings.topic_prefix}trainer"
+    group = f"{settings.topic_prefix}{group}"
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]

@@ -1,6 +1,7 @@
 """The monitor as its own process on the real broker and Redis, paging a receiver started here:
 a flip of the hidden preferences pages once and resolves once, across a SIGKILL of the monitor
-mid-incident; a shift of the prices raises a data-drift alarm naming the feature."""
+mid-incident (a second monitor stood by, and takes over when the lease expires); a shift of the
+prices raises a data-drift alarm naming the feature."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_fea
         STREAMLEARN_MONITOR_RECOVERY_EXAMPLES="3000",
         STREAMLEARN_WEBHOOKS=json.dumps([hook]),
         STREAMLEARN_MONITOR_METRICS_PORT="0",
+        STREAMLEARN_MONITOR_LEASE_S="3",
     )
     world = Deployed(ManualClock(1_700_000_000.0))
     send(s, world, 15_000)  # learned and steady
     world.shop.flip()
     send(s, world, 3_000)  # the concept changes: the served model's loss rises
     processes.start("monitor", "-m", "consumers.monitor")
+    wait_until(lambda: "this monitor acts" in processes.log("monitor"), "the first to act")
+    processes.start("monitor-standby", "-m", "consumers.monitor")
+    wait_until(lambda: "standing by" in processes.log("monitor-standby"), "the second to wait")
     receiver.script = [(500, {})]  # the receiver comes up failing, then recovers
     receiver.start()
     wait_until(lambda: pages(receiver, "concept-drift") == ["firing"], "the concept-drift page")
@@ -56,7 +61,6 @@ def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_fea
     first = processes.running["monitor"]
     first.send_signal(signal.SIGKILL)  # mid-incident
     first.wait()
-    processes.start("monitor-restarted", "-m", "consumers.monitor")
     send(s, world, 27_000)  # the model relearns; the loss settles
     wait_until(
         lambda: pages(receiver, "concept-drift") == ["firing", "resolved"],
@@ -73,7 +77,7 @@ def test_drift_pages_once_resolves_once_across_a_sigkill_and_names_a_shifted_fea
     fired = next(p for _, p in receiver.accepted if "psi:i:price" in str(p["dedup_key"]))
     assert fired["metric"] == "psi:i:price" and fired["model_version"] == "ctr:v1"
     assert not [p for _, p in receiver.accepted if "psi:i:category" in str(p["dedup_key"])]
-    assert "restored: 1 alarms firing" in processes.log("monitor-restarted")
+    assert "restored: 1 alarms firing" in processes.log("monitor-standby")
 
 
 def test_outcomes_that_stop_raise_a_join_health_alarm(

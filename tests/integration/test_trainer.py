@@ -23,6 +23,7 @@ from tests.conftest import (
     PrivateRedis,
     Processes,
     configure,
+    free_port,
     produce,
     produce_examples,
     trainer_committed,
@@ -105,17 +106,30 @@ def test_sigkill_at_every_step_learns_each_example_once(
     assert final.metrics == pytest.approx(reference.learner.metrics())
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-trainer", "trainer-per-subset"])
 def test_champion_and_challengers_match_rivers_progressive_validation(
-    processes: Processes, monkeypatch: pytest.MonkeyPatch
+    processes: Processes, monkeypatch: pytest.MonkeyPatch, split: bool
 ) -> None:
     """Three specs learn from one pass, each in its own lineage, and each one's metrics are
-    exactly River's ``progressive_val_score`` for that spec on the same examples in order."""
+    exactly River's ``progressive_val_score`` for that spec on the same examples in order. Split
+    over two trainer processes (TRAINER_MODELS: the champion on one, the challengers on the
+    other, each in its consumer group), the same, and each group commits every example."""
     challengers = [
         {"name": "ctr-fm", "learner": {"kind": "fm", "n_factors": 4}},
         {"name": "ctr-adp", "encoding": "hash", "learner": {"kind": "ad_predictor"}},
     ]
     s = start(processes, monkeypatch, STREAMLEARN_CHALLENGERS=json.dumps(challengers))
-    processes.start("trainer", "-m", "consumers.trainer")
+    if split:
+        for n, subset in enumerate((["ctr"], ["ctr-fm", "ctr-adp"])):
+            processes.start(
+                f"trainer-{n}",
+                "-m",
+                "consumers.trainer",
+                STREAMLEARN_TRAINER_MODELS=json.dumps(subset),
+                STREAMLEARN_TRAINER_METRICS_PORT=str(free_port()),
+            )
+    else:
+        processes.start("trainer", "-m", "consumers.trainer")
     store = open_store(s)
 
     def all_learned() -> bool:
@@ -134,6 +148,14 @@ def test_champion_and_challengers_match_rivers_progressive_validation(
         assert got["roc_auc"] == pytest.approx(auc.get(), abs=1e-12), spec.name
         assert got["log_loss"] == pytest.approx(loss.get(), abs=1e-12), spec.name
         assert math.isfinite(got["calibration"]) and got["roc_auc"] > 0.7, (spec.name, got)
+    if split:
+        assert "ctr-fm" not in processes.log("trainer-0")
+        assert "checkpoint ctr v" not in processes.log("trainer-1")
+        for group in ("trainer.ctr", "trainer.ctr-adp+ctr-fm"):
+            wait_until(
+                lambda g=group: sum(trainer_committed(s, g).values()) == N,  # type: ignore[misc]
+                f"{group} to commit every example",
+            )
 
 
 def test_redis_down_at_checkpoint_time(

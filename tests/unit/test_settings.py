@@ -118,6 +118,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "ARCHIVE_URL": ("s3://b/p", lambda s: s.archive_url, "s3://b/p"),
     "ARCHIVE_OPTIONS": ('{"region": "eu"}', lambda s: s.archive_options, {"region": "eu"}),
     "CHALLENGERS": ('[{"name": "fm"}]', lambda s: [m.name for m in s.challengers], ["fm"]),
+    "MONITOR_LEASE_S": ("30", lambda s: s.monitor.lease_s, 30.0),
+    "TRAINER_MODELS": ('["ctr"]', lambda s: s.training.models, ["ctr"]),
     "MODEL__LEARNER__LEARNING_RATE": ("0.05", lambda s: s.model.learner.learning_rate, 0.05),
     "ATTRIBUTION_WINDOW_S": ("45", lambda s: s.join.window_s, 45.0),
     "JOIN__WINDOW_S": ("46", lambda s: s.join.window_s, 46.0),
@@ -270,3 +272,16 @@ def test_kafka_options_reach_every_kind_of_client() -> None:
         assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "PLAIN"
         assert config["bootstrap.servers"] == s.kafka_bootstrap
     assert consumer_config(s, "joiner")["isolation.level"] == "read_committed"
+
+
+def test_trainer_models_choose_a_subset_and_its_consumer_group() -> None:
+    challengers = [{"name": "fm"}, {"name": "adp"}]
+    every = Settings(challengers=challengers)
+    assert [m.name for m in every.trained_models] == ["ctr", "fm", "adp"]
+    assert every.trainer_group == "trainer"
+    some = Settings(challengers=challengers, training={"models": ["adp", "fm"]})
+    assert [m.name for m in some.trained_models] == ["fm", "adp"]
+    assert some.trainer_group == "trainer.adp+fm"
+    assert Settings(challengers=challengers, trainer_models=["ctr"]).trainer_group == "trainer.ctr"
+    with pytest.raises(ValidationError, match="not configured: \\['nope'\\]"):
+        Settings(challengers=challengers, trainer_models=["ctr", "nope"])
