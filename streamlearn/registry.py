@@ -192,7 +192,10 @@ class Registry:
         """Apply ``policy`` (:mod:`streamlearn.retention`): delete what it does not keep, and
         drop the hot copies of what it keeps in the archive only. Returns the plan applied."""
         doc = self.store.read_registry(model_name)
-        plan = plan_retention(self.store.version_times(model_name), doc, policy, now)
+        metas = self.store.versions(model_name)
+        times = [(m["version"], m["created_at"]) for m in metas]
+        parents = {m["version"]: m["delta_of"] for m in metas if m.get("delta_of") is not None}
+        plan = plan_retention(times, doc, policy, now, parents)
         for v in plan.delete:
             self.store.delete(model_name, v)
         self.store.evict(model_name, [v for v in plan.kept if v not in plan.hot])

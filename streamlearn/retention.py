@@ -22,7 +22,7 @@ is read from the archive when asked for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,24 +72,42 @@ def plan_retention(
     doc: RegistryDocument,
     policy: RetentionPolicy,
     now: float,
+    parents: Mapping[int, int] | None = None,
 ) -> RetentionPlan:
     """The plan for ``versions`` (number, creation time), given the registry ``doc``: kept are
     the newest ``keep_last``, every pinned and aliased version and every rollback target, and
     the newest version of each hour (day) created within ``keep_within_hourly_s``
-    (``keep_within_daily_s``) of ``now``."""
+    (``keep_within_daily_s``) of ``now``. A kept delta snapshot keeps its chain (``parents``:
+    the version each delta is a delta of), in both tiers, since it cannot be loaded without it;
+    so an hour (a day) keeps its newest whole snapshot where it has one, which keeps no chain."""
     ordered = sorted(versions)
     numbers = [v for v, _ in ordered]
     kept = doc.spared() & set(numbers)
     kept |= set(numbers[-policy.keep_last :])
+    parents = parents or {}
     for span, within in ((HOUR, policy.keep_within_hourly_s), (DAY, policy.keep_within_daily_s)):
         newest: dict[int, int] = {}
+        whole: set[int] = set()  # buckets with a whole snapshot: a delta there is not kept
         for version, created in ordered:
-            if now - created <= within:
-                newest[int(created // span)] = version  # ordered: the last one wins
+            bucket = int(created // span)
+            if now - created <= within and (version not in parents or bucket not in whole):
+                newest[bucket] = version  # ordered: the last one wins
+                if version not in parents:
+                    whole.add(bucket)
         kept |= set(newest.values())
     hot = set(numbers[-policy.hot_last :]) | (set(doc.aliases.values()) & set(numbers))
+    kept, hot = _chained(kept, parents), _chained(hot, parents)
     return RetentionPlan(
         kept=sorted(kept),
         delete=[v for v in numbers if v not in kept],
         hot=sorted(hot),
     )
+
+
+def _chained(versions: set[int], parents: Mapping[int, int]) -> set[int]:
+    """``versions`` and every version their deltas are built on."""
+    closed = set(versions)
+    for version in versions:
+        while (version := parents.get(version, -1)) >= 0 and version not in closed:
+            closed.add(version)
+    return closed

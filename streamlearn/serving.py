@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_validator
@@ -129,6 +129,8 @@ class Served:
     model_name: str
     version: int
     learner: Learner
+    offsets: dict[int, int] = field(default_factory=dict)
+    """What the version has learned: every example below these offsets (see Snapshot)."""
 
     def score(
         self, context: dict[str, FeatureValue], item_id: str, item: dict[str, FeatureValue]
@@ -178,12 +180,18 @@ class ModelHolder:
                 model, wanted = self.model_name, self._registry.served_version(self.model_name)
             if wanted is None or (model, wanted) == held:
                 return False
-            snapshot = self._store.get(model, wanted)
+            # A delta of the version held is applied to it, not loaded whole.
+            loaded = (
+                (current.version, current.learner)
+                if current and current.model_name == model
+                else None
+            )
+            snapshot = self._store.get(model, wanted, loaded=loaded)
         except SnapshotError as exc:
             # Store down, or a version that fails verification: keep serving what we hold.
             log.warning("keeping %s: %s", current.tag if current else "nothing", exc)
             return False
-        self.current = Served(model, snapshot.version, snapshot.model)
+        self.current = Served(model, snapshot.version, snapshot.model, snapshot.offsets)
         self.swaps += 1
         log.info("serving %s under %s", self.current.tag, self.model_name)
         return True

@@ -29,6 +29,7 @@ from streamlearn.features import example_features
 from streamlearn.learning import Learner, ModelSpec
 from streamlearn.policy import Policy
 from streamlearn.snapshots.base import Snapshot
+from streamlearn.snapshots.delta import DeltaEncoder, Encoded
 
 
 class TrainingPolicy(Policy):
@@ -41,6 +42,8 @@ class TrainingPolicy(Policy):
         "correction_weight": "correction_weight",
         "metrics_port": "trainer_metrics_port",
         "models": "trainer_models",
+        "full_every": "snapshot_full_every",
+        "delta_max_changed": "snapshot_delta_max_changed",
     }
 
     checkpoint_every_n: int = Field(2000, ge=1, description="Snapshot after this many examples.")
@@ -59,6 +62,20 @@ class TrainingPolicy(Policy):
         description="The configured models this trainer process learns (empty: every one), and "
         "their retrained challengers: a process per subset scales the trainer out, each in a "
         "consumer group of its own, since every model reads every example.",
+    )
+
+    full_every: int = Field(
+        20,
+        ge=1,
+        description="A whole snapshot every this many checkpoints; the others are deltas, only "
+        "the weights changed since the one before (1: every snapshot whole).",
+    )
+    delta_max_changed: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A checkpoint whose changed weights are more than this share of all is "
+        "written whole.",
     )
 
 
@@ -92,6 +109,9 @@ class Training:
         self._since = 0
         self._last = clock.now()
         self.order: list[tuple[int, int]] = []  # since the last checkpoint: see Snapshot.order
+        # The first checkpoint (after a restart too) is whole; the next are deltas of it.
+        self.encoder = DeltaEncoder(self.policy.full_every, self.policy.delta_max_changed)
+        self._encoded: Encoded | None = None
 
     @property
     def samples_seen(self) -> int:
@@ -145,6 +165,7 @@ class Training:
         )
 
     def snapshot(self, version: int) -> Snapshot:
+        self._encoded = encoded = self.encoder.encode(self.learner)
         return Snapshot(
             model_name=self.spec.name,
             version=version,
@@ -158,9 +179,15 @@ class Training:
             # What a replay needs besides the parent and the examples (see streamlearn.replay).
             extra={"training": self.policy.model_dump(include=REPLAYED)},
             order=list(self.order),
+            delta_of=encoded.delta_of,
+            payload=encoded.payload,
         )
 
     def checkpointed(self, version: int) -> None:
+        """The snapshot last made is durable as ``version``: the next one's parent."""
+        if self._encoded is not None:
+            self.encoder.committed(version, self._encoded)
+            self._encoded = None
         self.version = version
         self.order = []
         self._since = 0

@@ -5,6 +5,8 @@ Test modules import these from here, never from one another."""
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,8 @@ from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
 from streamlearn.learning import ModelSpec
 from streamlearn.simulation import Deployed, Storefront
-from streamlearn.snapshots import Snapshot
+from streamlearn.snapshots import Snapshot, SnapshotStore
+from streamlearn.snapshots.delta import canonical
 from streamlearn.training import Training, TrainingPolicy
 from streamlearn.webhooks import verify
 
@@ -52,6 +55,51 @@ def trained(version: int, n: int = 50, spec: ModelSpec | None = None) -> Snapsho
         t.learn(example(True, "likes"), 0, 2 * i)
         t.learn(example(False, "dislikes"), 0, 2 * i + 1)
     return t.snapshot(version)
+
+
+def item_example(rng: random.Random, items: int) -> LabeledExample:
+    item = rng.randrange(items)
+    return LabeledExample(
+        example_id=f"r{rng.random()}:{item}",
+        recommendation_id="r",
+        user_id="u",
+        item_id=f"item{item}",
+        position=0,
+        propensity=1.0,
+        served_score=None,
+        model_version=None,
+        context={"segment": rng.choice("abcd")},
+        item_features={"category": f"c{item % 7}", "price": item / items},
+        label=rng.random() < 0.3,
+        recommendation_time=0.0,
+    )
+
+
+def delta_training(spec: ModelSpec, full_every: int = 5, max_changed: float = 0.5) -> Training:
+    policy = TrainingPolicy(
+        checkpoint_every_n=10**6, full_every=full_every, delta_max_changed=max_changed
+    )
+    return Training(spec, ManualClock(0.0), policy)
+
+
+def checkpoint_rounds(
+    t: Training, store: SnapshotStore, rounds: int, per_round: int, items: int = 4000
+) -> list[tuple[Snapshot, list[bytes]]]:
+    """Learn ``rounds`` times, checkpointing after each; each snapshot and what loading its
+    model whole gives (pickled again)."""
+    rng = random.Random(len(t.offsets) and t.offsets[0])
+    offset = t.offsets.get(0, 0)
+    made = []
+    for _ in range(rounds):
+        for _ in range(per_round):
+            t.learn(item_example(rng, items), 0, offset)
+            offset += 1
+        version = store.next_version(t.spec.name)
+        snapshot = t.snapshot(version)
+        store.put(snapshot)
+        t.checkpointed(version)
+        made.append((snapshot, canonical(pickle.loads(pickle.dumps(t.learner, protocol=5)))))
+    return made
 
 
 RANK = {

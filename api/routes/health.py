@@ -14,13 +14,15 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=Health)
 async def healthz(holder: HolderDep) -> Health:
     """Alive. Names the model and version being served, if any (a challenger promoted across
-    names is served under the champion's name)."""
+    names is served under the champion's name), and the examples it has learned: every one
+    below ``offsets`` (per partition of the examples topic)."""
     current = holder.current
     return Health(
         status="ok",
         model=current.model_name if current else holder.model_name,
         model_version=current.version if current else None,
         served_as=holder.model_name,
+        offsets={str(p): o for p, o in current.offsets.items()} if current else {},
     )
 
 

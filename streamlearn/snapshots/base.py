@@ -39,9 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamlearn import __version__, signing
 from streamlearn.errors import SnapshotError, SnapshotNotFound
+from streamlearn.snapshots import delta
 
 SCHEMA_VERSION = 1
-_BLOB_ONLY = frozenset({"model", "order"})
+_BLOB_ONLY = frozenset({"model", "order", "payload"})
 
 
 @dataclass
@@ -63,6 +64,12 @@ class Snapshot:
     partition was learned up to, exclusive), in order. Kafka orders records within a partition
     only; this is what a replay needs to learn them as the trainer did. Kept in the snapshot's
     blob, not in listings."""
+    delta_of: int | None = None
+    """The version this one's payload is a delta of (:mod:`streamlearn.snapshots.delta`); None:
+    the payload is the whole model."""
+    payload: bytes | None = field(default=None, repr=False, compare=False)
+    """The model as written (a pickle, or a delta of ``delta_of``): the trainer's encoder sets
+    it, else it is the model pickled, once, however many stores the snapshot goes to."""
 
     def meta(self) -> dict[str, Any]:
         """Everything but the model and its learning order: what listings show."""
@@ -72,7 +79,9 @@ class Snapshot:
 
     def sign(self, key: bytes) -> bytes:
         meta = orjson.dumps({**self.meta(), "order": self.order})
-        body = struct.pack(">I", len(meta)) + meta + pickle.dumps(self.model, protocol=5)
+        if self.payload is None:
+            self.payload = pickle.dumps(self.model, protocol=5)
+        body = struct.pack(">I", len(meta)) + meta + self.payload
         return signing.sign(body, key, signing.SNAPSHOT)
 
     @staticmethod
@@ -102,12 +111,35 @@ class Snapshot:
         return meta
 
     @classmethod
-    def verify(cls, blob: bytes, key: bytes) -> Snapshot:
+    def verify(
+        cls,
+        blob: bytes,
+        key: bytes,
+        parent: Callable[[int], bytes] | None = None,
+        loaded: tuple[int, Any] | None = None,
+    ) -> Snapshot:
+        """The snapshot in ``blob``; a delta's chain is followed through ``parent`` (a
+        version's blob) down to a full snapshot, or to ``loaded`` (a version already loaded,
+        and its model, which stays as it is), whichever comes first."""
         meta, payload = cls._split(cls._body(blob, key))
         # JSON object keys are strings: partitions come back as ints.
         offsets = {int(p): o for p, o in meta.pop("offsets").items()}
         order = [(int(p), int(o)) for p, o in meta.pop("order", [])]
-        model = pickle.loads(payload)  # only after the HMAC verified above
+        deltas: list[bytes] = []
+        link = meta.get("delta_of")
+        while link is not None:
+            deltas.append(payload)
+            if loaded is not None and loaded[0] == link:
+                return cls(
+                    model=delta.apply(loaded[1], deltas[::-1]), offsets=offsets, order=order, **meta
+                )
+            if parent is None:
+                raise SnapshotError(f"version {meta['version']} is a delta of v{link}: it needs it")
+            link_meta, payload = cls._split(cls._body(parent(link), key))
+            link = link_meta.get("delta_of")
+        model = pickle.loads(payload)  # only after every HMAC verified above
+        if deltas:
+            model = delta.apply(model, deltas[::-1])
         return cls(model=model, offsets=offsets, order=order, **meta)
 
 
@@ -225,8 +257,12 @@ class SnapshotStore(ABC):
         """Store durably and atomically, then make it the model's latest version."""
 
     @abstractmethod
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        """A version, or the latest one when ``version`` is None. Raises SnapshotNotFound."""
+    def get(
+        self, model_name: str, version: int | None = None, loaded: tuple[int, Any] | None = None
+    ) -> Snapshot:
+        """A version, or the latest one when ``version`` is None. Raises SnapshotNotFound. A
+        delta snapshot is built from its chain, which stops at ``loaded`` (a version already
+        in memory and its model) when the chain passes through it."""
 
     @abstractmethod
     def latest_version(self, model_name: str) -> int | None: ...
@@ -278,6 +314,10 @@ class SignedBlobs(SnapshotStore):
 
     _key: bytes
 
+    @property
+    def key(self) -> bytes:
+        return self._key
+
     @abstractmethod
     def version_numbers(self, model_name: str) -> list[int]: ...
 
@@ -288,7 +328,7 @@ class SignedBlobs(SnapshotStore):
         numbers = self.version_numbers(model_name)
         return numbers[-1] if numbers else None
 
-    def _blob(self, model_name: str, version: int | None) -> bytes:
+    def blob(self, model_name: str, version: int | None) -> bytes:
         if version is None:
             version = self.latest_version(model_name)
             if version is None:
@@ -298,8 +338,15 @@ class SignedBlobs(SnapshotStore):
             raise SnapshotNotFound(f"model {model_name!r} has no version {version}")
         return blob
 
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
-        return Snapshot.verify(self._blob(model_name, version), self._key)
+    def get(
+        self, model_name: str, version: int | None = None, loaded: tuple[int, Any] | None = None
+    ) -> Snapshot:
+        return Snapshot.verify(
+            self.blob(model_name, version),
+            self._key,
+            lambda parent: self.blob(model_name, parent),
+            loaded,
+        )
 
     @abstractmethod
     def _index_entries(self, model_name: str, versions: list[int]) -> list[bytes | None]:
@@ -320,7 +367,7 @@ class SignedBlobs(SnapshotStore):
         if version is not None and (found := self.indexed(model_name, [version])):
             return found[version]
         # Not indexed (written before the index, or the index write was cut short): the blob.
-        return Snapshot.verify_meta(self._blob(model_name, version), self._key)
+        return Snapshot.verify_meta(self.blob(model_name, version), self._key)
 
     def versions(
         self, model_name: str, limit: int | None = None, before: int | None = None

@@ -55,15 +55,26 @@ class TieredSnapshotStore(SnapshotStore):
             latest = None
         return latest if latest is not None else self.archive.latest_version(model_name)
 
-    def get(self, model_name: str, version: int | None = None) -> Snapshot:
+    def get(
+        self, model_name: str, version: int | None = None, loaded: tuple[int, Any] | None = None
+    ) -> Snapshot:
         if version is None:
             version = self.latest_version(model_name)
             if version is None:
                 raise SnapshotNotFound(f"model {model_name!r} has no snapshot yet")
+        return Snapshot.verify(
+            self._blob(model_name, version),
+            self.hot.key,
+            lambda parent: self._blob(model_name, parent),
+            loaded,
+        )
+
+    def _blob(self, model_name: str, version: int) -> bytes:
+        """Each link of a chain from Redis, else from the archive."""
         try:
-            return self.hot.get(model_name, version)
+            return self.hot.blob(model_name, version)
         except (StoreUnavailable, SnapshotNotFound):
-            return self.archive.get(model_name, version)
+            return self.archive.blob(model_name, version)
 
     def meta(self, model_name: str, version: int | None = None) -> dict[str, Any]:
         if version is None:

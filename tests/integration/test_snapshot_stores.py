@@ -22,13 +22,15 @@ import pytest
 import redis
 
 from streamlearn.errors import SignatureError, SnapshotError, SnapshotNotFound, StoreUnavailable
+from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry, RegistryDocument
 from streamlearn.retention import RetentionPolicy
 from streamlearn.snapshots import RedisSnapshotStore, Snapshot, SnapshotStore
+from streamlearn.snapshots.delta import canonical
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.tiered import TieredSnapshotStore
 from tests.conftest import Infra, free_port, wait_until
-from tests.factories import trained
+from tests.factories import checkpoint_rounds, delta_training, trained
 
 pytestmark = pytest.mark.integration
 
@@ -335,3 +337,19 @@ def test_concurrent_writers_lose_nothing(infra: Infra, tmp_path: Path) -> None:
     assert stored.model_dump(exclude={"revision"}) == expected.model_dump(exclude={"revision"})
     assert stored.revision == changes  # one revision per change: none lost, none doubled
     assert setup.archive.read_registry("ctr") == stored
+
+
+def test_a_chain_of_deltas_loads_as_the_whole_model(backend: Backend) -> None:
+    t = delta_training(ModelSpec(), full_every=4)
+    made = checkpoint_rounds(t, backend.store, rounds=1, per_round=6000)
+    made += checkpoint_rounds(t, backend.store, rounds=5, per_round=200)
+    assert [s.delta_of for s, _ in made] == [None, 1, 2, 3, None, 5]
+    for snapshot, whole in made:
+        loaded = backend.store.get("ctr", snapshot.version)
+        assert canonical(loaded.model) == whole and loaded.offsets == snapshot.offsets
+        assert backend.store.meta("ctr", snapshot.version)["delta_of"] == snapshot.delta_of
+    # A link altered in the store: the chain through it is refused, before any unpickling.
+    backend.overwrite("ctr", 2, made[0][0].sign(b"another key"))
+    with pytest.raises(SignatureError):
+        backend.store.get("ctr", 4)
+    assert canonical(backend.store.get("ctr", 6).model) == made[5][1]

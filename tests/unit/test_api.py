@@ -87,6 +87,7 @@ def test_no_model_yet_is_503_and_health_says_so(client: TestClient) -> None:
         "model": "ctr",
         "model_version": None,
         "served_as": "ctr",
+        "offsets": {},
     }
 
 
@@ -104,7 +105,9 @@ def test_scores_name_the_version_and_follow_the_model(
     store.put(trained(2))
     assert holder.refresh() and not holder.refresh()
     assert client.post("/v1/score", json=BODY).json()["model_version"] == 2
-    assert client.get("/healthz").json()["model_version"] == 2
+    health = client.get("/healthz").json()
+    # What it has learned: the 100 examples below offset 100 of partition 0.
+    assert (health["model_version"], health["offsets"]) == (2, {"0": 100})
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "CHALLENGERS": ('[{"name": "fm"}]', lambda s: [m.name for m in s.challengers], ["fm"]),
     "MONITOR_LEASE_S": ("30", lambda s: s.monitor.lease_s, 30.0),
     "TRAINER_MODELS": ('["ctr"]', lambda s: s.training.models, ["ctr"]),
+    "SNAPSHOT_FULL_EVERY": ("5", lambda s: s.training.full_every, 5),
+    "SNAPSHOT_DELTA_MAX_CHANGED": ("0.25", lambda s: s.training.delta_max_changed, 0.25),
     "MODEL__LEARNER__LEARNING_RATE": ("0.05", lambda s: s.model.learner.learning_rate, 0.05),
     "ATTRIBUTION_WINDOW_S": ("45", lambda s: s.join.window_s, 45.0),
     "JOIN__WINDOW_S": ("46", lambda s: s.join.window_s, 46.0),
