@@ -6,21 +6,20 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import multiprocess
 from redis.exceptions import RedisError
 
 from api.deps import Publisher
-from api.middleware import BodyLimit, RequestMetrics
+from api.middleware import SERVING, BodyLimit, RequestMetrics
 from api.routes import admin, dashboard, health, scoring
 from streamlearn import __version__
 from streamlearn.clock import SystemClock
@@ -45,32 +44,6 @@ Kafka for the joiner, and manages versions. Every response names the version tha
 Keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scoring keys are optional (off by
 default); the admin endpoints need the admin key.
 """
-
-
-class ServingCollector(Collector):
-    """The version in use and the swap count of each live app's holder, read at each scrape.
-    One per process (Prometheus refuses a second collector of the same names)."""
-
-    def __init__(self) -> None:
-        self.holders: dict[str, ModelHolder] = {}
-
-    def collect(self) -> Iterator[Metric]:
-        version = GaugeMetricFamily(
-            "streamlearn_api_model_version", "Version being served.", labels=["model"]
-        )
-        swaps = CounterMetricFamily(
-            "streamlearn_api_model_swaps", "Versions swapped in.", labels=["model"]
-        )
-        for name, holder in list(self.holders.items()):
-            current = holder.current
-            version.add_metric([name], current.version if current else 0)
-            swaps.add_metric([name], holder.swaps)
-        yield version
-        yield swaps
-
-
-SERVING = ServingCollector()
-REGISTRY.register(SERVING)
 
 
 def create_app(
@@ -139,6 +112,9 @@ def create_app(
             stop.set()
             SERVING.holders.pop(holder.model_name, None)
             await asyncio.to_thread(events.close)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # A worker gone: its live gauges (events buffered, Kafka up) no longer count.
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     app = FastAPI(
         title="streamlearn",

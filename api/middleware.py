@@ -1,12 +1,20 @@
-"""ASGI middleware: a bound on request bodies (413), and request metrics by route and status."""
+"""ASGI middleware: a bound on request bodies (413), and request metrics by route and status;
+the collector of what each app serves."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from streamlearn.serving import ModelHolder
 
 REQUESTS = Counter(
     "streamlearn_api_requests_total", "HTTP requests by route and status.", ["route", "status"]
@@ -90,3 +98,29 @@ async def _reply(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ServingCollector(Collector):
+    """The version in use and the swap count of each live app's holder, read at each scrape.
+    One per process (Prometheus refuses a second collector of the same names)."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, ModelHolder] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        version = GaugeMetricFamily(
+            "streamlearn_api_model_version", "Version being served.", labels=["model"]
+        )
+        swaps = CounterMetricFamily(
+            "streamlearn_api_model_swaps", "Versions swapped in.", labels=["model"]
+        )
+        for name, holder in list(self.holders.items()):
+            current = holder.current
+            version.add_metric([name], current.version if current else 0)
+            swaps.add_metric([name], holder.swaps)
+        yield version
+        yield swaps
+
+
+SERVING = ServingCollector()
+REGISTRY.register(SERVING)

@@ -30,8 +30,15 @@ LOST = Counter(
     "Events that never reached Kafka: buffer full, or not delivered in time.",
     ["topic", "reason"],
 )
-BUFFERED = Gauge("streamlearn_api_events_buffered", "Events waiting for Kafka.")
-KAFKA_UP = Gauge("streamlearn_api_kafka_connected", "1 when the last metadata probe answered.")
+# multiprocess_mode: how API_WORKERS' values add up (ignored with one worker).
+BUFFERED = Gauge(
+    "streamlearn_api_events_buffered", "Events waiting for Kafka.", multiprocess_mode="livesum"
+)
+KAFKA_UP = Gauge(
+    "streamlearn_api_kafka_connected",
+    "1 when the last metadata probe answered (the least of the workers').",
+    multiprocess_mode="livemin",
+)
 
 
 class EventPublisher:

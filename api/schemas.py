@@ -72,6 +72,7 @@ class Health(Body):
     model: str = Field(description="The model served (a challenger promoted across names too).")
     model_version: int | None
     served_as: str = Field(description="The API's model name, under which it is served.")
+    worker: int = Field(description="The process that answered (one of API_WORKERS).")
     offsets: dict[str, int] = Field(
         default_factory=dict,
         description="Per partition of the examples topic, the offset below which the version "

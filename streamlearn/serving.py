@@ -31,6 +31,7 @@ class ApiPolicy(Policy):
     FLAT: ClassVar[dict[str, str]] = {
         "host": "api_host",
         "port": "api_port",
+        "workers": "api_workers",
         "access_log": "api_access_log",
         "max_candidates": "max_candidates",
         "max_body_bytes": "max_body_bytes",
@@ -45,6 +46,13 @@ class ApiPolicy(Policy):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes sharing the port (uvicorn's), each following the "
+        "registry itself; more than one counts metrics in PROMETHEUS_MULTIPROC_DIR.",
+    )
     access_log: bool = Field(
         True, description="A log line per request (the metrics count them either way)."
     )

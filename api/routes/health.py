@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from api.deps import HolderDep, PublisherDep
+from api.middleware import SERVING
 from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -22,6 +31,7 @@ async def healthz(holder: HolderDep) -> Health:
         model=current.model_name if current else holder.model_name,
         model_version=current.version if current else None,
         served_as=holder.model_name,
+        worker=os.getpid(),
         offsets={str(p): o for p, o in current.offsets.items()} if current else {},
     )
 
@@ -48,5 +58,11 @@ async def readyz(holder: HolderDep, publisher: PublisherDep, response: Response)
 @router.get("/metrics", include_in_schema=False)
 def metrics() -> Response:
     """Prometheus text format: requests by route and status, latency, the version served, swaps,
-    events published, buffered and lost."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    events published, buffered and lost; with API_WORKERS, every worker's added up (the version
+    served and swaps are this worker's)."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(SERVING)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

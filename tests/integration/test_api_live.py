@@ -132,6 +132,38 @@ def test_a_promotion_reaches_the_api_by_redis_notice_without_a_failed_request(
     assert 'streamlearn_api_model_version{model="ctr"} 2.0' in metrics
 
 
+def test_two_workers_share_the_port_follow_the_registry_and_count_together(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = start_api(processes, monkeypatch, {"STREAMLEARN_API_WORKERS": "2"})
+    store = open_store(s)
+    store.put(trained(1))
+
+    def health() -> dict[str, Any]:
+        with httpx.Client(timeout=5) as fresh:  # a new connection: either worker may take it
+            body: dict[str, Any] = fresh.get(url(s, "/healthz")).json()
+            return body
+
+    def every_worker_serves(version: int) -> bool:
+        seen: dict[int, int | None] = {}
+        for _ in range(40):
+            answer = health()
+            seen[answer["worker"]] = answer["model_version"]
+        return len(seen) == 2 and set(seen.values()) == {version}
+
+    wait_until(lambda: every_worker_serves(1), "both workers serving version 1")
+    ranks = [httpx.post(url(s, "/v1/rank"), json=RANK, timeout=5) for _ in range(60)]
+    assert all(r.status_code == 200 and r.json()["logged"] for r in ranks)
+    store.put(trained(2))
+    wait_until(lambda: every_worker_serves(2), "both workers serving the newest version")
+    Registry(store).promote("ctr", 1)
+    wait_until(lambda: every_worker_serves(1), "both workers serving the promoted version")
+    # Every worker's requests counted in one /metrics, whichever worker answers it.
+    total = 'streamlearn_api_requests_total{route="/v1/rank",status="200"} 60.0'
+    assert all(total in httpx.get(url(s, "/metrics"), timeout=5).text for _ in range(10))
+    wait_until(lambda: len(records(s, "recommendations", Recommendation)) == 60, "60 events")
+
+
 def test_with_redis_down_the_api_keeps_serving(
     processes: Processes, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
 ) -> None:

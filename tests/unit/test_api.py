@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def test_no_model_yet_is_503_and_health_says_so(client: TestClient) -> None:
         "model": "ctr",
         "model_version": None,
         "served_as": "ctr",
+        "worker": os.getpid(),
         "offsets": {},
     }
 

@@ -168,6 +168,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "API_HOST": ("0.0.0.0", lambda s: s.api.host, "0.0.0.0"),
     "API_PORT": ("8100", lambda s: s.api.port, 8100),
     "API_ACCESS_LOG": ("false", lambda s: s.api.access_log, False),
+    "API_WORKERS": ("2", lambda s: s.api.workers, 2),
     "MAX_CANDIDATES": ("20", lambda s: s.api.max_candidates, 20),
     "MAX_BODY_BYTES": ("2048", lambda s: s.api.max_body_bytes, 2048),
     "MODEL_POLL_S": ("0.5", lambda s: s.api.model_poll_s, 0.5),
@@ -191,8 +192,8 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     # The tests run in development mode (conftest): the variable can turn it off.
     "DEV_MODE": ("false", lambda s: s.dev_mode, False),
 }
-# Read by the CLI, the loop, the failpoints and make, not by Settings.
-NOT_SETTINGS = {"CONFIG", "HOME", "CI", "FAILPOINT"}
+# Read by the CLI, the loop, the failpoints, make and prometheus-client, not by Settings.
+NOT_SETTINGS = {"CONFIG", "HOME", "CI", "FAILPOINT", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def documented() -> set[str]:
