@@ -9,6 +9,10 @@ is promoted every two seconds. Latency is measured by the client from send to fu
 the same 2-core machine as the server, the broker and Redis. Raw: the server's own time for the
 same requests, from its request-latency histogram.
 
+Then the knee: rates 25% apart from 50/s, 6 s each, up to the last at which every request is
+answered, p99 stays under 10 ms and the server keeps up; on one worker, then on two
+(``API_WORKERS=2``: two processes on the port, each following the registry).
+
 Run: ``python bench/serve.py`` after ``make infra-up``. The last line is one JSON object.
 """
 
@@ -51,6 +55,8 @@ SECONDS = 10.0
 SWAP_EVERY_S = 2.0
 CANDIDATES = 100
 CONNECTIONS = 32
+KNEE_SECONDS = 6.0
+KNEE_P99_MS = 10.0
 
 
 def train_versions(store: SnapshotStore, versions: int = 2, n: int = 20_000) -> None:
@@ -186,6 +192,51 @@ def run(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     return uvloop.run(coroutine)
 
 
+def start_api(url: str, workers: int = 1) -> subprocess.Popen[bytes]:
+    """``python -m api`` with ``workers`` worker processes, once ready (and every worker with
+    the model: /healthz names the worker that answered)."""
+    log = Path(tempfile.mkdtemp()) / "api.log"
+    out = log.open("wb")
+    env = {**os.environ, "STREAMLEARN_API_WORKERS": str(workers)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api"], cwd=ROOT, stdout=out, stderr=out, env=env
+    )
+    ready: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(ready) < workers:
+        if time.monotonic() > deadline:
+            server.terminate()
+            raise SystemExit(f"the API did not become ready; see {log}")
+        try:
+            with httpx.Client() as fresh:
+                if fresh.get(f"{url}/readyz").status_code == 200:
+                    ready.add(fresh.get(f"{url}/healthz").json()["worker"])
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return server
+
+
+def knee(port: int, bodies: list[bytes]) -> int:
+    """The highest rate (of steps 25% apart) at which /v1/rank answers every request with p99
+    under 10 ms and keeps up (95% of the rate). It starts after a pause and a warm-up, so no
+    backlog of an earlier run is measured."""
+    time.sleep(3.0)
+    run(drive("127.0.0.1", port, 50, 2, bodies))
+    best, rate = 0, 50.0
+    while True:
+        result = run(drive("127.0.0.1", port, rate, KNEE_SECONDS, bodies))
+        ok = (
+            result["errors"] == 0
+            and result["p99_ms"] is not None
+            and result["p99_ms"] < KNEE_P99_MS
+            and result["rps"] >= 0.95 * rate
+        )
+        print(f"  knee search {rate:6.0f} rps: p99 {result['p99_ms']} ms, {result['rps']} rps")
+        if not ok:
+            return best
+        best, rate = int(rate), rate * 1.25
+
+
 def main() -> None:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     port = 18000 + random.randrange(1000)
@@ -203,19 +254,8 @@ def main() -> None:
     store = open_store(settings)
     train_versions(store)
     url = f"http://127.0.0.1:{port}"
-    log = open(Path(tempfile.mkdtemp()) / "api.log", "wb")  # noqa: SIM115 - lives with the server
-    server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, stdout=log, stderr=log)
+    server = start_api(url)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit(f"the API did not become ready; see {log.name}")
         bodies = requests(200)
         gc.freeze()  # the client's own full collections would be measured as latency
         run(drive("127.0.0.1", port, 50, 2, bodies))  # warm-up: connections, caches
@@ -251,28 +291,39 @@ def main() -> None:
             f"{RATES[-1]:4d} rps with {swaps} promotions: {during['rps']} rps  "
             f"p50 {during['p50_ms']} ms  p99 {during['p99_ms']} ms  errors {during['errors']}"
         )
-        top = steady[-1]
-        figures = {
-            "candidates": CANDIDATES,
-            "rps": top["rps"],
-            "target_rps": top["target_rps"],
-            "rank_p50_ms": top["p50_ms"],
-            "rank_p99_ms": top["p99_ms"],
-            "errors": sum(r["errors"] for r in steady),
-            "by_rate": {
-                str(r["target_rps"]): {k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in steady
-            },
-            "swaps": swaps,
-            "rps_during_swaps": during["rps"],
-            "rank_p99_ms_during_swaps": during["p99_ms"],
-            "errors_during_swaps": during["errors"],
-            "server_p99_ms_bucket": server_p99_ms(url),
-            "goal_p99_ms_at_500_rps": 10,
-        }
-        print(json.dumps(figures))
+        knee_1 = knee(port, bodies)
+        server_p99 = server_p99_ms(url)
     finally:
         server.terminate()
         server.wait(30)
+    server = start_api(url, workers=2)
+    try:
+        knee_2 = knee(port, bodies)
+    finally:
+        server.terminate()
+        server.wait(30)
+    top = steady[-1]
+    figures = {
+        "candidates": CANDIDATES,
+        "rps": top["rps"],
+        "target_rps": top["target_rps"],
+        "rank_p50_ms": top["p50_ms"],
+        "rank_p99_ms": top["p99_ms"],
+        "errors": sum(r["errors"] for r in steady),
+        "by_rate": {
+            str(r["target_rps"]): {k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in steady
+        },
+        "swaps": swaps,
+        "rps_during_swaps": during["rps"],
+        "rank_p99_ms_during_swaps": during["p99_ms"],
+        "errors_during_swaps": during["errors"],
+        "server_p99_ms_bucket": server_p99,
+        "knee_rps_1_worker": knee_1,
+        "knee_rps_2_workers": knee_2,
+        "knee_ratio_2_to_1": round(knee_2 / knee_1, 2) if knee_1 else None,
+        "goal_p99_ms": KNEE_P99_MS,
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
