@@ -43,7 +43,7 @@ from streamlearn.faults import failpoint
 from streamlearn.lease import Lease
 from streamlearn.monitoring import JOIN, Monitor, history_point
 from streamlearn.outbox import Courier, Outbox
-from streamlearn.registry import CHAMPION, Registry, Served
+from streamlearn.registry import CHAMPION, Registry, ServedRef
 from streamlearn.settings import Settings
 from streamlearn.snapshots import open_store
 from topics import producer_config
@@ -314,7 +314,7 @@ class MonitorProcess(KafkaProcess):
             actions.append(Rollback(a, name, self._served(name)))
         return actions
 
-    def _served(self, name: str) -> Served | None:
+    def _served(self, name: str) -> ServedRef | None:
         try:
             return self.registry.serving(name)
         except StreamlearnError as exc:  # the action will say it could not be done

@@ -18,7 +18,7 @@ from streamlearn.alerting import Alert, Severity
 from streamlearn.clock import Clock
 from streamlearn.errors import SnapshotError
 from streamlearn.evidence import Decision
-from streamlearn.registry import CHAMPION, Registry, Served, tag
+from streamlearn.registry import CHAMPION, Registry, ServedRef, tag
 
 
 def auto_rollback(
@@ -26,7 +26,7 @@ def auto_rollback(
     registry: Registry,
     clock: Clock,
     name: str | None = None,
-    before: Served | None = None,
+    before: ServedRef | None = None,
 ) -> list[Alert]:
     """Step back what is served under ``name`` (default: ``alert.model``; the API's model name
     when the alarm is about a challenger served under it): a promotion across names undone, else
@@ -105,7 +105,7 @@ class Rollback:
 
     alert: Alert
     name: str
-    before: Served | None
+    before: ServedRef | None
 
 
 @dataclass(frozen=True)

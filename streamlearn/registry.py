@@ -44,13 +44,13 @@ from streamlearn.snapshots.base import RegistryDocument, SnapshotStore
 
 CHAMPION = "champion"
 
-__all__ = ["CHAMPION", "Registry", "RegistryDocument", "Served", "tag"]
+__all__ = ["CHAMPION", "Registry", "RegistryDocument", "ServedRef", "tag"]
 
-Served = tuple[str, int | None]
+ServedRef = tuple[str, int | None]
 """What is served under a name: the model, and its version (None: it has none yet)."""
 
 
-def tag(served: Served) -> str:
+def tag(served: ServedRef) -> str:
     """``<model>:v<version>``, as recommendation events name a version."""
     model, version = served
     return f"{model}:v{version}" if version is not None else f"{model} (no version)"
@@ -111,7 +111,7 @@ class Registry:
         aliases = self.store.read_registry(model_name).aliases
         return aliases[alias] if alias in aliases else self.store.latest_version(model_name)
 
-    def serving(self, name: str) -> Served:
+    def serving(self, name: str) -> ServedRef:
         """What the API serves under ``name``: the model (``name`` itself unless a challenger
         was promoted across names) and that model's champion, else its newest version."""
         model = self.store.read_registry(name).serves or name
@@ -130,7 +130,7 @@ class Registry:
 
         self.store.update_registry(model_name, move)
 
-    def serve(self, name: str, model: str, version: int | None = None) -> Served:
+    def serve(self, name: str, model: str, version: int | None = None) -> ServedRef:
         """Serve ``model`` under ``name`` (the API's model name): another model's champion (with
         ``version``, that model's champion is moved there first; without, it serves what the
         model serves itself: its champion, else its newest version), or with ``model == name``
@@ -142,7 +142,7 @@ class Registry:
         self.store.update_registry(name, lambda d: d.serving(None if model == name else model))
         return self.serving(name)
 
-    def step_back(self, name: str, expected: Served | None = None) -> Served:
+    def step_back(self, name: str, expected: ServedRef | None = None) -> ServedRef:
         """Undo the newest move of what ``name`` serves: back to the model served before while
         the name has a serving history (a promotion across names), else its champion back to
         the version it named before. With ``expected`` (the model and version served when the

@@ -203,7 +203,7 @@ def test_retention_runs_after_every_checkpoint_per_model(
 ) -> None:
     """Storage stays bounded with nobody running a command: each model keeps what its policy
     says (a challenger its own), the champion's version whatever its age, and Redis only the
-    hot copies."""
+    hot copies; each with the chain of deltas it is built on (a whole snapshot every third)."""
     challenger = {"name": "ctr-fm", "learner": {"kind": "fm"}, "retention": {"keep_last": 2}}
     s = start(
         processes,
@@ -211,6 +211,7 @@ def test_retention_runs_after_every_checkpoint_per_model(
         STREAMLEARN_CHALLENGERS=json.dumps([challenger]),
         STREAMLEARN_RETENTION_KEEP_LAST="3",
         STREAMLEARN_RETENTION_HOT_LAST="1",
+        STREAMLEARN_SNAPSHOT_FULL_EVERY="3",
     )
     processes.start("trainer", "-m", "consumers.trainer")
     store = open_store(s)
@@ -224,16 +225,35 @@ def test_retention_runs_after_every_checkpoint_per_model(
     ]
     produce_examples(s, examples)
     wait_until(lambda: store.meta("ctr")["samples_seen"] >= 4 * N, "the second batch learned")
+
+    def chained(model: str, versions: list[int]) -> set[int]:
+        parents = {m["version"]: m["delta_of"] for m in store.versions(model)}
+        kept = set()
+        for version in versions:
+            while version is not None and version not in kept:
+                kept.add(version)
+                version = parents.get(version)
+        return kept
+
+    def retained(model: str, newest: int) -> bool:
+        latest = store.latest_version(model)
+        assert latest is not None
+        want = chained(model, [*range(latest - newest + 1, latest + 1)])
+        if model == "ctr":
+            want |= chained(model, [champion])
+        return {m["version"] for m in store.versions(model)} == want
+
     wait_until(
-        lambda: len(store.versions("ctr-fm")) == 2 and len(store.versions("ctr")) == 4,
-        "the last checkpoints' retention",
+        lambda: retained("ctr", 3) and retained("ctr-fm", 2), "the last checkpoints' retention"
     )
 
     latest = store.latest_version("ctr")
-    assert latest is not None and latest > champion + 3  # it would have gone
-    kept = [m["version"] for m in store.versions("ctr")]
-    assert kept == [champion, latest - 2, latest - 1, latest]
+    assert latest is not None and latest > champion + 6  # it and its chain would have gone
+    kept = {m["version"] for m in store.versions("ctr")}
+    assert {champion, latest - 2, latest - 1, latest} <= kept
+    assert len(kept) <= 4 + 2 * 2  # at most two deltas' chain below each of the two groups
+    assert any(v not in kept for v in range(champion + 1, latest - 2))  # some were deleted
     hot = redis.Redis.from_url(s.redis_url).keys(f"{s.topic_prefix}snap:ctr:*")
-    assert sorted(int(k.rsplit(b":", 1)[1]) for k in hot) == [champion, latest]
+    assert {int(k.rsplit(b":", 1)[1]) for k in hot} == chained("ctr", [champion, latest])
     assert store.get("ctr", latest - 1).version == latest - 1  # from the archive
     assert [m["version"] for m in store.versions("ctr-fm")][-1] == store.latest_version("ctr-fm")
