@@ -73,8 +73,18 @@ FAILPOINT_STALL_S = 25.0
 """The stall of failpoint ``joiner.stall``: longer than a forwarded input's idle timeout."""
 
 
+# Local errors librdkafka does not flag retriable, that a broker restarting causes and its
+# return ends: a request that timed out waiting for it (reading committed offsets, say), a
+# connection it dropped, every broker down for a moment.
+_PASSING = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
 def _retriable(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+    """A failure of a read or of starting transactions that trying again can mend."""
+    if not isinstance(exc, KafkaException):
+        return False
+    error: KafkaError = exc.args[0]
+    return bool(error.retriable()) or error.code() in _PASSING
 
 
 def _transactional_id(prefix: str) -> str:

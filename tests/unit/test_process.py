@@ -121,3 +121,18 @@ def test_a_process_asked_to_stop_gives_up_waiting() -> None:
     with pytest.raises(OSError, match="store away"):
         process.patiently(call, away=lambda e: isinstance(e, OSError), what="a put")
     assert call.calls == 1
+
+
+def test_the_joiner_reads_again_after_a_timeout_of_a_restarting_broker() -> None:
+    """CI: a broker restarted under the loop; the joiner's read of its committed offsets timed
+    out (a local timeout, which librdkafka does not flag retriable) and the joiner exited."""
+    from confluent_kafka import KafkaException
+
+    from consumers.joiner import _retriable
+
+    process = Recorder([])
+    timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get committed offsets"))
+    call = Flaky(timed_out, times=2)
+    assert process.patiently(call, away=_retriable, what="reading committed offsets") == "answer"
+    fenced = KafkaException(KafkaError(KafkaError._FENCED, "fenced"))
+    assert not _retriable(fenced) and not _retriable(ValueError("no"))
