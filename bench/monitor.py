@@ -66,6 +66,7 @@ def monitor_per_s(s: Settings) -> float:
     from consumers.monitor import MonitorProcess
 
     process = MonitorProcess(s)
+    assert process._take_over()  # the lease every save is fenced by, and the state restored
     process.consumer.subscribe([process.examples, process.stats], on_assign=process._on_assign)
     seen, start = 0, 0.0
     last_save = time.monotonic()
@@ -75,11 +76,13 @@ def monitor_per_s(s: Settings) -> float:
             start = start or time.perf_counter()
             seen += 1
             alerts += process._handle(msg)
+        process._keep_lease()
         if alerts or time.monotonic() - last_save >= s.monitor.evaluate_s:
             last_save = time.monotonic()
             process._save(alerts + process.monitor.evaluate())
     process._save(process.monitor.evaluate())
     elapsed = time.perf_counter() - start
+    process.lease.release()
     process.consumer.close()
     return N / elapsed
 

@@ -10,7 +10,8 @@ the same 2-core machine as the server, the broker and Redis. Raw: the server's o
 same requests, from its request-latency histogram.
 
 Then the knee: rates 25% apart from 50/s, 6 s each, up to the last at which every request is
-answered, p99 stays under 10 ms and the server keeps up; on one worker, then on two
+answered, p99 stays under 10 ms (and, for a knee this shared machine can show, 25 ms) and the
+server keeps up; on one worker, then on two
 (``API_WORKERS=2``: two processes on the port, each following the registry).
 
 Run: ``python bench/serve.py`` after ``make infra-up``. The last line is one JSON object.
@@ -56,7 +57,7 @@ SWAP_EVERY_S = 2.0
 CANDIDATES = 100
 CONNECTIONS = 32
 KNEE_SECONDS = 6.0
-KNEE_P99_MS = 10.0
+KNEE_P99_MS = (10.0, 25.0)  # the issue's bound, and one this shared machine can show a knee at
 
 
 def train_versions(store: SnapshotStore, versions: int = 2, n: int = 20_000) -> None:
@@ -216,25 +217,24 @@ def start_api(url: str, workers: int = 1) -> subprocess.Popen[bytes]:
     return server
 
 
-def knee(port: int, bodies: list[bytes]) -> int:
-    """The highest rate (of steps 25% apart) at which /v1/rank answers every request with p99
-    under 10 ms and keeps up (95% of the rate). It starts after a pause and a warm-up, so no
-    backlog of an earlier run is measured."""
+def knee(port: int, bodies: list[bytes]) -> dict[float, int]:
+    """For each p99 bound of KNEE_P99_MS, the highest rate (of steps 25% apart) at which
+    /v1/rank answers every request within it and keeps up (95% of the rate). It starts after a
+    pause and a warm-up, so no backlog of an earlier run is measured."""
     time.sleep(3.0)
     run(drive("127.0.0.1", port, 50, 2, bodies))
-    best, rate = 0, 50.0
+    best = dict.fromkeys(KNEE_P99_MS, 0)
+    rate = 50.0
     while True:
         result = run(drive("127.0.0.1", port, rate, KNEE_SECONDS, bodies))
-        ok = (
-            result["errors"] == 0
-            and result["p99_ms"] is not None
-            and result["p99_ms"] < KNEE_P99_MS
-            and result["rps"] >= 0.95 * rate
-        )
         print(f"  knee search {rate:6.0f} rps: p99 {result['p99_ms']} ms, {result['rps']} rps")
-        if not ok:
+        kept_up = result["errors"] == 0 and result["rps"] >= 0.95 * rate
+        passed = [b for b in KNEE_P99_MS if kept_up and (result["p99_ms"] or 1e9) < b]
+        for bound in passed:
+            best[bound] = int(rate)
+        if not passed:
             return best
-        best, rate = int(rate), rate * 1.25
+        rate *= 1.25
 
 
 def main() -> None:
@@ -318,10 +318,14 @@ def main() -> None:
         "rank_p99_ms_during_swaps": during["p99_ms"],
         "errors_during_swaps": during["errors"],
         "server_p99_ms_bucket": server_p99,
-        "knee_rps_1_worker": knee_1,
-        "knee_rps_2_workers": knee_2,
-        "knee_ratio_2_to_1": round(knee_2 / knee_1, 2) if knee_1 else None,
-        "goal_p99_ms": KNEE_P99_MS,
+        "knee_rps_1_worker": knee_1[10.0],
+        "knee_rps_2_workers": knee_2[10.0],
+        "knee_rps_1_worker_p99_25ms": knee_1[25.0],
+        "knee_rps_2_workers_p99_25ms": knee_2[25.0],
+        "knee_ratio_2_to_1_p99_25ms": (
+            round(knee_2[25.0] / knee_1[25.0], 2) if knee_1[25.0] else None
+        ),
+        "goal_p99_ms": 10.0,
     }
     print(json.dumps(figures))
 
