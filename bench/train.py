@@ -32,11 +32,11 @@ from river import metrics
 from streamlearn.clock import SystemClock
 from streamlearn.events import LabeledExample
 from streamlearn.features import example_features
+from streamlearn.fingerprint import fingerprint
 from streamlearn.learning import ModelSpec
 from streamlearn.settings import Settings
 from streamlearn.simulation import Storefront
 from streamlearn.snapshots import ObjectSnapshotStore
-from streamlearn.snapshots.delta import canonical
 from streamlearn.training import Training, TrainingPolicy
 from topics import delete_namespace, ensure_topics
 
@@ -124,7 +124,7 @@ def million_weight_snapshot(spec: ModelSpec) -> dict[str, float]:
     t = time.perf_counter()
     cold = store.get(spec.name, 2)
     chain_s = time.perf_counter() - t
-    assert canonical(applied.model) == canonical(cold.model)
+    assert fingerprint(applied.model) == fingerprint(cold.model)
     return {
         "snapshot_write_s": round(write_s, 3),
         "snapshot_load_s": round(load_s, 3),

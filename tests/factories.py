@@ -17,10 +17,10 @@ from pathlib import Path
 from streamlearn.archive import SPECS, Roll
 from streamlearn.clock import ManualClock
 from streamlearn.events import LabeledExample
+from streamlearn.fingerprint import fingerprint
 from streamlearn.learning import ModelSpec
 from streamlearn.simulation import Deployed, Storefront
 from streamlearn.snapshots import Snapshot, SnapshotStore
-from streamlearn.snapshots.delta import canonical
 from streamlearn.training import Training, TrainingPolicy
 from streamlearn.webhooks import verify
 
@@ -84,7 +84,7 @@ def delta_training(spec: ModelSpec, full_every: int = 5, max_changed: float = 0.
 
 def checkpoint_rounds(
     t: Training, store: SnapshotStore, rounds: int, per_round: int, items: int = 4000
-) -> list[tuple[Snapshot, list[bytes]]]:
+) -> list[tuple[Snapshot, str]]:
     """Learn ``rounds`` times, checkpointing after each; each snapshot and what loading its
     model whole gives (pickled again)."""
     rng = random.Random(len(t.offsets) and t.offsets[0])
@@ -98,7 +98,7 @@ def checkpoint_rounds(
         snapshot = t.snapshot(version)
         store.put(snapshot)
         t.checkpointed(version)
-        made.append((snapshot, canonical(pickle.loads(pickle.dumps(t.learner, protocol=5)))))
+        made.append((snapshot, fingerprint(pickle.loads(pickle.dumps(t.learner, protocol=5)))))
     return made
 
 

@@ -4,7 +4,9 @@ A model's large dicts (its weights: River keeps them in dicts, or in ``VectorDic
 pickle as dicts) are its *tables*: pickling the model with a ``persistent_id`` that takes every
 dict of at least :data:`TABLE_MIN` entries out of the stream leaves a small *skeleton* (the
 pipeline, its metrics, the learner's counters) and the tables, numbered in the order pickle meets
-them, which is the same for a model and for its copy loaded from a snapshot.
+them, which is the same for a model and for its copy loaded from a snapshot. A large
+``defaultdict``'s items are a table too, its factory kept in the skeleton (see
+``_Splitter.reducer_override``).
 
 A delta's payload is the whole skeleton and, per table, either the entries that changed or were
 added since the parent (``("delta", entries)``, diffed against the parent's table of the same
@@ -12,8 +14,8 @@ number) or the whole table (``("full", table)``: a table that is new, or that lo
 keys since the parent, which growth alone never does). Applying a delta copies the parent's
 tables, updates them with the entries (a dict keeps an updated key in its place and appends a new
 one), and unpickles the skeleton over them: the model rebuilt is the full snapshot's, bit for bit
-(:func:`canonical`: the same skeleton, the same keys in the same order, the same values to the
-bit; a whole pickle of it can differ only in which equal strings pickle's memo shares).
+(:func:`~streamlearn.fingerprint.fingerprint`: every weight the same to the bit; and its tables'
+keys in the same order).
 
 Changed is exact: float tables are compared as 64-bit patterns (numpy, one pass in C), so -0.0
 against 0.0 and a NaN's payload count; other values (vectors, ints) as their pickles. A model
@@ -32,7 +34,8 @@ True
 >>> second.delta_of, second.chain, second.changed
 (1, 1, 2)
 >>> rebuilt = apply(pickle.loads(first.payload), [second.payload])
->>> canonical(rebuilt) == canonical(model)
+>>> from streamlearn.fingerprint import fingerprint
+>>> fingerprint(rebuilt) == fingerprint(model)
 True
 """
 
@@ -47,7 +50,6 @@ from typing import Any
 
 import numpy as np
 
-_TABLES = (dict, collections.defaultdict)
 TABLE_MIN = 1024
 """A dict this large is a table: kept apart and diffed. Smaller ones ride in the skeleton."""
 
@@ -59,16 +61,29 @@ class _Splitter(pickle.Pickler):
         self.tables: list[dict[Any, Any]] = []
         self._slots: dict[int, int] = {}
 
+    def reducer_override(self, obj: Any) -> Any:
+        # A defaultdict (River's optimizers keep their sums in them, its factorization machine
+        # its latent vectors) pickles its items, not a dict: its items become a table, and its
+        # factory stays in the skeleton, the same object as the rest of the model refers to
+        # (a factorization machine's draws from the model's own random generator).
+        if type(obj) is collections.defaultdict and len(obj) >= TABLE_MIN:
+            return _defaultdict_of, (obj.default_factory, dict(obj))
+        return NotImplemented
+
     def persistent_id(self, obj: Any) -> int | None:
-        # A defaultdict (River's optimizers keep their sums in them) pickles its items, not a
-        # dict: it is a table itself.
-        if type(obj) not in _TABLES or len(obj) < TABLE_MIN:
+        if type(obj) is not dict or len(obj) < TABLE_MIN:
             return None
         slot = self._slots.get(id(obj))
         if slot is None:
             slot = self._slots[id(obj)] = len(self.tables)
             self.tables.append(obj)
         return slot
+
+
+def _defaultdict_of(factory: Any, items: dict[Any, Any]) -> collections.defaultdict[Any, Any]:
+    table: collections.defaultdict[Any, Any] = collections.defaultdict(factory)
+    table.update(items)
+    return table
 
 
 class _Joiner(pickle.Unpickler):
@@ -178,7 +193,7 @@ def apply(base: Any, deltas: Sequence[bytes]) -> Any:
     """``base`` (a model, left as it is: it may be serving) with ``deltas`` applied in order,
     each a verified delta payload whose parent is the model before it."""
     _, tables = split(base)
-    tables = [t.copy() for t in tables]  # a defaultdict stays one
+    tables = [dict(t) for t in tables]
     skeleton = b""
     for payload in deltas:
         skeleton, parts = pickle.loads(payload)
@@ -192,11 +207,3 @@ def apply(base: Any, deltas: Sequence[bytes]) -> Any:
                 grown.append(table)
         tables = grown
     return join(skeleton, tables) if deltas else base
-
-
-def canonical(model: Any) -> list[bytes]:
-    """The model's skeleton and each table's entries in order, each pickled alone (a float as
-    its 8 bytes; alone, so no entry's bytes depend on which objects pickle's memo shares):
-    equal for two models exactly when they are the same model, bit for bit."""
-    skeleton, tables = split(model)
-    return [skeleton, *(b"".join(pickle.dumps(e, protocol=5) for e in t.items()) for t in tables)]

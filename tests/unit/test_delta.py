@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from streamlearn.errors import SnapshotNotFound
+from streamlearn.fingerprint import fingerprint
 from streamlearn.learning import ModelSpec
 from streamlearn.retention import RetentionPolicy, plan_retention
 from streamlearn.serving import ModelHolder
 from streamlearn.snapshots import ObjectSnapshotStore
 from streamlearn.snapshots.base import RegistryDocument
-from streamlearn.snapshots.delta import TABLE_MIN, DeltaEncoder, apply, canonical
+from streamlearn.snapshots.delta import TABLE_MIN, DeltaEncoder, apply
 from tests.factories import checkpoint_rounds, delta_training, item_example
 
 KEY = b"delta-key"
@@ -44,7 +45,7 @@ def test_a_model_rebuilt_from_its_chain_is_the_full_snapshot_bit_for_bit(
     assert all(kinds[i] == i for i in (1, 2, 3, 4, 6, 7, 8)), kinds  # delta of the one before
     for snapshot, full in made:
         loaded = store.get(t.spec.name, snapshot.version)
-        assert canonical(loaded.model) == full, snapshot.version
+        assert fingerprint(loaded.model) == full, snapshot.version
         assert loaded.delta_of == snapshot.delta_of
     deltas = [len(s.payload or b"") for s, _ in made if s.delta_of is not None]
     wholes = [len(s.payload or b"") for s, _ in made if s.delta_of is None]
@@ -63,7 +64,7 @@ def test_a_failed_checkpoint_is_never_a_parent(tmp_path: Path) -> None:
     assert written.delta_of == 1
     store.put(written)
     rebuilt = store.get("ctr", 2).model
-    assert canonical(rebuilt) == canonical(pickle.loads(pickle.dumps(t.learner, protocol=5)))
+    assert fingerprint(rebuilt) == fingerprint(pickle.loads(pickle.dumps(t.learner, protocol=5)))
 
 
 def table(n: int, value: float = 0.25) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def test_what_goes_whole() -> None:
     assert parts[1][1] == {}
     base = {"a": table(TABLE_MIN), "b": table(3 * TABLE_MIN)}
     rebuilt = apply(base, [encoded.payload])
-    assert canonical(rebuilt) == canonical(model)
+    assert fingerprint(rebuilt) == fingerprint(model)
     assert base == {"a": table(TABLE_MIN), "b": table(3 * TABLE_MIN)}  # left as it was
     enc.committed(2, encoded)
     # More than max_changed of all entries: whole.
@@ -130,7 +131,7 @@ def test_the_api_applies_a_delta_to_the_version_it_holds(tmp_path: Path) -> None
     holder = ModelHolder(store, "ctr")
     assert holder.refresh() and holder.current is not None
     v1 = holder.current.learner
-    held = canonical(v1)
+    held = fingerprint(v1)
     made = checkpoint_rounds(t, store, rounds=1, per_round=200)
     assert made[0][0].delta_of == 1
     # Version 1 gone from the store: only the model held can be the delta's parent.
@@ -138,6 +139,6 @@ def test_the_api_applies_a_delta_to_the_version_it_holds(tmp_path: Path) -> None
     with pytest.raises(SnapshotNotFound):
         store.get("ctr", 2)
     assert holder.refresh() and holder.current.version == 2
-    assert canonical(holder.current.learner) == made[0][1]
+    assert fingerprint(holder.current.learner) == made[0][1]
     assert holder.current.offsets == {0: 6200}
-    assert canonical(v1) == held  # the model that served v1, left as it was
+    assert fingerprint(v1) == held  # the model that served v1, left as it was
