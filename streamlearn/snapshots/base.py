@@ -78,9 +78,11 @@ class Snapshot:
         return meta
 
     def sign(self, key: bytes) -> bytes:
-        meta = orjson.dumps({**self.meta(), "order": self.order})
         if self.payload is None:
             self.payload = pickle.dumps(self.model, protocol=5)
+            # Whole, whatever the snapshot was loaded from (a copy of a delta put again).
+            self.delta_of = None
+        meta = orjson.dumps({**self.meta(), "order": self.order})
         body = struct.pack(">I", len(meta)) + meta + self.payload
         return signing.sign(body, key, signing.SNAPSHOT)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,20 @@ def test_the_api_applies_a_delta_to_the_version_it_holds(tmp_path: Path) -> None
     assert fingerprint(holder.current.learner) == made[0][1]
     assert holder.current.offsets == {0: 6200}
     assert fingerprint(v1) == held  # the model that served v1, left as it was
+
+
+def test_a_loaded_delta_put_again_is_written_whole(tmp_path: Path) -> None:
+    """CI: a version loaded from its chain, changed and stored under a new number (as a test
+    tampering with weights does) kept ``delta_of`` while its model was pickled whole, and the
+    new version could not be loaded."""
+    store = ObjectSnapshotStore(f"file://{tmp_path}", KEY)
+    t = delta_training(ModelSpec())
+    checkpoint_rounds(t, store, rounds=1, per_round=6000)
+    checkpoint_rounds(t, store, rounds=1, per_round=200)
+    loaded = store.get("ctr", 2)
+    assert loaded.delta_of == 1
+    copy = replace(loaded, version=store.next_version("ctr"))
+    store.put(copy)
+    again = store.get("ctr", copy.version)
+    assert again.delta_of is None and store.meta("ctr", copy.version)["delta_of"] is None
+    assert fingerprint(again.model) == fingerprint(loaded.model)
