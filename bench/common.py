@@ -4,6 +4,7 @@ figures are printed (one per line, then all of them as the last line's JSON obje
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,6 +36,19 @@ def raw_consume_per_s(s: Settings, topic: str, n: int, batch: int = 10_000) -> f
     elapsed = time.perf_counter() - (start or time.perf_counter())
     c.close()
     return got / elapsed
+
+
+def api_env(port: int, **extra: str) -> dict[str, str]:
+    """A bench's settings for processes with an API: a namespace and an archive of its own,
+    the API on ``port`` without an access log, and ``extra``."""
+    return {
+        "STREAMLEARN_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}.",
+        "STREAMLEARN_ARCHIVE_URL": f"file://{tempfile.mkdtemp()}",
+        "STREAMLEARN_API_PORT": str(port),
+        "STREAMLEARN_API_ACCESS_LOG": "false",
+        "STREAMLEARN_ADMIN_KEY": "bench",
+        **extra,
+    }
 
 
 def print_figures(figures: Mapping[str, Any]) -> None:

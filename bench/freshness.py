@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 import orjson
-from common import print_figures
+from common import api_env, print_figures
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamlearn.clock import SystemClock
@@ -172,20 +172,15 @@ def covered(
 
 
 def loop(rate: float, hashed: bool) -> dict[str, Any]:
-    prefix = f"bench{uuid.uuid4().hex[:8]}."
     port = 18000 + int.from_bytes(os.urandom(2)) % 1000
-    env = {
-        "STREAMLEARN_TOPIC_PREFIX": prefix,
-        "STREAMLEARN_ARCHIVE_URL": f"file://{tempfile.mkdtemp()}",
-        "STREAMLEARN_API_PORT": str(port),
-        "STREAMLEARN_API_ACCESS_LOG": "false",
-        "STREAMLEARN_ADMIN_KEY": "bench",
-        "STREAMLEARN_CHECKPOINT_EVERY_S": CHECKPOINT_EVERY_S,
-        "STREAMLEARN_CHECKPOINT_EVERY_N": str(10**9),
-        "STREAMLEARN_TRAINER_METRICS_PORT": "0",
-        "STREAMLEARN_JOINER_METRICS_PORT": "0",
+    env = api_env(
+        port,
+        STREAMLEARN_CHECKPOINT_EVERY_S=CHECKPOINT_EVERY_S,
+        STREAMLEARN_CHECKPOINT_EVERY_N=str(10**9),
+        STREAMLEARN_TRAINER_METRICS_PORT="0",
+        STREAMLEARN_JOINER_METRICS_PORT="0",
         **(HASHED if hashed else {}),
-    }
+    )
     os.environ.update(env)
     settings = Settings()
     ensure_topics(settings)

@@ -31,13 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvloop
+from common import api_env
 
 from streamlearn.clock import ManualClock, SystemClock
 from streamlearn.learning import ModelSpec
@@ -241,16 +241,8 @@ def knee(port: int, bodies: list[bytes]) -> dict[float, int]:
 
 
 def main() -> None:
-    prefix = f"bench{uuid.uuid4().hex[:8]}."
     port = 18000 + random.randrange(1000)
-    env = {
-        "STREAMLEARN_TOPIC_PREFIX": prefix,
-        "STREAMLEARN_ARCHIVE_URL": f"file://{tempfile.mkdtemp()}",
-        "STREAMLEARN_API_PORT": str(port),
-        "STREAMLEARN_API_ACCESS_LOG": "false",
-        "STREAMLEARN_ADMIN_KEY": "bench",
-    }
-    os.environ.update(env)
+    os.environ.update(api_env(port))
     settings = Settings()
     ensure_topics(settings)
     atexit.register(delete_namespace, settings)  # a bench's topics are throwaway
