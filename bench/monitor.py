@@ -71,11 +71,11 @@ def monitor_per_s(s: Settings) -> float:
     seen, start = 0, 0.0
     last_save = time.monotonic()
     while seen < N:
-        alerts = []
-        for msg in process.consume(500, timeout=1):
+        msgs = list(process.consume(500, timeout=1))
+        if msgs:
             start = start or time.perf_counter()
-            seen += 1
-            alerts += process._handle(msg)
+        seen += len(msgs)
+        alerts = process._handle(msgs)
         process._keep_lease()
         if alerts or time.monotonic() - last_save >= s.monitor.evaluate_s:
             last_save = time.monotonic()

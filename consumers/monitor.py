@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 import redis
 from confluent_kafka import (
@@ -38,7 +39,7 @@ from streamlearn.alerting import Alert
 from streamlearn.board import Board
 from streamlearn.clock import SystemClock
 from streamlearn.errors import InvalidEventError, LeaseLost, SnapshotNotFound, StreamlearnError
-from streamlearn.events import JoinReport, Slate, parse, parse_example
+from streamlearn.events import JoinReport, MonitoredExample, Slate, parse, parse_monitored
 from streamlearn.faults import failpoint
 from streamlearn.lease import Lease
 from streamlearn.monitoring import JOIN, Monitor, history_point
@@ -63,7 +64,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 10  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 11  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 EVIDENCE = Gauge(
     "streamlearn_monitor_evidence",
@@ -238,8 +239,7 @@ class MonitorProcess(KafkaProcess):
             while not self.stopping:
                 self._keep_lease()
                 alerts: list[Alert] = []
-                for msg in self.consume(500, timeout=0.5):
-                    alerts += self._handle(msg)
+                alerts += self._handle(self.consume(500, timeout=0.5))
                 evaluate = time.monotonic() - last_eval >= s.monitor.evaluate_s
                 if evaluate:
                     last_eval = time.monotonic()
@@ -282,20 +282,27 @@ class MonitorProcess(KafkaProcess):
         if offsets:
             self.consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _handle(self, msg: Message) -> list[Alert]:
-        topic, p, offset = msg.topic(), msg.partition(), msg.offset()
-        assert topic is not None and p is not None and offset is not None
-        self.offsets[(topic, p)] = offset + 1
-        try:
-            if topic == self.examples:
-                return self.monitor.on_example(parse_example(msg.value()))
-            if topic == self.slates:
-                self.monitor.on_slate(parse(Slate, msg.value()))
-                return []
-            return self.monitor.on_join_report(parse(JoinReport, msg.value()))
-        except InvalidEventError as exc:  # the joiner wrote it: log it, it is not ours to fix
-            log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
-            return []
+    def _handle(self, msgs: Iterable[Message]) -> list[Alert]:
+        """Every record of a batch in order, the examples between two other records at once."""
+        alerts: list[Alert] = []
+        examples: list[MonitoredExample] = []
+        for msg in msgs:
+            topic, p, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and p is not None and offset is not None
+            self.offsets[(topic, p)] = offset + 1
+            try:
+                if topic == self.examples:
+                    examples.append(parse_monitored(msg.value()))
+                    continue
+                alerts += self.monitor.on_examples(examples)
+                examples = []
+                if topic == self.slates:
+                    self.monitor.on_slate(parse(Slate, msg.value()))
+                else:
+                    alerts += self.monitor.on_join_report(parse(JoinReport, msg.value()))
+            except InvalidEventError as exc:  # the joiner wrote it: log it, not ours to fix
+                log.error("unreadable record %s[%d]@%d: %s", topic, p, offset, exc)
+        return alerts + self.monitor.on_examples(examples)
 
     def _actions_for(self, alerts: list[Alert]) -> list[Action]:
         """The automatic rollbacks the alerts call for, each with what is served now."""

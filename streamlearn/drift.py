@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal
 
+import numpy as np
 from river import drift
 
 from streamlearn.metrics import psi
@@ -63,6 +66,40 @@ class FeatureProfile:
 
     def psi(self, values: Iterable[Any]) -> float:
         return psi(self.reference, Counter(self.bin(v) for v in values))
+
+    def labels(self) -> list[str]:
+        """The bins by code, as :meth:`codes` numbers them (the last is "other")."""
+        if self.kind == "number":
+            return [f"b{i}" for i in range(len(self.edges) + 1)] + [OTHER]
+        return [*self.categories, OTHER]
+
+    def codes(self, values: Sequence[Any]) -> Any:
+        """:meth:`bin` of many values at once, as codes into :meth:`labels`; -1 for a value
+        that is absent (None)."""
+        column = np.asarray(values)
+        if self.kind == "number":
+            other = len(self.edges) + 1
+            if column.dtype.kind in "fi":  # all numbers: the usual case, in numpy alone
+                return np.searchsorted(np.asarray(self.edges, "f8"), column, side="left")
+            numbers = np.fromiter(
+                (v if isinstance(v, int | float) else math.nan for v in values), "f8", len(values)
+            )
+            out = np.searchsorted(np.asarray(self.edges, "f8"), numbers, side="left")
+            out[np.isnan(numbers)] = other
+        else:
+            other = len(self.categories)
+            index = {c: i for i, c in enumerate(self.categories)}
+            if column.dtype.kind == "U":  # all strings
+                return np.fromiter(map(index.get, values, repeat(other)), "i8", len(values))
+            out = np.fromiter((index.get(str(v), other) for v in values), "i8", len(values))
+        out[np.fromiter((v is None for v in values), "?", len(values))] = -1
+        return out
+
+    def psi_of_codes(self, codes: Any) -> float:
+        """:meth:`psi` of values given by their :meth:`codes`."""
+        labels = self.labels()
+        counts = np.bincount(codes[codes >= 0], minlength=len(labels))
+        return psi(self.reference, {b: float(c) for b, c in zip(labels, counts, strict=True) if c})
 
 
 @dataclass
@@ -152,6 +189,17 @@ class ConceptDrift:
                 # the relearning in its window, and dropping them re-detects the same incident.
                 self._baseline, self.detector = None, self.detector.clone()
         return False
+
+    def update_many(self, losses: Iterable[float]) -> list[tuple[int, float]]:
+        """:meth:`update` with each loss in turn; (index, new value) where :attr:`value`
+        changed."""
+        changes, value = [], self.value
+        for i, loss in enumerate(losses):
+            self.update(loss)
+            if self.value != value:
+                value = self.value
+                changes.append((i, value))
+        return changes
 
     @property
     def value(self) -> float:

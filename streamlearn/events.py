@@ -243,6 +243,37 @@ def parse_example(raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) -> Examp
     return ExampleRecord(**example.model_dump())
 
 
+class MonitoredExample(msgspec.Struct, frozen=True, gc=False):
+    """What the monitor reads of a labeled example (see :func:`parse_monitored`): the fields
+    its figures need, with their rules; the others are skipped unread, which makes decoding
+    three times faster again than :class:`ExampleRecord` (gc=False: it holds no cycles)."""
+
+    served_score: _Finite | None
+    model_version: str | None
+    context: _Features
+    item_features: _Features
+    label: bool
+    recommendation_time: _NonNegative
+    correction: bool = False
+    kind: ExampleKind | None = None
+
+
+_MONITORED = msgspec.json.Decoder(MonitoredExample)
+
+
+def parse_monitored(raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) -> MonitoredExample:
+    """:func:`parse_example` for the monitor. The joiner wrote the record whole; what the
+    monitor does not read is the trainer's to judge. A record it cannot read whole goes through
+    the pydantic model, whose verdict and message are final."""
+    if raw is not None and len(raw) <= max_bytes:
+        try:
+            return _MONITORED.decode(raw)
+        except msgspec.DecodeError:
+            pass
+    example = parse(LabeledExample, raw, max_bytes)
+    return msgspec.convert(example.model_dump(), MonitoredExample)
+
+
 class DeadLetter(BaseModel):
     """A record that could not be used, with why and where it came from."""
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 PSI_FLOOR = 1e-4  # a bin's share is floored here, so an empty bin does not make PSI infinite
 
@@ -120,45 +120,108 @@ class ThresholdAUC:
 IN_TIME, DELAYED, LATE = 0, 1, 2
 
 
-@dataclass
-class Rolling:
-    """(event time, score, label, how a positive came) of the last ``span`` seconds of event
-    time. ``late_positives``: the join emits corrections for positives after the window (its
-    ``late_policy`` is ``correct``), so the window's coverage can be told."""
+ROW = np.dtype([("t", "f8"), ("p", "f8"), ("y", "?"), ("came", "i1")])
 
-    span: float
-    max_examples: int
-    late_positives: bool = False
-    items: deque[tuple[float, float, bool, int]] = field(default_factory=deque)
+
+def rows(t: Iterable[float], p: Iterable[float], y: Iterable[bool], came: Iterable[int]) -> Any:
+    """Columns as the rows :meth:`Rolling.extend` takes."""
+    t, p = np.fromiter(t, "f8"), np.fromiter(p, "f8")
+    out = np.empty(len(t), ROW)
+    out["t"], out["p"], out["y"], out["came"] = t, p, np.fromiter(y, "?"), np.fromiter(came, "i1")
+    return out
+
+
+def auc(p: Any, y: Any) -> float:
+    """:func:`exact_auc` of numpy columns (scores, labels), vectorised: the same figure."""
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if not positives or not negatives:
+        return 0.0
+    order = np.argsort(p, kind="stable")
+    _, first, counts = np.unique(p[order], return_index=True, return_counts=True)
+    ranks = np.repeat(first + (counts + 1) / 2, counts)  # ties share their mean rank
+    rank_sum = float(ranks[y[order]].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+class Rolling:
+    """The newest ``max_examples`` (event time, score, label, how a positive came) of a
+    stream, in numpy columns; a window's figures are over those within its span of the newest
+    event time. One buffer serves every window: a window of the newest examples in its span,
+    at most ``max_examples``, is always a suffix of those the longest window keeps, so the
+    figures are those of a buffer per window at a third of the memory, and adding a batch costs
+    one copy. ``late_positives``: the join emits corrections for positives after the window
+    (its ``late_policy`` is ``correct``), so the window's coverage can be told."""
+
+    def __init__(self, max_examples: int, late_positives: bool = False) -> None:
+        self.max_examples = max_examples
+        self.late_positives = late_positives
+        self.newest = -math.inf
+        self._buf = np.empty(2 * max_examples, ROW)
+        self._start = self._end = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "max_examples": self.max_examples,
+            "late_positives": self.late_positives,
+            "newest": self.newest,
+            "live": self.live().copy(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_examples"], state["late_positives"])  # type: ignore[misc]
+        self.newest = state["newest"]
+        live = state["live"]
+        self._buf[: len(live)] = live
+        self._end = len(live)
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def live(self) -> Any:
+        return self._buf[self._start : self._end]
 
     def add(self, t: float, p: float, y: bool, came: int = IN_TIME) -> None:
-        self.items.append((t, p, y, came))
-        newest = max(t, self.items[-1][0])
-        while self.items and (
-            self.items[0][0] < newest - self.span or len(self.items) > self.max_examples
-        ):
-            self.items.popleft()
+        self.extend(rows([t], [p], [y], [came]))
 
-    def metrics(self) -> dict[str, float]:
-        n = len(self.items)
+    def extend(self, new: Any) -> None:
+        """Add rows of :data:`ROW`, oldest first."""
+        if not len(new):
+            return
+        self.newest = max(self.newest, float(new["t"].max()))
+        new = new[-self.max_examples :]
+        if self._end + len(new) > len(self._buf):  # the kept rows to the front, in one copy
+            kept = self._buf[max(self._start, self._end + len(new) - self.max_examples) : self._end]
+            self._buf[: len(kept)] = kept.copy()
+            self._start, self._end = 0, len(kept)
+        self._buf[self._end : self._end + len(new)] = new
+        self._end += len(new)
+        self._start = max(self._start, self._end - self.max_examples)
+
+    def metrics(self, span: float) -> dict[str, float]:
+        live = self.live()
+        w = live[live["t"] >= self.newest - span]
+        n = len(w)
         if not n:
             return {"count": 0.0}
-        positives = sum(1 for _, _, y, _ in self.items if y)
-        mean_p = sum(p for _, p, _, _ in self.items) / n
+        p, y = w["p"], w["y"]
+        positives = int(y.sum())
+        mean_p = float(p.mean())
         rate = positives / n
+        clipped = np.clip(p, 1e-15, 1 - 1e-15)
         out = {
             "count": float(n),
-            "roc_auc": exact_auc((p, y) for _, p, y, _ in self.items),
-            "log_loss": sum(log_loss(p, y) for _, p, y, _ in self.items) / n,
+            "roc_auc": auc(p, y),
+            "log_loss": float(-np.where(y, np.log(clipped), np.log(1 - clipped)).mean()),
             "conversion_rate": rate,
             "prediction_mean": mean_p,
             "calibration": mean_p / rate if rate else 0.0,
         }
         if positives:
-            came = Counter(c for _, _, y, c in self.items if y)
-            out["delayed_positive_share"] = came[DELAYED] / positives
+            came = w["came"][y]
+            out["delayed_positive_share"] = int((came == DELAYED).sum()) / positives
             if self.late_positives:
-                out["coverage"] = 1.0 - came[LATE] / positives
+                out["coverage"] = 1.0 - int((came == LATE).sum()) / positives
         return out
 
 

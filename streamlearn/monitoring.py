@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
+import numpy as np
 from pydantic import Field
 
 from streamlearn.alerting import DEFAULT_RULES, Alarms, Alert, Rule
@@ -64,7 +65,7 @@ from streamlearn.evidence import (
     slate_terms,
 )
 from streamlearn.joining import JoinPolicy
-from streamlearn.metrics import DELAYED, IN_TIME, LATE, Rolling, log_loss
+from streamlearn.metrics import DELAYED, IN_TIME, LATE, ROW, Rolling
 from streamlearn.policy import Policy
 from streamlearn.webhooks import Webhook
 
@@ -97,7 +98,7 @@ class Example(Protocol):
 
 @dataclass
 class _Version:
-    windows: dict[str, Rolling]
+    windows: Rolling
     seen: int = 0
     last_at: float = 0.0  # event time of its newest example
 
@@ -106,12 +107,18 @@ class _Version:
 class _Stream:
     """A model's served stream, whichever version served each example."""
 
-    windows: dict[str, Rolling]
+    windows: Rolling
     concept: ConceptDrift
+    recent: deque[Example]  # the last ``drift_window`` examples
     version: str = ""  # the newest example's version tag
-    reference: list[dict[str, Any]] = field(default_factory=list)
+    reference: list[Example] = field(default_factory=list)
     drift: DataDrift | None = None
-    recent: deque[dict[str, Any]] = field(default_factory=deque)
+    # Each feature's bin codes of the examples in ``recent`` under ``drift``'s profiles, in a
+    # ring (a PSI counts them, in any order): an example is binned once, not once per PSI; the
+    # codes are made again whenever ``drift`` changes, so they are always those its profiles
+    # give.
+    codes: dict[str, Any] = field(default_factory=dict)
+    written: int = 0  # codes written to the rings since they were made
     seen: int = 0
     psi: dict[str, float] = field(default_factory=dict)
     rebaseline_at: str | None = None  # a new champion's tag: drift restarts at its first example
@@ -119,7 +126,24 @@ class _Stream:
 
     def restart_drift(self, concept: ConceptDrift) -> None:
         self.concept, self.drift, self.rebaseline_at = concept, None, None
-        self.reference, self.recent, self.psi = [], deque(), {}
+        self.reference, self.psi, self.codes = [], {}, {}
+        self.recent.clear()
+
+    def set_reference(self, drift: DataDrift) -> None:
+        self.drift, self.codes, self.written = drift, {}, 0
+        self.bin(list(self.recent))
+
+    def bin(self, examples: list[Example]) -> None:
+        assert self.drift is not None and self.recent.maxlen is not None
+        size = self.recent.maxlen
+        examples = examples[-size:]
+        at = np.arange(self.written, self.written + len(examples)) % size
+        for name, profile in self.drift.profiles.items():
+            ring = self.codes.get(name)
+            if ring is None:
+                ring = self.codes[name] = np.full(size, -1)
+            ring[at] = profile.codes(_values(name, examples))
+        self.written += len(examples)
 
 
 class MonitorPolicy(Policy):
@@ -267,77 +291,143 @@ class Monitor:
         self.alarms.rules = list(policy.rules)
         self.gate.rule = policy.promotion
 
-    def _rolling(self) -> dict[str, Rolling]:
-        late = self.join_policy.late_policy == "correct"
-        return {
-            w: Rolling(span, self.policy.max_examples, late)
-            for w, span in self.policy.windows.items()
-        }
+    def _rolling(self) -> Rolling:
+        return Rolling(self.policy.max_examples, self.join_policy.late_policy == "correct")
+
+    def _metrics(self, rolling: Rolling) -> dict[str, dict[str, float]]:
+        return {w: rolling.metrics(span) for w, span in self.policy.windows.items()}
 
     # ---- examples -----------------------------------------------------------------------------
 
     def on_example(self, e: Example) -> list[Alert]:
-        """Update with one example; the alerts of the stream-wide signals it moves. Only final
-        labels count (label modes fnw and observe emit a provisional negative first)."""
-        kind, correction = e.kind, e.correction
-        if kind == "fake_negative":
-            self.provisional += 1
-            return []
-        came = LATE if correction else DELAYED if kind == "delayed_positive" else IN_TIME
-        if came == DELAYED:
-            self.delayed += 1
-        if not correction:
-            self._finalized(e.recommendation_time)
-        if e.served_score is None:
-            self.unscored += 1  # nothing to judge the served model by
-            return []
-        tag = e.model_version or "unversioned"
-        model = tag.split(":")[0]
-        p, y, t = e.served_score, e.label, e.recommendation_time
-        self._by_version(tag, p, y, t, came)
+        return self.on_examples([e])
+
+    def on_examples(self, examples: Sequence[Example]) -> list[Alert]:
+        """Update with examples, oldest first; the alerts of the stream-wide signals they move,
+        as one at a time would make them. Only final labels count (label modes fnw and observe
+        emit a provisional negative first)."""
+        by_model: dict[str, list[Example]] = {}
+        finals = []
+        for e in examples:
+            kind, correction = e.kind, e.correction
+            if kind == "fake_negative":
+                self.provisional += 1
+                continue
+            if not correction:
+                finals.append(e.recommendation_time)
+                self.delayed += kind == "delayed_positive"
+            if e.served_score is None:
+                self.unscored += 1  # nothing to judge the served model by
+                continue
+            model = (e.model_version or "unversioned").split(":")[0]
+            by_model.setdefault(model, []).append(e)
+        self._finalized(finals)
+        alerts = []
+        for model, chosen in by_model.items():
+            alerts += self._on_stream(model, chosen)
+        return alerts
+
+    def _on_stream(self, model: str, examples: list[Example]) -> list[Alert]:
+        tags = [e.model_version or "unversioned" for e in examples]
         st = self.streams.get(model)
         if st is None:
-            st = self.streams[model] = _Stream(self._rolling(), self._concept())
-        if st.rebaseline_at == tag:
+            st = self.streams[model] = _Stream(
+                self._rolling(), self._concept(), deque(maxlen=self.policy.drift_window)
+            )
+        if st.recent.maxlen != self.policy.drift_window:  # configured anew since
+            st.recent = deque(st.recent, maxlen=self.policy.drift_window)
+            if st.drift is not None:
+                st.set_reference(st.drift)
+        # A new champion's first example restarts drift there: the rest is another chunk.
+        if st.rebaseline_at in tags:
+            cut = tags.index(st.rebaseline_at)
+            if cut:
+                return self._on_stream(model, examples[:cut]) + self._on_stream(
+                    model, examples[cut:]
+                )
             st.restart_drift(self._concept())
-        st.version = tag
-        st.seen += 1
-        for rolling in st.windows.values():
-            rolling.add(t, p, y, came)
+        p = np.fromiter((e.served_score for e in examples), "f8", len(examples))
+        y = np.fromiter((e.label for e in examples), "?", len(examples))
+        rows = np.empty(len(examples), ROW)
+        rows["t"] = np.fromiter((e.recommendation_time for e in examples), "f8", len(examples))
+        rows["p"], rows["y"] = p, y
+        rows["came"] = [
+            LATE if e.correction else DELAYED if e.kind == "delayed_positive" else IN_TIME
+            for e in examples
+        ]
+        self._by_version(tags, rows)
+        st.windows.extend(rows)
+        seen0, concept_seen0 = st.seen, st.concept.seen
+        st.seen += len(examples)
+        st.version = tags[-1]
+        clipped = np.clip(p, 1e-15, 1 - 1e-15)
+        losses = -np.log(np.where(y, clipped, 1 - clipped))
         alerts = []
-        st.concept.update(log_loss(p, y))
-        alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tag)
-        row = {**_prefixed("c", e.context), **_prefixed("i", e.item_features), "prediction": p}
-        if st.drift is None:
-            # Not while a new model is still settling.
-            if st.concept.seen > self.policy.warmup_examples:
-                st.reference.append(row)
-            if len(st.reference) >= self.policy.reference_size:
-                st.drift, st.reference = DataDrift.reference(st.reference), []
-                st.reference_at = st.seen
-        else:
-            st.recent.append(row)
-            while len(st.recent) > self.policy.drift_window:
-                st.recent.popleft()
-            renew = self.policy.reference_renew_examples and self.champions.get(model) is None
-            if renew and st.seen - st.reference_at >= self.policy.reference_renew_examples:
-                st.drift, st.reference_at = DataDrift.reference(list(st.recent)), st.seen
-            if (
-                st.seen % self.policy.drift_every == 0
-                and len(st.recent) >= self.policy.drift_window
-            ):
-                st.psi = st.drift.psi_by_feature(list(st.recent))
+        for i, value in st.concept.update_many(losses.tolist()):
+            alerts += self.alarms.observe(model, "concept_drift", "stream", value, tags[i])
+        alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tags[-1])
+        return alerts + self._data_drift(model, st, examples, tags, seen0, concept_seen0)
+
+    def _data_drift(
+        self,
+        model: str,
+        st: _Stream,
+        examples: list[Example],
+        tags: list[str],
+        seen0: int,
+        concept_seen0: int,
+    ) -> list[Alert]:
+        """The reference and the PSI over ``examples``, the ``seen0 + 1``-th of the stream
+        onwards, in runs between the examples where something is due: the reference is full
+        or renewed, or a PSI is computed."""
+        policy, alerts = self.policy, []
+        j, n = 0, len(examples)
+        while j < n:
+            if st.drift is None:
+                # Not while a new model is still settling: from its ``warmup + 1``-th example.
+                j = max(j, policy.warmup_examples - concept_seen0)
+                taken = examples[j : j + policy.reference_size - len(st.reference)]
+                st.reference += taken
+                j += len(taken)
+                if len(st.reference) >= policy.reference_size:
+                    st.set_reference(DataDrift.reference([_row(e) for e in st.reference]))
+                    st.reference, st.reference_at = [], seen0 + j
+                continue
+            # The next example (by index) that completes a PSI's stride, or renews the reference.
+            due = j + (-(seen0 + j + 1)) % policy.drift_every
+            renew_at = n
+            if policy.reference_renew_examples and self.champions.get(model) is None:
+                renew_at = max(j, st.reference_at + policy.reference_renew_examples - seen0 - 1)
+            end = min(due, renew_at, n - 1)
+            run = examples[j : end + 1]
+            st.recent.extend(run)
+            st.bin(run)
+            if end == renew_at:
+                st.set_reference(DataDrift.reference([_row(e) for e in st.recent]))
+                st.reference_at = seen0 + end + 1
+            if end == due and len(st.recent) >= policy.drift_window:
+                st.psi = {
+                    name: profile.psi_of_codes(st.codes[name])
+                    for name, profile in st.drift.profiles.items()
+                }
                 for feature, value in st.psi.items():
-                    alerts += self.alarms.observe(model, f"psi:{feature}", "stream", value, tag)
+                    alerts += self.alarms.observe(
+                        model, f"psi:{feature}", "stream", value, tags[end]
+                    )
+            j = end + 1
         return alerts
 
     def _concept(self) -> ConceptDrift:
         p = self.policy
         return ConceptDrift(p.detector, p.recovery_examples, warmup=p.warmup_examples)
 
-    def _finalized(self, recommendation_time: float) -> None:
-        bucket = self.join_policy.bucket(recommendation_time)
-        self.finals[bucket] += 1
+    def _finalized(self, recommendation_times: list[float]) -> None:
+        # JoinPolicy.bucket of each, at once (numpy's float floor division is Python's).
+        step = self.join_policy.window_s / self.join_policy.maturity_buckets
+        buckets, counts = np.unique(
+            np.floor_divide(np.asarray(recommendation_times, "f8"), step), return_counts=True
+        )
+        self.finals.update(dict(zip(buckets.astype(int).tolist(), counts.tolist(), strict=True)))
         if len(self.finals) > 6 * (self.join_policy.maturity_buckets + 3):
             keep = max(self.finals) - 3 * (self.join_policy.maturity_buckets + 3)
             for old in [b for b in self.finals if b < keep]:
@@ -370,16 +460,19 @@ class Monitor:
                 )
         return out
 
-    def _by_version(self, tag: str, p: float, y: bool, t: float, came: int) -> None:
-        v = self.versions.get(tag)
-        if v is None:
-            if len(self.versions) >= self.policy.max_versions:  # the one served longest ago goes
-                del self.versions[min(self.versions, key=lambda k: self.versions[k].last_at)]
-            v = self.versions[tag] = _Version(self._rolling())
-        for rolling in v.windows.values():
-            rolling.add(t, p, y, came)
-        v.seen += 1
-        v.last_at = max(v.last_at, t)
+    def _by_version(self, tags: list[str], rows: Any) -> None:
+        """Each version's own rolling metrics, for the charts (runs of one version at a time)."""
+        cuts = [i for i in range(1, len(tags)) if tags[i] != tags[i - 1]]
+        for start, end in zip([0, *cuts], [*cuts, len(tags)], strict=True):
+            tag = tags[start]
+            v = self.versions.get(tag)
+            if v is None:
+                if len(self.versions) >= self.policy.max_versions:  # served longest ago goes
+                    del self.versions[min(self.versions, key=lambda k: self.versions[k].last_at)]
+                v = self.versions[tag] = _Version(self._rolling())
+            v.windows.extend(rows[start:end])
+            v.seen += end - start
+            v.last_at = max(v.last_at, float(rows["t"][start:end].max()))
 
     # ---- slates ----------------------------------------------------------------------------
 
@@ -472,8 +565,7 @@ class Monitor:
         for model, st in self.streams.items():
             # Again on the clock, so a held alarm resolves when the examples pause.
             alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value)
-            for window, rolling in st.windows.items():
-                metrics = rolling.metrics()
+            for window, metrics in self._metrics(st.windows).items():
                 if metrics["count"] < 50:  # too few to judge
                     continue
                 for name, value in metrics.items():
@@ -556,7 +648,7 @@ class Monitor:
                 model: {
                     "version": st.version,
                     "seen": st.seen,
-                    "windows": {w: r.metrics() for w, r in st.windows.items()},
+                    "windows": self._metrics(st.windows),
                     "concept_drift": st.concept.value,
                     "drift_detections": st.concept.detections,
                     "psi": st.psi,
@@ -564,7 +656,7 @@ class Monitor:
                 for model, st in self.streams.items()
             },
             "versions": {
-                tag: {"seen": v.seen, "windows": {w: r.metrics() for w, r in v.windows.items()}}
+                tag: {"seen": v.seen, "windows": self._metrics(v.windows)}
                 for tag, v in self.versions.items()
             },
             "join": dict(self.join),
@@ -650,5 +742,24 @@ class SlateWindow:
         }
 
 
+def _row(e: Example) -> dict[str, Any]:
+    """An example's features and prediction, as the data-drift profiles name them."""
+    features = {**_prefixed("c", e.context), **_prefixed("i", e.item_features)}
+    return {**features, "prediction": e.served_score}
+
+
 def _prefixed(prefix: str, features: Mapping[str, float | bool | str]) -> dict[str, Any]:
     return {f"{prefix}:{k}": (float(v) if isinstance(v, bool) else v) for k, v in features.items()}
+
+
+def _values(name: str, examples: list[Example]) -> list[Any]:
+    """One feature of :func:`_row` over many examples (None where absent)."""
+    if name == "prediction":
+        return [e.served_score for e in examples]
+    prefix, key = name.split(":", 1)
+    raw = (
+        [e.context.get(key) for e in examples]
+        if prefix == "c"
+        else [e.item_features.get(key) for e in examples]
+    )
+    return [float(v) if isinstance(v, bool) else v for v in raw]

@@ -11,6 +11,7 @@ import pytest
 
 from streamlearn.alerting import Rule
 from streamlearn.clock import ManualClock
+from streamlearn.drift import DataDrift
 from streamlearn.events import (
     JoinReport,
     LabeledExample,
@@ -121,6 +122,85 @@ def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> N
     ]  # the five most recently served
     assert snapshot["models"]["ctr"]["version"] == "ctr:v23"
     assert snapshot["models"]["ctr"]["seen"] == 45_000
+
+
+def test_batches_make_the_alerts_and_figures_of_one_example_at_a_time() -> None:
+    """The process hands the monitor what it read at once; the cached bins, the one buffer per
+    stream and the runs between due examples must not change a figure or an alert."""
+    clock = ManualClock(1_700_000_000.0)
+    world = Deployed(clock, version_every=2500)
+    before = world.examples(9000)
+    world.shop.shift_prices(3.0)
+    shifted = world.examples(6000)
+    world.shop.flip()
+    flipped = world.examples(9000)
+    # A champion from the 4,000th shifted example: drift restarts at its first example.
+    promoted = [
+        e.model_copy(update={"model_version": "ctr:v9"}) if i >= 1000 else e
+        for i, e in enumerate(shifted[3000:] + flipped)
+    ]
+    policy = {"reference_renew_examples": 3000, "max_examples": 2500, "max_versions": 3}
+    one, many = monitor_of(clock, **policy), monitor_of(clock, **policy)
+    sizes = random.Random(7)
+    alerts: dict[str, list[tuple[str, str, int]]] = {"one": [], "many": []}
+    for part in (before + shifted[:3000], promoted):
+        if part is promoted:
+            for m in (one, many):
+                m.on_champion("ctr", None)
+                m.on_champion("ctr", 9)
+        alerts["one"] += [
+            (a.dedup_key, a.status, a.sequence) for e in part for a in one.on_example(e)
+        ]
+        i = 0
+        while i < len(part):
+            n = sizes.choice([1, 7, 499, 500, 501, 1200])
+            alerts["many"] += [
+                (a.dedup_key, a.status, a.sequence) for a in many.on_examples(part[i : i + n])
+            ]
+            i += n
+    assert {k for k, _, _ in alerts["one"]} >= {
+        "ctr/concept-drift/stream",
+        "ctr/feature-drift:psi:i:price/stream",
+    }
+    assert sorted(alerts["many"]) == sorted(alerts["one"])
+    a, b = one.snapshot(), many.snapshot()
+    assert b["models"]["ctr"]["psi"] == pytest.approx(a["models"]["ctr"]["psi"])
+    assert b["models"].keys() == a["models"].keys() and b["versions"].keys() == a["versions"].keys()
+    for kind in ("models", "versions"):
+        for key, figures in a[kind].items():
+            for window, metrics in figures["windows"].items():
+                assert b[kind][key]["windows"][window] == pytest.approx(metrics), (key, window)
+
+
+def test_the_psi_is_over_the_examples_the_policy_names_whatever_the_batches() -> None:
+    """After a warm-up of 100: the reference is the next 2,000 examples, renewed every 1,000
+    from the last 2,000, and the PSI every 500 over the last 2,000; recomputed here from the
+    rows themselves, without the monitor's cached bins."""
+    clock = ManualClock(1_700_000_000.0)
+    examples = Deployed(clock).examples(4600)
+    policy = MonitorPolicy(rules=RULES, warmup_examples=100, reference_renew_examples=1000)
+    monitor = Monitor(policy, clock)
+    sizes, i = random.Random(3), 0
+    while i < len(examples):
+        n = sizes.choice([1, 99, 500, 777])
+        monitor.on_examples(examples[i : i + n])
+        i += n
+
+    def rows(part: list[LabeledExample]) -> list[dict[str, Any]]:
+        return [
+            {
+                **{f"c:{k}": float(v) if isinstance(v, bool) else v for k, v in e.context.items()},
+                **{f"i:{k}": v for k, v in e.item_features.items()},
+                "prediction": e.served_score,
+            }
+            for e in part
+        ]
+
+    # Renewed at the 4,100th from the 2,101st on; the last PSI at the 4,500th.
+    expected = DataDrift.reference(rows(examples[2100:4100])).psi_by_feature(
+        rows(examples[2500:4500])
+    )
+    assert monitor.snapshot()["models"]["ctr"]["psi"] == pytest.approx(expected)
 
 
 def test_a_promotion_restarts_drift_detection_at_the_new_champions_first_example() -> None:
