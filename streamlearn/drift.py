@@ -53,7 +53,8 @@ class FeatureProfile:
         else:
             common = Counter(str(v) for v in values).most_common(top)
             profile = cls("category", categories=[c for c, _ in common])
-        profile.reference = dict(Counter(profile.bin(v) for v in values))
+        counts = np.bincount(profile.codes(values), minlength=len(profile.labels()))
+        profile.reference = {b: int(c) for b, c in zip(profile.labels(), counts, strict=True) if c}
         return profile
 
     def bin(self, value: Any) -> str:
@@ -111,8 +112,13 @@ class DataDrift:
     @classmethod
     def reference(cls, rows: Sequence[Mapping[str, Any]]) -> DataDrift:
         """Profiles of each feature seen in ``rows`` (feature name -> value dicts)."""
-        names = sorted({name for row in rows for name in row})
-        return cls({n: FeatureProfile.of([r[n] for r in rows if n in r]) for n in names})
+        names = {name for row in rows for name in row}
+        return cls.of({n: [r[n] for r in rows if n in r] for n in names})
+
+    @classmethod
+    def of(cls, columns: Mapping[str, list[Any]]) -> DataDrift:
+        """Profiles of each feature from its values."""
+        return cls({n: FeatureProfile.of(columns[n]) for n in sorted(columns)})
 
     def psi_by_feature(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {
@@ -159,34 +165,51 @@ class ConceptDrift:
         self.seen = 0
         self.detections = 0
         self._quiet = recovery_examples  # examples since the last detection
-        self._mean = 0.0
         self._recent: float | None = None  # exponential average of the loss
         self._baseline: float | None = None  # the level before the rise, while the alarm is on
+        # ADWIN's mean, kept here, as asking it costs a third of an update: the losses in its
+        # window since River last emptied it (it keeps them all until it detects a change),
+        # or, once it has detected one or been replaced, the mean it had then, until the next
+        # update empties its window.
+        self._adwin = isinstance(self.detector, drift.ADWIN)
+        self._total, self._count = 0.0, 0
+        self._mean_then: float | None = None
+
+    def _mean(self) -> float:
+        if self._mean_then is not None:
+            return self._mean_then
+        return self._total / self._count if self._count else 0.0
 
     def update(self, loss: float) -> bool:
         """Feed one example's loss; True when this one completes a detection of a rise."""
-        before = self._mean
+        before = self._mean()
         self.detector.update(loss)
+        if self._mean_then is not None:  # River emptied the window before adding this one
+            self._total, self._count, self._mean_then = 0.0, 0, None
+        self._total += loss
+        self._count += 1
         self._quiet += 1
         self.seen += 1
         alpha = 2 / (self.recovery_examples + 1)
         self._recent = (
             loss if self._recent is None else self._recent + alpha * (loss - self._recent)
         )
-        estimation = getattr(self.detector, "estimation", None)
-        self._mean = float(estimation) if estimation is not None else before
-        rose = estimation is None or self._mean > before  # ADWIN also flags falls
-        if self.detector.drift_detected and rose and self.seen > self.warmup:
+        detected, rose = self.detector.drift_detected, True  # Page-Hinkley watches rises only
+        if detected and self._adwin:
+            self._mean_then = float(self.detector.estimation)  # of the window it kept
+            rose = self._mean_then > before  # ADWIN also flags falls
+        if detected and rose and self.seen > self.warmup:
             self.detections += 1
             self._quiet = 0
             if self._baseline is None:
-                self._baseline = before if estimation is not None else self._recent
+                self._baseline = before if self._adwin else self._recent
             return True
         if self._baseline is not None and self._quiet >= self.recovery_examples:
             back = self._recent <= self._baseline + self.tolerance
             if back or self._quiet >= 5 * self.recovery_examples:
                 # A fresh detector for the new normal: the old one still holds the rise and
                 # the relearning in its window, and dropping them re-detects the same incident.
+                self._mean_then = self._mean()
                 self._baseline, self.detector = None, self.detector.clone()
         return False
 

@@ -346,15 +346,19 @@ class Monitor:
                     model, examples[cut:]
                 )
             st.restart_drift(self._concept())
-        p = np.fromiter((e.served_score for e in examples), "f8", len(examples))
-        y = np.fromiter((e.label for e in examples), "?", len(examples))
-        rows = np.empty(len(examples), ROW)
-        rows["t"] = np.fromiter((e.recommendation_time for e in examples), "f8", len(examples))
-        rows["p"], rows["y"] = p, y
-        rows["came"] = [
-            LATE if e.correction else DELAYED if e.kind == "delayed_positive" else IN_TIME
-            for e in examples
-        ]
+        rows = np.array(
+            [
+                (
+                    e.recommendation_time,
+                    e.served_score,
+                    e.label,
+                    LATE if e.correction else DELAYED if e.kind == "delayed_positive" else IN_TIME,
+                )
+                for e in examples
+            ],
+            ROW,
+        )
+        p, y = rows["p"], rows["y"]
         self._by_version(tags, rows)
         st.windows.extend(rows)
         seen0, concept_seen0 = st.seen, st.concept.seen
@@ -390,7 +394,7 @@ class Monitor:
                 st.reference += taken
                 j += len(taken)
                 if len(st.reference) >= policy.reference_size:
-                    st.set_reference(DataDrift.reference([_row(e) for e in st.reference]))
+                    st.set_reference(_reference(st.reference))
                     st.reference, st.reference_at = [], seen0 + j
                 continue
             # The next example (by index) that completes a PSI's stride, or renews the reference.
@@ -403,7 +407,7 @@ class Monitor:
             st.recent.extend(run)
             st.bin(run)
             if end == renew_at:
-                st.set_reference(DataDrift.reference([_row(e) for e in st.recent]))
+                st.set_reference(_reference(list(st.recent)))
                 st.reference_at = seen0 + end + 1
             if end == due and len(st.recent) >= policy.drift_window:
                 st.psi = {
@@ -742,18 +746,17 @@ class SlateWindow:
         }
 
 
-def _row(e: Example) -> dict[str, Any]:
-    """An example's features and prediction, as the data-drift profiles name them."""
-    features = {**_prefixed("c", e.context), **_prefixed("i", e.item_features)}
-    return {**features, "prediction": e.served_score}
-
-
-def _prefixed(prefix: str, features: Mapping[str, float | bool | str]) -> dict[str, Any]:
-    return {f"{prefix}:{k}": (float(v) if isinstance(v, bool) else v) for k, v in features.items()}
+def _reference(examples: list[Example]) -> DataDrift:
+    """The data-drift profiles of the examples' features and predictions, named ``c:<context
+    feature>``, ``i:<item feature>`` and ``prediction``."""
+    names = {f"c:{k}" for e in examples for k in e.context}
+    names |= {f"i:{k}" for e in examples for k in e.item_features}
+    columns = {n: _values(n, examples) for n in [*names, "prediction"]}
+    return DataDrift.of({n: [v for v in c if v is not None] for n, c in columns.items()})
 
 
 def _values(name: str, examples: list[Example]) -> list[Any]:
-    """One feature of :func:`_row` over many examples (None where absent)."""
+    """One feature over many examples (None where absent); booleans as numbers."""
     if name == "prediction":
         return [e.served_score for e in examples]
     prefix, key = name.split(":", 1)

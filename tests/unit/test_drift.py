@@ -33,6 +33,23 @@ def test_a_rise_of_the_loss_is_caught_within_a_bound_and_clears_after_recovery(
     assert not any(recovered[-2000:])  # the fall of the loss is not drift
 
 
+def test_the_mean_kept_beside_adwin_is_adwins_own() -> None:
+    """ConceptDrift keeps ADWIN's mean instead of asking it at every update: it must be the
+    mean ADWIN gives, through rises, falls (detected, not alarms) and recoveries."""
+    rng = random.Random(4)
+    watch = ConceptDrift("adwin", recovery_examples=1500)
+    stream = [x for p in (0.1, 0.5, 0.1, 0.02, 0.5, 0.1) for x in losses(rng, p, 6000)]
+    replaced = 0
+    for x in stream:
+        detector = watch.detector
+        watch.update(x)
+        if watch.detector is not detector:  # a fresh one for the new normal: asked at its first
+            replaced += 1
+            continue
+        assert watch._mean() == watch.detector.estimation
+    assert watch.detections >= 2 and replaced >= 2
+
+
 @pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
 def test_a_rise_that_the_model_slowly_relearns_is_one_incident(detector: str) -> None:
     rng = random.Random(2)
