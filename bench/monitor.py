@@ -1,9 +1,9 @@
 """The monitor's rate from the real broker, and how long a drift takes to reach on-call.
 
-1. Throughput: 30,000 labeled examples (served by a model that keeps learning) on a fresh topic;
+1. Throughput: 150,000 labeled examples (served by a model that keeps learning) on a fresh topic;
    the monitor's own loop (parse, rolling metrics in three windows, concept drift, PSI every 500
    examples, state saves) timed from its first record to its last, next to a raw confluent-kafka
-   consumer reading the same topic in the same run.
+   consumer reading the same topic in the same run; the best of three runs of each.
 2. Drift to webhook: the monitor as its own process with a webhook to a receiver in this
    process; 15,000 steady examples, then the hidden preferences flip and examples keep coming at
    2,000 per second; the time from the flip to the receiver holding the concept-drift page.
@@ -36,7 +36,8 @@ from topics import delete_namespace, ensure_topics, producer_config
 os.environ.setdefault("STREAMLEARN_DEV_MODE", "true")  # a bench is development
 
 ROOT = Path(__file__).resolve().parent.parent
-N = 30_000
+N = 150_000
+BEST_OF = 3
 RATE = 2000.0
 
 
@@ -82,6 +83,7 @@ def monitor_per_s(s: Settings) -> float:
             process._save(alerts + process.monitor.evaluate())
     process._save(process.monitor.evaluate())
     elapsed = time.perf_counter() - start
+    process.redis.delete(process.outbox.state_key)  # the next run starts afresh
     process.lease.release()
     process.consumer.close()
     return N / elapsed
@@ -140,14 +142,20 @@ def drift_to_webhook() -> tuple[float, int]:
 def main() -> None:
     s = fresh()
     produce(s, Deployed(ManualClock(1_700_000_000.0)), N, Producer(producer_config(s)))
-    raw = raw_consume_per_s(s, s.topic("examples"), N, batch=1000)
-    ours = monitor_per_s(s)
+    # Best of three of each, in turn: the machine is shared.
+    raws, runs = [], []
+    for _ in range(BEST_OF):
+        raws.append(raw_consume_per_s(s, s.topic("examples"), N, batch=1000))
+        runs.append(monitor_per_s(s))
+    raw, ours = max(raws), max(runs)
     seconds, sent = drift_to_webhook()
     figures = {
         "examples": N,
+        "best_of": BEST_OF,
         "monitor_per_s": round(ours),
         "raw_consume_per_s": round(raw),
         "ratio_to_raw_consume": round(ours / raw, 4),
+        "monitor_per_s_runs": [round(r) for r in runs],
         "drift_to_webhook_s": round(seconds, 2),
         "examples_after_onset": sent,
         "rate_after_onset_per_s": RATE,

@@ -19,7 +19,6 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -77,30 +76,51 @@ class FeatureProfile:
     def codes(self, values: Sequence[Any]) -> Any:
         """:meth:`bin` of many values at once, as codes into :meth:`labels`; -1 for a value
         that is absent (None)."""
+        if self.kind == "category":
+            memo = self.__dict__.get("_memo")
+            if memo is None:
+                memo = self.__dict__["_memo"] = _CategoryCodes(self.categories)
+            return np.fromiter(map(memo.__getitem__, values), "i8", len(values))
+        edges = np.asarray(self.edges, "f8")
         column = np.asarray(values)
-        if self.kind == "number":
-            other = len(self.edges) + 1
-            if column.dtype.kind in "fi":  # all numbers: the usual case, in numpy alone
-                return np.searchsorted(np.asarray(self.edges, "f8"), column, side="left")
-            numbers = np.fromiter(
-                (v if isinstance(v, int | float) else math.nan for v in values), "f8", len(values)
-            )
-            out = np.searchsorted(np.asarray(self.edges, "f8"), numbers, side="left")
-            out[np.isnan(numbers)] = other
-        else:
-            other = len(self.categories)
-            index = {c: i for i, c in enumerate(self.categories)}
-            if column.dtype.kind == "U":  # all strings
-                return np.fromiter(map(index.get, values, repeat(other)), "i8", len(values))
-            out = np.fromiter((index.get(str(v), other) for v in values), "i8", len(values))
+        if column.dtype.kind in "bfi":  # all numbers: the usual case, in numpy alone
+            return np.searchsorted(edges, column.astype("f8"), side="left")
+        numbers = np.fromiter(
+            (v if isinstance(v, int | float) else math.nan for v in values), "f8", len(values)
+        )
+        out = np.searchsorted(edges, numbers, side="left")
+        out[np.isnan(numbers)] = len(self.edges) + 1
         out[np.fromiter((v is None for v in values), "?", len(values))] = -1
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}  # made again on use
 
     def psi_of_codes(self, codes: Any) -> float:
         """:meth:`psi` of values given by their :meth:`codes`."""
         labels = self.labels()
         counts = np.bincount(codes[codes >= 0], minlength=len(labels))
         return psi(self.reference, {b: float(c) for b, c in zip(labels, counts, strict=True) if c})
+
+
+class _CategoryCodes(dict[Any, int]):
+    """A category profile's codes by value, each worked out the first time it is seen (a
+    feature's values repeat: that is what makes it a category); -1 for None, absent."""
+
+    LIMIT = 100_000  # values remembered, at most: an identifier-like feature has no end of them
+
+    def __init__(self, categories: list[str]) -> None:
+        super().__init__()
+        self.index = {c: i for i, c in enumerate(categories)}
+
+    def __missing__(self, value: Any) -> int:
+        if value is None:
+            return -1
+        text = str(float(value) if isinstance(value, bool) else value)
+        code = self.index.get(text, len(self.index))
+        if len(self) < self.LIMIT:
+            self[value] = code
+        return code
 
 
 @dataclass

@@ -205,13 +205,14 @@ _Features = Annotated[
 
 class MonitoredExample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the monitor reads of a labeled example (see :func:`parse_monitored`): the fields
-    its figures need, with their rules; the others are skipped unread, which makes decoding
-    three times faster again (gc=False: it holds no cycles)."""
+    its figures need, the others skipped unread, which makes decoding three times faster again
+    (gc=False: it holds no cycles). Its features' names and sizes are not checked here (it only
+    bins their values; the trainer's :class:`ExampleRecord` checks them)."""
 
     served_score: _Finite | None
     model_version: str | None
-    context: _Features
-    item_features: _Features
+    context: dict[str, float | bool | str]
+    item_features: dict[str, float | bool | str]
     label: bool
     recommendation_time: _NonNegative
     correction: bool = False
@@ -221,6 +222,8 @@ class MonitoredExample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class ExampleRecord(MonitoredExample, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A :class:`LabeledExample` as the trainer decodes it (see :func:`parse_example`)."""
 
+    context: _Features  # checked here
+    item_features: _Features
     example_id: _Id
     recommendation_id: _Id
     user_id: _Id

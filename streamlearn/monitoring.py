@@ -752,17 +752,20 @@ def _reference(examples: list[Example]) -> DataDrift:
     names = {f"c:{k}" for e in examples for k in e.context}
     names |= {f"i:{k}" for e in examples for k in e.item_features}
     columns = {n: _values(n, examples) for n in [*names, "prediction"]}
-    return DataDrift.of({n: [v for v in c if v is not None] for n, c in columns.items()})
+    # Booleans as numbers: True and 1.0 are one value.
+    return DataDrift.of(
+        {
+            n: [float(v) if isinstance(v, bool) else v for v in c if v is not None]
+            for n, c in columns.items()
+        }
+    )
 
 
 def _values(name: str, examples: list[Example]) -> list[Any]:
-    """One feature over many examples (None where absent); booleans as numbers."""
+    """One feature over many examples (None where absent)."""
     if name == "prediction":
         return [e.served_score for e in examples]
     prefix, key = name.split(":", 1)
-    raw = (
-        [e.context.get(key) for e in examples]
-        if prefix == "c"
-        else [e.item_features.get(key) for e in examples]
-    )
-    return [float(v) if isinstance(v, bool) else v for v in raw]
+    if prefix == "c":
+        return [e.context.get(key) for e in examples]
+    return [e.item_features.get(key) for e in examples]
