@@ -78,9 +78,13 @@ def monitor_per_s(s: Settings) -> float:
         seen += len(msgs)
         alerts = process._handle(msgs)
         process._keep_lease()
-        if alerts or time.monotonic() - last_save >= s.monitor.evaluate_s:
+        # As the process does: alerts are saved at once, the figures every MONITOR_EVALUATE_S.
+        if time.monotonic() - last_save >= s.monitor.evaluate_s:
             last_save = time.monotonic()
-            process._save(alerts + process.monitor.evaluate())
+            alerts += process.monitor.evaluate()
+            process._save(alerts)
+        elif alerts:
+            process._save(alerts)
     process._save(process.monitor.evaluate())
     elapsed = time.perf_counter() - start
     process.redis.delete(process.outbox.state_key)  # the next run starts afresh

@@ -286,12 +286,13 @@ class MonitorProcess(KafkaProcess):
         """Every record of a batch in order, the examples between two other records at once."""
         alerts: list[Alert] = []
         examples: list[MonitoredExample] = []
+        examples_topic, offsets = self.examples, self.offsets
         for msg in msgs:
             topic, p, offset = msg.topic(), msg.partition(), msg.offset()
             assert topic is not None and p is not None and offset is not None
-            self.offsets[(topic, p)] = offset + 1
+            offsets[(topic, p)] = offset + 1
             try:
-                if topic == self.examples:
+                if topic == examples_topic:
                     examples.append(parse_monitored(msg.value()))
                     continue
                 alerts += self.monitor.on_examples(examples)

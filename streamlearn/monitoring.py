@@ -307,20 +307,29 @@ class Monitor:
         as one at a time would make them. Only final labels count (label modes fnw and observe
         emit a provisional negative first)."""
         by_model: dict[str, list[Example]] = {}
+        models: dict[str | None, str] = {}  # by version tag
         finals = []
+        provisional = delayed = unscored = 0
         for e in examples:
-            kind, correction = e.kind, e.correction
+            kind = e.kind
             if kind == "fake_negative":
-                self.provisional += 1
+                provisional += 1
                 continue
-            if not correction:
+            if not e.correction:
                 finals.append(e.recommendation_time)
-                self.delayed += kind == "delayed_positive"
+                delayed += kind == "delayed_positive"
             if e.served_score is None:
-                self.unscored += 1  # nothing to judge the served model by
+                unscored += 1  # nothing to judge the served model by
                 continue
-            model = (e.model_version or "unversioned").split(":")[0]
-            by_model.setdefault(model, []).append(e)
+            tag = e.model_version
+            model = models.get(tag)
+            if model is None:
+                model = models[tag] = (tag or "unversioned").split(":")[0]
+                by_model.setdefault(model, [])
+            by_model[model].append(e)
+        self.provisional += provisional
+        self.delayed += delayed
+        self.unscored += unscored
         self._finalized(finals)
         alerts = []
         for model, chosen in by_model.items():
@@ -428,9 +437,8 @@ class Monitor:
     def _finalized(self, recommendation_times: list[float]) -> None:
         # JoinPolicy.bucket of each, at once (numpy's float floor division is Python's).
         step = self.join_policy.window_s / self.join_policy.maturity_buckets
-        buckets, counts = np.unique(
-            np.floor_divide(np.asarray(recommendation_times, "f8"), step), return_counts=True
-        )
+        times = np.fromiter(recommendation_times, "f8", len(recommendation_times))
+        buckets, counts = np.unique(np.floor_divide(times, step), return_counts=True)
         self.finals.update(dict(zip(buckets.astype(int).tolist(), counts.tolist(), strict=True)))
         if len(self.finals) > 6 * (self.join_policy.maturity_buckets + 3):
             keep = max(self.finals) - 3 * (self.join_policy.maturity_buckets + 3)
