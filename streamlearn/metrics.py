@@ -123,14 +123,6 @@ IN_TIME, DELAYED, LATE = 0, 1, 2
 ROW = np.dtype([("t", "f8"), ("p", "f8"), ("y", "?"), ("came", "i1")])
 
 
-def rows(t: Iterable[float], p: Iterable[float], y: Iterable[bool], came: Iterable[int]) -> Any:
-    """Columns as the rows :meth:`Rolling.extend` takes."""
-    t, p = np.fromiter(t, "f8"), np.fromiter(p, "f8")
-    out = np.empty(len(t), ROW)
-    out["t"], out["p"], out["y"], out["came"] = t, p, np.fromiter(y, "?"), np.fromiter(came, "i1")
-    return out
-
-
 def auc(p: Any, y: Any) -> float:
     """:func:`exact_auc` of numpy columns (scores, labels), vectorised: the same figure.
 
@@ -188,9 +180,6 @@ class Rolling:
 
     def live(self) -> Any:
         return self._buf[self._start : self._end]
-
-    def add(self, t: float, p: float, y: bool, came: int = IN_TIME) -> None:
-        self.extend(rows([t], [p], [y], [came]))
 
     def extend(self, new: Any) -> None:
         """Add rows of :data:`ROW`, oldest first."""
