@@ -128,8 +128,12 @@ class Snapshot:
         offsets = {int(p): o for p, o in meta.pop("offsets").items()}
         order = [(int(p), int(o)) for p, o in meta.pop("order", [])]
         deltas: list[bytes] = []
-        link = meta.get("delta_of")
+        name, version, link = meta["model_name"], meta["version"], meta.get("delta_of")
         while link is not None:
+            # Versions only go down a chain, so it ends; and each link must be the blob of the
+            # version named: a signature says who wrote a blob, not where it belongs.
+            if not isinstance(link, int) or link >= version:
+                raise SnapshotError(f"{name} v{version} is a delta of v{link}, not an earlier one")
             deltas.append(payload)
             if loaded is not None and loaded[0] == link:
                 return cls(
@@ -138,7 +142,12 @@ class Snapshot:
             if parent is None:
                 raise SnapshotError(f"version {meta['version']} is a delta of v{link}: it needs it")
             link_meta, payload = cls._split(cls._body(parent(link), key))
-            link = link_meta.get("delta_of")
+            if (link_meta.get("model_name"), link_meta.get("version")) != (name, link):
+                raise SnapshotError(
+                    f"{name} v{version}'s parent v{link} is stored as "
+                    f"{link_meta.get('model_name')} v{link_meta.get('version')}"
+                )
+            version, link = link, link_meta.get("delta_of")
         model = pickle.loads(payload)  # only after every HMAC verified above
         if deltas:
             model = delta.apply(model, deltas[::-1])

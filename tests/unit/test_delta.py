@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from streamlearn.errors import SnapshotNotFound
+from streamlearn.errors import SnapshotError, SnapshotNotFound
 from streamlearn.fingerprint import fingerprint
 from streamlearn.learning import ModelSpec
 from streamlearn.retention import RetentionPolicy, plan_retention
 from streamlearn.serving import ModelHolder
 from streamlearn.snapshots import ObjectSnapshotStore
-from streamlearn.snapshots.base import RegistryDocument
+from streamlearn.snapshots.base import RegistryDocument, Snapshot
 from streamlearn.snapshots.delta import TABLE_MIN, DeltaEncoder, apply
 from tests.factories import checkpoint_rounds, delta_training, item_example
 
@@ -160,3 +160,22 @@ def test_a_loaded_delta_put_again_is_written_whole(tmp_path: Path) -> None:
     again = store.get("ctr", copy.version)
     assert again.delta_of is None and store.meta("ctr", copy.version)["delta_of"] is None
     assert fingerprint(again.model) == fingerprint(loaded.model)
+
+
+def test_a_chain_only_goes_down_through_its_own_models_versions(tmp_path: Path) -> None:
+    """A signature says who wrote a blob, not where it belongs: a link copied from another
+    model (signed with the same key) or a delta of a later version is refused, not applied."""
+    store = ObjectSnapshotStore(f"file://{tmp_path}", KEY)
+    for name in ("ctr", "other"):
+        t = delta_training(ModelSpec(name=name))
+        checkpoint_rounds(t, store, rounds=1, per_round=6000)
+        checkpoint_rounds(t, store, rounds=2, per_round=200)
+    assert store.meta("ctr", 3)["delta_of"] == 2
+    assert fingerprint(
+        Snapshot.verify(store.blob("ctr", 3), KEY, lambda v: store.blob("ctr", v)).model
+    )
+    with pytest.raises(SnapshotError, match="ctr v3's parent v2 is stored as other v2"):
+        Snapshot.verify(store.blob("ctr", 3), KEY, lambda v: store.blob("other", v))
+    upward = replace(store.get("ctr", 2), version=1, delta_of=2, payload=b"\x80")
+    with pytest.raises(SnapshotError, match="ctr v1 is a delta of v2, not an earlier one"):
+        Snapshot.verify(upward.sign(KEY), KEY, lambda v: store.blob("ctr", v))
