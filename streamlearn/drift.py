@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from river import drift
 
-from streamlearn.metrics import psi
+from streamlearn.metrics import PSI_FLOOR, psi
 
 OTHER = "(other)"
 
@@ -94,13 +94,23 @@ class FeatureProfile:
         return out
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_memo"}  # made again on use
+        # What codes and psi_of_codes keep is made again on use.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_memo", "_shares")}
 
     def psi_of_codes(self, codes: Any) -> float:
-        """:meth:`psi` of values given by their :meth:`codes`."""
-        labels = self.labels()
-        counts = np.bincount(codes[codes >= 0], minlength=len(labels))
-        return psi(self.reference, {b: float(c) for b, c in zip(labels, counts, strict=True) if c})
+        """:meth:`psi` of values given by their :meth:`codes`, over every bin at once (a bin
+        empty on both sides adds nothing)."""
+        reference = self.__dict__.get("_shares")
+        if reference is None:
+            counts = np.array([self.reference.get(b, 0.0) for b in self.labels()], "f8")
+            reference = self.__dict__["_shares"] = _shares(counts)
+        current = _shares(np.bincount(codes[codes >= 0], minlength=len(reference)).astype("f8"))
+        return float(((current - reference) * np.log(current / reference)).sum())
+
+
+def _shares(counts: Any) -> Any:
+    """Shares of a histogram, floored as :func:`streamlearn.metrics.psi` floors them."""
+    return np.maximum(counts / (counts.sum() or 1.0), PSI_FLOOR)
 
 
 class _CategoryCodes(dict[Any, int]):

@@ -46,6 +46,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -87,9 +88,9 @@ class Example(Protocol):
     @property
     def recommendation_time(self) -> float: ...
     @property
-    def context(self) -> Mapping[str, float | bool | str]: ...
+    def context(self) -> dict[str, float | bool | str]: ...
     @property
-    def item_features(self) -> Mapping[str, float | bool | str]: ...
+    def item_features(self) -> dict[str, float | bool | str]: ...
     @property
     def kind(self) -> str | None: ...
     @property
@@ -138,11 +139,12 @@ class _Stream:
         size = self.recent.maxlen
         examples = examples[-size:]
         at = np.arange(self.written, self.written + len(examples)) % size
+        columns = _Columns(examples)
         for name, profile in self.drift.profiles.items():
             ring = self.codes.get(name)
             if ring is None:
                 ring = self.codes[name] = np.full(size, -1)
-            ring[at] = profile.codes(_values(name, examples))
+            ring[at] = profile.codes(columns.values(name))
         self.written += len(examples)
 
 
@@ -438,8 +440,12 @@ class Monitor:
         # JoinPolicy.bucket of each, at once (numpy's float floor division is Python's).
         step = self.join_policy.window_s / self.join_policy.maturity_buckets
         times = np.fromiter(recommendation_times, "f8", len(recommendation_times))
-        buckets, counts = np.unique(np.floor_divide(times, step), return_counts=True)
-        self.finals.update(dict(zip(buckets.astype(int).tolist(), counts.tolist(), strict=True)))
+        buckets = np.floor_divide(times, step)
+        if len(buckets) and (buckets == buckets[0]).all():  # the usual batch: one bucket
+            self.finals[int(buckets[0])] += len(buckets)
+        else:
+            values, counts = np.unique(buckets, return_counts=True)
+            self.finals.update(dict(zip(values.astype(int).tolist(), counts.tolist(), strict=True)))
         if len(self.finals) > 6 * (self.join_policy.maturity_buckets + 3):
             keep = max(self.finals) - 3 * (self.join_policy.maturity_buckets + 3)
             for old in [b for b in self.finals if b < keep]:
@@ -759,7 +765,7 @@ def _reference(examples: list[Example]) -> DataDrift:
     feature>``, ``i:<item feature>`` and ``prediction``."""
     names = {f"c:{k}" for e in examples for k in e.context}
     names |= {f"i:{k}" for e in examples for k in e.item_features}
-    columns = {n: _values(n, examples) for n in [*names, "prediction"]}
+    columns = {n: _Columns(examples).values(n) for n in [*names, "prediction"]}
     # Booleans as numbers: True and 1.0 are one value.
     return DataDrift.of(
         {
@@ -769,11 +775,23 @@ def _reference(examples: list[Example]) -> DataDrift:
     )
 
 
-def _values(name: str, examples: list[Example]) -> list[Any]:
-    """One feature over many examples (None where absent)."""
-    if name == "prediction":
-        return [e.served_score for e in examples]
-    prefix, key = name.split(":", 1)
-    if prefix == "c":
-        return [e.context.get(key) for e in examples]
-    return [e.item_features.get(key) for e in examples]
+class _Columns:
+    """The features of many examples, one at a time by name (None where absent; booleans as
+    they came)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+        self._contexts: list[dict[str, float | bool | str]] | None = None
+        self._items: list[dict[str, float | bool | str]] | None = None
+
+    def values(self, name: str) -> list[Any]:
+        if name == "prediction":
+            return [e.served_score for e in self.examples]
+        prefix, key = name.split(":", 1)
+        if prefix == "c":
+            if self._contexts is None:
+                self._contexts = [e.context for e in self.examples]
+            return list(map(dict.get, self._contexts, repeat(key)))
+        if self._items is None:
+            self._items = [e.item_features for e in self.examples]
+        return list(map(dict.get, self._items, repeat(key)))
