@@ -23,7 +23,6 @@ after the change. Prints figures; the last line is one JSON object. Run: ``pytho
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from streamlearn.clock import ManualClock
 from streamlearn.events import Outcome, Recommendation, SlateItem
 from streamlearn.joining import Joiner, JoinPolicy
 from streamlearn.learning import ModelSpec
-from streamlearn.metrics import exact_auc
+from streamlearn.metrics import auc, columns, log_losses
 from streamlearn.simulation import Storefront
 from streamlearn.training import Training
 
@@ -150,12 +149,9 @@ def run(
 
 
 def figures(served: list[Served]) -> dict[str, float]:
-    scored = [(s.score, s.label) for s in served]
-    n = len(scored)
-    rate = sum(y for _, y in scored) / n
-    mean = sum(p for p, _ in scored) / n
-    loss = -sum(math.log(min(max(p if y else 1 - p, 1e-15), 1.0)) for p, y in scored) / n
-    return {"logloss": loss, "auc": exact_auc(scored), "calibration": mean / rate}
+    p, y = columns([(s.score, s.label) for s in served])
+    loss = float(log_losses(p, y).mean())
+    return {"logloss": loss, "auc": auc(p, y), "calibration": float(p.mean() / y.mean())}
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ FIGURE = Gauge(
 JOIN_FIGURE = Gauge(
     "streamlearn_monitor_join", "Join health from the joiner's reports.", ["metric"]
 )
-STATE_FORMAT = 11  # raise it when Monitor's pickled attributes change: an older state is dropped
+STATE_FORMAT = 12  # raise it when Monitor's pickled attributes change: an older state is dropped
 FIRING = Gauge("streamlearn_monitor_alarms_firing", "Alarms in the firing state.")
 EVIDENCE = Gauge(
     "streamlearn_monitor_evidence",

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from river import drift
 
-from streamlearn.metrics import PSI_FLOOR, psi
+from streamlearn.metrics import psi_of_shares, shares
 
 OTHER = "(other)"
 
@@ -50,22 +49,18 @@ class FeatureProfile:
             )
             profile = cls("number", edges=sorted(cuts))
         else:
-            common = Counter(str(v) for v in values).most_common(top)
+            common = Counter(_category(v) for v in values if v is not None).most_common(top)
             profile = cls("category", categories=[c for c, _ in common])
         counts = np.bincount(profile.codes(values), minlength=len(profile.labels()))
         profile.reference = {b: int(c) for b, c in zip(profile.labels(), counts, strict=True) if c}
         return profile
 
     def bin(self, value: Any) -> str:
-        if self.kind == "number":
-            if not isinstance(value, int | float):
-                return OTHER
-            return f"b{bisect.bisect_left(self.edges, float(value))}"
-        text = str(value)
-        return text if text in self.categories else OTHER
+        """The label of a value's bin (an absent value, None, counts as "other")."""
+        return self.labels()[int(self.codes([value])[0])]
 
     def psi(self, values: Iterable[Any]) -> float:
-        return psi(self.reference, Counter(self.bin(v) for v in values))
+        return self.psi_of_codes(self.codes(list(values)))
 
     def labels(self) -> list[str]:
         """The bins by code, as :meth:`codes` numbers them (the last is "other")."""
@@ -98,19 +93,20 @@ class FeatureProfile:
         return {k: v for k, v in self.__dict__.items() if k not in ("_memo", "_shares")}
 
     def psi_of_codes(self, codes: Any) -> float:
-        """:meth:`psi` of values given by their :meth:`codes`, over every bin at once (a bin
-        empty on both sides adds nothing)."""
+        """:meth:`psi` of values given by their :meth:`codes`."""
         reference = self.__dict__.get("_shares")
         if reference is None:
             counts = np.array([self.reference.get(b, 0.0) for b in self.labels()], "f8")
-            reference = self.__dict__["_shares"] = _shares(counts)
-        current = _shares(np.bincount(codes[codes >= 0], minlength=len(reference)).astype("f8"))
-        return float(((current - reference) * np.log(current / reference)).sum())
+            reference = self.__dict__["_shares"] = shares(counts)
+        return psi_of_shares(
+            reference, shares(np.bincount(codes[codes >= 0], minlength=len(reference)))
+        )
 
 
-def _shares(counts: Any) -> Any:
-    """Shares of a histogram, floored as :func:`streamlearn.metrics.psi` floors them."""
-    return np.maximum(counts / (counts.sum() or 1.0), PSI_FLOOR)
+def _category(value: Any) -> str:
+    """A category's name. Numbers by their float (True, 1 and 1.0 are one dict key, so one
+    category) so that one value always has one name."""
+    return str(float(value)) if isinstance(value, int | float) else str(value)
 
 
 class _CategoryCodes(dict[Any, int]):
@@ -126,8 +122,7 @@ class _CategoryCodes(dict[Any, int]):
     def __missing__(self, value: Any) -> int:
         if value is None:
             return -1
-        text = str(float(value) if isinstance(value, bool) else value)
-        code = self.index.get(text, len(self.index))
+        code = self.index.get(_category(value), len(self.index))
         if len(self) < self.LIMIT:
             self[value] = code
         return code

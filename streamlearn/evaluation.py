@@ -13,7 +13,6 @@ their mean score against their conversion rate).
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,10 +24,9 @@ from streamlearn.backfill import decoded
 from streamlearn.errors import ArchiveError, ConfigError, SnapshotNotFound
 from streamlearn.features import example_features
 from streamlearn.learning import Learner
-from streamlearn.metrics import exact_auc
+from streamlearn.metrics import auc, columns, log_losses
 from streamlearn.registry import Registry
 
-EPS = 1e-15
 BINS = 10
 
 
@@ -47,19 +45,16 @@ class Figures:
     @classmethod
     def of(cls, scored: list[tuple[float, bool]]) -> Figures:
         n = len(scored)
-        conversions = sum(1 for _, y in scored if y)
+        p, y = columns(scored)
+        conversions = int(y.sum())
         rate = conversions / n if n else 0.0
-        mean = sum(p for p, _ in scored) / n if n else 0.0
-        loss = 0.0
-        for p, y in scored:
-            p = min(max(p, EPS), 1 - EPS)
-            loss -= math.log(p) if y else math.log(1 - p)
+        mean = float(p.mean()) if n else 0.0
         return cls(
             examples=n,
             conversions=conversions,
             conversion_rate=rate,
-            roc_auc=exact_auc(scored) if 0 < conversions < n else None,
-            log_loss=loss / n if n else 0.0,
+            roc_auc=auc(p, y) if 0 < conversions < n else None,
+            log_loss=float(log_losses(p, y).mean()) if n else 0.0,
             mean_score=mean,
             calibration=mean / rate if rate else None,
         )

@@ -44,7 +44,7 @@ from streamlearn.features import impression_features, one_hot_candidates, one_ho
 
 # ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
 # importable from here so that snapshots written before streamlearn.metrics still load.
-from streamlearn.metrics import MeanLogLoss, ThresholdAUC, exact_auc
+from streamlearn.metrics import MeanLogLoss, ThresholdAUC, auc, columns
 from streamlearn.retention import RetentionPolicy
 
 
@@ -374,7 +374,7 @@ class Learner:
             "served_calibration": mean_served / rate if rate else 0.0,
             "served_logged_share": self.served_logged / n if n else 0.0,
             "roc_auc": float(self.auc.get()),
-            "rolling_roc_auc": exact_auc(self.recent),
+            "rolling_roc_auc": auc(*columns(self.recent)),
             "log_loss": float(self.log_loss.get()),
             "positive_rate": rate,
             "mean_predicted": mean_p,

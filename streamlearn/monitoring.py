@@ -66,7 +66,7 @@ from streamlearn.evidence import (
     slate_terms,
 )
 from streamlearn.joining import JoinPolicy
-from streamlearn.metrics import DELAYED, IN_TIME, LATE, ROW, Rolling
+from streamlearn.metrics import DELAYED, IN_TIME, LATE, ROW, Rolling, log_losses
 from streamlearn.policy import Policy
 from streamlearn.webhooks import Webhook
 
@@ -375,10 +375,8 @@ class Monitor:
         seen0, concept_seen0 = st.seen, st.concept.seen
         st.seen += len(examples)
         st.version = tags[-1]
-        clipped = np.clip(p, 1e-15, 1 - 1e-15)
-        losses = -np.log(np.where(y, clipped, 1 - clipped))
         alerts = []
-        for i, value in st.concept.update_many(losses.tolist()):
+        for i, value in st.concept.update_many(log_losses(p, y).tolist()):
             alerts += self.alarms.observe(model, "concept_drift", "stream", value, tags[i])
         alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value, tags[-1])
         return alerts + self._data_drift(model, st, examples, tags, seen0, concept_seen0)
@@ -437,15 +435,13 @@ class Monitor:
         return ConceptDrift(p.detector, p.recovery_examples, warmup=p.warmup_examples)
 
     def _finalized(self, recommendation_times: list[float]) -> None:
-        # JoinPolicy.bucket of each, at once (numpy's float floor division is Python's).
-        step = self.join_policy.window_s / self.join_policy.maturity_buckets
         times = np.fromiter(recommendation_times, "f8", len(recommendation_times))
-        buckets = np.floor_divide(times, step)
+        buckets = self.join_policy.buckets(times)
         if len(buckets) and (buckets == buckets[0]).all():  # the usual batch: one bucket
             self.finals[int(buckets[0])] += len(buckets)
         else:
             values, counts = np.unique(buckets, return_counts=True)
-            self.finals.update(dict(zip(values.astype(int).tolist(), counts.tolist(), strict=True)))
+            self.finals.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
         if len(self.finals) > 6 * (self.join_policy.maturity_buckets + 3):
             keep = max(self.finals) - 3 * (self.join_policy.maturity_buckets + 3)
             for old in [b for b in self.finals if b < keep]:
