@@ -79,6 +79,11 @@ FAILPOINT_STALL_S = 25.0
 _PASSING = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
+class _Rewound(Exception):
+    """The open transaction was aborted and the join rewound to the last commit: what the loop
+    was doing when it happened is void (its records are read again)."""
+
+
 def _retriable(exc: BaseException) -> bool:
     """A failure of a read or of starting transactions that trying again can mend."""
     if not isinstance(exc, KafkaException):
@@ -214,21 +219,24 @@ class TransactionalJoin(KafkaProcess):
         last_commit = last_tick = last_stats = last_purge = time.monotonic()
         try:
             while not self.stopping:
-                self._check_stall()
-                for msg in self.consume(1000, timeout=0.05):
-                    self._handle(msg)
-                self._check_stall()
-                now = time.monotonic()
-                if now - last_tick >= policy.tick_s:
-                    last_tick = now
-                    for p in sorted(self.partitions):
-                        self._emit(self.joiner.on_tick(p), p)
-                if now - last_stats >= policy.stats_s:
-                    last_stats = now
-                    self._publish_stats()
-                if now - last_commit >= policy.commit_s:
-                    last_commit = now
-                    self.commit()
+                try:
+                    self._check_stall()
+                    for msg in self.consume(1000, timeout=0.05):
+                        self._handle(msg)
+                    self._check_stall()
+                    now = time.monotonic()
+                    if now - last_tick >= policy.tick_s:
+                        last_tick = now
+                        for p in sorted(self.partitions):
+                            self._emit(self.joiner.on_tick(p), p)
+                    if now - last_stats >= policy.stats_s:
+                        last_stats = now
+                        self._publish_stats()
+                    if now - last_commit >= policy.commit_s:
+                        last_commit = now
+                        self.commit()
+                except _Rewound:
+                    continue  # the rest of the batch is read again, from the last commit
                 if now - last_purge >= policy.purge_s:
                     last_purge = now
                     self._purge()
@@ -310,15 +318,29 @@ class TransactionalJoin(KafkaProcess):
         partition: int,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
-        if not self.in_transaction:
-            self.producer.begin_transaction()
-            self.in_transaction = True
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition, headers=headers)
-                return
-            except BufferError:  # the local queue is full: let it drain
-                self.producer.poll(0.05)
+        """Produce in the open transaction (beginning one if none is). Raises :class:`_Rewound`
+        when the transaction could not go on and was aborted."""
+        try:
+            if not self.in_transaction:
+                self.producer.begin_transaction()
+                self.in_transaction = True
+            while True:
+                try:
+                    if fails("joiner.produce-refused"):
+                        raise KafkaException(KafkaError(KafkaError._STATE))
+                    self.producer.produce(topic, value, key, partition=partition, headers=headers)
+                    return
+                except BufferError:  # the local queue is full: let it drain
+                    self.producer.poll(0.05)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                raise  # fenced by a newer instance, say: the process must end
+            # After a broker restart, messages of the open transaction that failed leave the
+            # producer in an error state, and the next produce is refused ("Erroneous state",
+            # flagged neither retriable nor abortable): abort, as a failed commit does.
+            self._abort(error.str())
+            raise _Rewound from exc
 
     def _publish_stats(self) -> None:
         stats = report(self.joiner, self.worker, self.partitions, self.router)
@@ -334,9 +356,12 @@ class TransactionalJoin(KafkaProcess):
 
     def commit(self) -> None:
         """Commit the state changes, outputs and input offsets of everything handled so far."""
-        for p, key, value in self.state.drain():
-            raw = None if value is None else orjson.dumps(value)
-            self._produce(self.changelog, key.encode(), raw, p)
+        try:
+            for p, key, value in self.state.drain():
+                raw = None if value is None else orjson.dumps(value)
+                self._produce(self.changelog, key.encode(), raw, p)
+        except _Rewound:
+            return  # aborted, as a failed commit is
         if not self.in_transaction and not self.next_offsets:
             return
         if not self.in_transaction:

@@ -147,6 +147,13 @@ def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(env, tmp_path, {})
     yield procs
     procs.stop_all()
+    # Shown by pytest only when the test failed: what each process said last.
+    for name in procs.running:
+        tail = procs.log(name).splitlines()[-LOG_TAIL_LINES:]
+        print(f"---- the last {len(tail)} lines of {name}'s log ----", *tail, sep="\n")
+
+
+LOG_TAIL_LINES = 30
 
 
 def wait_until(

@@ -195,6 +195,8 @@ def run_with(
         processes.env["STREAMLEARN_FAILPOINT"] = "joiner.commit-retriable:60"
     if disrupt == "stall":  # the joiner stops for 25 s after a commit, as a slow broker's would
         processes.env["STREAMLEARN_FAILPOINT"] = "joiner.stall:40"
+    if disrupt == "refused":  # a produce refused mid-transaction, as after a broker restart
+        processes.env["STREAMLEARN_FAILPOINT"] = "joiner.produce-refused:400"
     processes.start("joiner", "-m", "consumers.joiner")
     processes.env.pop("STREAMLEARN_FAILPOINT", None)
     wait_until(lambda: bool(reports(s)), "the joiner to start")
@@ -250,6 +252,8 @@ def run_with(
         assert "transaction aborted (Local: Broker transport failure)" in processes.log("joiner")
     if disrupt == "stall":
         assert "the loop stalled for" in processes.log("joiner")
+    if disrupt == "refused":
+        assert "transaction aborted (Local: Erroneous state)" in processes.log("joiner")
     forwarded = sum(sum(g.values()) for r in reports(s) for g in r.forwarded.values())
     if outcomes_partitioner == "murmur2_random":
         assert forwarded == 0
@@ -304,6 +308,15 @@ def test_an_aborted_transaction_loses_and_repeats_nothing(
     """Windows closed inside the aborted transaction open again from the changelog and close
     again: none is left open for ever, none labeled twice."""
     run_with(processes, monkeypatch, "abort")
+
+
+def test_a_produce_refused_mid_transaction_loses_and_repeats_nothing(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a broker restart, librdkafka can refuse the next produce of the open transaction
+    ("Erroneous state": seen in CI, the joiner died of it). The transaction is aborted, the rest
+    of the batch read again from the last commit, while misplaced outcomes are forwarded."""
+    run_with(processes, monkeypatch, "refused", "consistent_random")
 
 
 @pytest.mark.parametrize("mode", ["fnw", "observe"])
