@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="S seconds in, the simulated customers' preferences flip: watch the drift alarm",
     )
+    parser.add_argument(
+        "--flip-after",
+        type=int,
+        default=None,
+        help="the same once the API has ranked N impressions",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a supervisor: stop children too
     s = get_settings()
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = process.loop_args
         if name == "simulator" and args.flip_at is not None:
             extra = (*extra, "--flip-at", str(args.flip_at))
+        if name == "simulator" and args.flip_after is not None:
+            extra = (*extra, "--flip-after", str(args.flip_after))
         with open(logs / f"{name}.log", "ab") as out:
             procs[name] = subprocess.Popen(process.command(*extra), stdout=out, stderr=out)
     api = f"http://{s.api.host}:{s.api.port}"

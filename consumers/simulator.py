@@ -1,6 +1,7 @@
 """The storefront simulator process: produces recommendations now and their outcomes later.
 
-Run: ``python -m consumers.simulator [--duration S] [--count N] [--via-api] [--flip-at S]``.
+Run: ``python -m consumers.simulator [--duration S] [--count N] [--via-api] [--flip-at S]
+[--flip-after N]``.
 Outcomes are produced when their event time comes; after the run it keeps producing the ones
 still due within ``--drain`` seconds, so the ground truth on the topics is complete.
 
@@ -9,7 +10,9 @@ With ``--via-api`` it is a storefront that lets streamlearn choose: each slate c
 scores it served, so the monitor can judge the served model. Until a model is served (or when
 the API does not answer) it draws the slate itself and publishes the event, unscored.
 ``--flip-at S`` turns every hidden preference to its opposite S seconds in: a concept change to
-watch the drift alarm fire, and resolve as the model relearns.
+watch the drift alarm fire, and resolve as the model relearns. ``--flip-after N`` flips them
+once the API has ranked N impressions instead: the monitor's warm-up counts served examples, so a
+flip counted the same way comes at the same point of it on a fast machine and a slow one.
 ``--outcomes-partitioner`` plays a conversion service that does not partition as the README
 asks (``murmur2_random`` keyed by user): librdkafka's default ``consistent_random`` (CRC32),
 ``fnv1a`` (Go's sarama), ``no-key``, or ``session-key`` (keyed by the recommendation, as a
@@ -45,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api", default=None, help="the API's URL (default: API_HOST:API_PORT)")
     parser.add_argument(
         "--flip-at", type=float, default=None, help="seconds in: the hidden preferences flip"
+    )
+    parser.add_argument(
+        "--flip-after",
+        type=int,
+        default=None,
+        help="impressions ranked by the API: then the hidden preferences flip",
     )
     parser.add_argument(
         "--outcomes-until",
@@ -103,9 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     url = args.api or f"http://{s.api.host}:{s.api.port}"
     api = httpx.Client(base_url=url, timeout=2) if args.via_api else None
     flipped = False
+    served = 0  # impressions the API ranked
 
     def ranked(now: float) -> list[Outcome] | None:
         """A slate from the API, and what the user will do; None when the API cannot rank."""
+        nonlocal served
         assert api is not None
         user, body = shop.rank_request(candidates=20, k=s.sim_slate_size)
         try:
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             return None
         answer = r.json()
         slate = [shop.item(i["item_id"]) for i in answer["items"]]
+        served += len(slate)
         return shop.respond(answer["recommendation_id"], user, slate, now)
 
     start = time.time()
@@ -126,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
             break
         if args.count is not None and recs >= args.count:
             break
-        if args.flip_at is not None and not flipped and now - start >= args.flip_at:
+        due = (args.flip_at is not None and now - start >= args.flip_at) or (
+            args.flip_after is not None and served >= args.flip_after
+        )
+        if due and not flipped:
             shop.flip()
             flipped = True
             log.info("the hidden preferences flipped (a concept change)")
