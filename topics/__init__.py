@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from streamlearn.alerting import Alert
 from streamlearn.errors import InfraError
@@ -131,7 +132,31 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     if not wanted:
         return []
     futures = admin.create_topics(wanted, request_timeout=timeout)
-    return _settle(futures, "create", KafkaError.TOPIC_ALREADY_EXISTS)
+    created = _settle(futures, "create", KafkaError.TOPIC_ALREADY_EXISTS)
+    _until_visible(admin, settings, {t.topic: t.num_partitions for t in wanted}, timeout)
+    return created
+
+
+def _until_visible(
+    admin: AdminClient, settings: Settings, counts: dict[str, int], timeout: float
+) -> None:
+    """Wait until the broker's metadata shows the topics with their partitions. A creation
+    returns once the controller has the topics; with KRaft the brokers learn of them a moment
+    later, and a process started meanwhile (a joiner checking co-partitioning) would find them
+    missing. Kafka Streams waits so for the internal topics it creates."""
+
+    def shown() -> bool:
+        now = _partition_counts(admin, settings, timeout)
+        return all(now.get(name) == n for name, n in counts.items())
+
+    waiting = Retrying(
+        retry=retry_if_result(lambda ok: not ok),
+        wait=wait_fixed(0.1),
+        stop=stop_after_delay(timeout),
+        retry_error_callback=lambda _: False,
+    )
+    if not waiting(shown):
+        raise InfraError(f"topics created but not in the broker's metadata after {timeout} s")
 
 
 def delete_namespace(settings: Settings, timeout: float = 30.0) -> list[str]:

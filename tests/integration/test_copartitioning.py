@@ -22,7 +22,7 @@ from streamlearn.events import JoinReport
 from streamlearn.partitioning import crc32_partition, guess, join_partition, sarama_partition
 from streamlearn.settings import Settings
 from tests.conftest import Processes, configure, examples, read_topic, wait_until
-from topics import JOIN_ROLES, client_config, producer_config
+from topics import JOIN_ROLES, client_config, delete_namespace, ensure_topics, producer_config
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +235,18 @@ def test_the_joins_topics_take_the_partition_count_of_the_recommendations_there(
     assert "streamlearn joiner: the join needs topics" in processes.log("joiner")
     assert "Traceback" not in processes.log("joiner")
     assert f"'{s.topic('outcomes_repartition')}': 6" in processes.log("joiner")
+
+
+def test_topics_just_created_are_in_the_brokers_metadata(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joiner started right after the topics are made checks them in the broker's metadata.
+    With KRaft the broker learned of new topics a moment after their creation returned, and
+    the test above found one missing about one run in seven; ensure_topics now waits."""
+    s = configure(processes, monkeypatch)
+    for attempt in range(5):
+        fresh = s.model_copy(update={"topic_prefix": f"{s.topic_prefix}{attempt}."})
+        names = ensure_topics(fresh)
+        shown = AdminClient(client_config(fresh)).list_topics(timeout=30).topics
+        assert names and all(shown.get(n) is not None and shown[n].partitions for n in names)
+        delete_namespace(fresh)
