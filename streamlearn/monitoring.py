@@ -8,6 +8,7 @@ nor splits them:
 * rolling metrics in each event-time window (``5m``, ``1h``, ``1d`` by default): ROC AUC, log
   loss, calibration (mean predicted over observed rate), conversion rate, prediction mean and
   count; a window keeps at most ``max_examples`` (the newest), which bounds memory at high rates;
+  the rules judge them once ``warmup_examples`` have been served;
 * concept drift on the loss (:class:`~streamlearn.drift.ConceptDrift`) once ``warmup_examples``
   have set its level, as ``concept_drift`` in window ``stream``;
 * data drift: the ``reference_size`` examples after the warm-up are the reference; then every
@@ -198,7 +199,8 @@ class MonitorPolicy(Policy):
         10_000,
         ge=0,
         description="A model's first served examples (and a new champion's) only set the level "
-        "that concept drift is judged against.",
+        "that concept drift is judged against; no rule judges the model's windows (AUC, loss, "
+        "calibration...) before its first served examples are this many.",
     )
     reference_renew_examples: int = Field(
         20_000,
@@ -579,6 +581,10 @@ class Monitor:
         for model, st in self.streams.items():
             # Again on the clock, so a held alarm resolves when the examples pause.
             alerts += self.alarms.observe(model, "concept_drift", "stream", st.concept.value)
+            if st.seen < self.policy.warmup_examples:
+                # A young stream's windows pool its first, barely trained versions' scores: a
+                # floor on their AUC would page for the learning, not for a fault.
+                continue
             for window, metrics in self._metrics(st.windows).items():
                 if metrics["count"] < 50:  # too few to judge
                     continue

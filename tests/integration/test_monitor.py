@@ -130,6 +130,7 @@ def test_a_crash_between_a_rollback_and_the_save_rolls_back_once(
         STREAMLEARN_PARTITIONS="1",
         STREAMLEARN_MONITOR_EVALUATE_S="1",
         STREAMLEARN_MONITOR_RULES=json.dumps([busy]),
+        STREAMLEARN_MONITOR_WARMUP_EXAMPLES="0",  # its 100 examples judged at once
         STREAMLEARN_AUTO_ACTION="rollback",
         STREAMLEARN_AUTO_ACTION_RULES='["busy"]',
         STREAMLEARN_MONITOR_METRICS_PORT="0",

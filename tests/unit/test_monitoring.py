@@ -124,6 +124,19 @@ def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> N
     assert snapshot["models"]["ctr"]["seen"] == 45_000
 
 
+def test_no_window_rule_judges_a_model_before_its_warm_up() -> None:
+    """A model that ranks at random from its first example: its AUC floor pages, but only once
+    its warm-up has been served (before, its windows pool a young model's first versions)."""
+    clock = ManualClock(1_700_000_000.0)
+    monitor = Monitor(MonitorPolicy(rules=RULES, warmup_examples=2000), clock)
+    rng = random.Random(1)
+    served = [
+        e.model_copy(update={"served_score": rng.random()}) for e in Deployed(clock).examples(4000)
+    ]
+    floor = [(i, s) for i, s, k in run(monitor, served) if k == "ctr/auc-floor/5m"]
+    assert floor == [(2000, "firing")], floor
+
+
 def test_batches_make_the_alerts_and_figures_of_one_example_at_a_time() -> None:
     """The process hands the monitor what it read at once; the cached bins, the one buffer per
     stream and the runs between due examples must not change a figure or an alert."""
