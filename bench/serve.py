@@ -14,6 +14,10 @@ answered, p99 stays under 10 ms (and, for a knee this shared machine can show, 2
 server keeps up; on one worker, then on two
 (``API_WORKERS=2``: two processes on the port, each following the registry).
 
+The baseline: the same knee of uvicorn serving a bare ASGI app that reads each request and
+answers a fixed body (no FastAPI, no scoring, no Kafka), with the same client on the same
+cores: the most any one-worker Python API can show here.
+
 Run: ``python bench/serve.py`` after ``make infra-up``. The last line is one JSON object.
 """
 
@@ -189,6 +193,41 @@ def server_p99_ms(url: str) -> float | None:
     return next(le * 1000 for le, count in buckets if count >= 0.99 * total)
 
 
+BARE_BODY = b'{"model_version": 0, "items": []}'
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The baseline's ASGI app: reads the request, answers :data:`BARE_BODY`."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BARE_BODY))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": BARE_BODY})
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    """uvicorn with :func:`bare_app`, one worker, as ``python -m api`` runs (access log off)."""
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "serve:bare_app"),
+            *("--port", str(port), "--no-access-log", "--log-level", "warning"),
+        ],
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/")
+            return server
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                server.terminate()
+                raise SystemExit("the bare uvicorn did not start") from None
+            time.sleep(0.2)
+
+
 def run(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     return uvloop.run(coroutine)
 
@@ -297,6 +336,12 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+    server = start_bare(port)
+    try:
+        knee_bare = knee(port, bodies)
+    finally:
+        server.terminate()
+        server.wait(30)
     top = steady[-1]
     figures = {
         "candidates": CANDIDATES,
@@ -319,6 +364,11 @@ def main() -> None:
         "knee_rps_2_workers_p99_25ms": knee_2[25.0],
         "knee_ratio_2_to_1_p99_25ms": (
             round(knee_2[25.0] / knee_1[25.0], 2) if knee_1[25.0] else None
+        ),
+        "knee_rps_bare_uvicorn": knee_bare[10.0],
+        "knee_rps_bare_uvicorn_p99_25ms": knee_bare[25.0],
+        "knee_ratio_1_worker_to_bare_p99_25ms": (
+            round(knee_1[25.0] / knee_bare[25.0], 3) if knee_bare[25.0] else None
         ),
         "goal_p99_ms": 10.0,
     }
