@@ -9,7 +9,8 @@ import orjson
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from pydantic import Field
 
-from api.deps import ClockDep, PublisherDep, RngDep, ServedDep, SettingsDep, ShadowsDep
+from api.deps import PublisherDep, RankingDep, ServedDep, SettingsDep
+from api.routing import OnePassJSON
 from api.schemas import (
     OutcomesResponse,
     RankRequest,
@@ -27,6 +28,7 @@ router = APIRouter(
     tags=["scoring"],
     dependencies=[ScoringKey],
     responses=problems(400, 401, 403, 413, 503),
+    route_class=OnePassJSON,  # a storefront's every request: its body validated in one pass
 )
 
 MAX_OUTCOMES = 1000
@@ -65,16 +67,12 @@ async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) ->
 @router.post("/rank", response_model=RankResponse)
 async def rank(
     body: RankRequest,
-    served: ServedDep,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    clock: ClockDep,
-    rng: RngDep,
-    shadows: ShadowsDep,
+    ranking: RankingDep,
 ) -> Response:
     """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
     exploration), and the recommendation event of what was served published to Kafka, with the
     features, scores, positions and propensities, for the joiner to label."""
+    served, settings, rng = ranking.served, ranking.settings, ranking.rng
     scores = _scores(body, served, settings.api.max_candidates)
     epsilon = settings.api.explore_epsilon if body.epsilon is None else body.epsilon
     slate = choose_slate(
@@ -86,14 +84,14 @@ async def rank(
         # Every model's scores of every candidate, the served one's and the challengers' in
         # shadow: the monitor replays each model's ranking over this slate.
         logged_scores = {served.tag: [round(p, 6) for p in scores]}
-        for shadow in shadows:
+        for shadow in ranking.shadows:
             version = shadow.current
             if version is not None and version.model_name != served.model_name:
                 logged_scores[version.tag] = [round(p, 6) for p in version.score_request(body)]
     event = Recommendation(
         recommendation_id=uuid.uuid4().hex,
         user_id=body.user_id,
-        event_time=clock.now(),
+        event_time=ranking.clock.now(),
         context=body.context,
         items=[
             SlateItem(
@@ -110,7 +108,7 @@ async def rank(
         candidates=[c.item_id for c in body.items],
         scores=logged_scores,
     )
-    logged = publisher.publish(
+    logged = ranking.publisher.publish(
         settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()
     )
     return _json(
