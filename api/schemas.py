@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,9 +33,27 @@ class RankRequest(ScoreRequest):
         return self
 
 
+class Contribution(Body):
+    feature: str = Field(description="As the model encodes it: c:segment_gamer, i:price, a * b.")
+    contribution: float
+
+
+class Explanation(Body):
+    """Why the model scored an item so: ``bias`` plus the contributions is ``score``."""
+
+    link: Literal["logit", "probit"] = Field(
+        description="What the score is the argument of: the probability is its sigmoid (logit) "
+        "or the normal distribution's cdf (probit, AdPredictor)."
+    )
+    score: float
+    bias: float
+    contributions: list[Contribution] = Field(description="Largest magnitude first.")
+
+
 class ItemScore(Body):
     item_id: str
     probability: float
+    explanation: Explanation | None = Field(None, description="With ``explain: true``.")
 
 
 class ScoreResponse(Body):
@@ -49,6 +67,7 @@ class RankedItem(Body):
     position: int
     score: float
     propensity: float = Field(description="Probability this item was placed here.")
+    explanation: Explanation | None = Field(None, description="With ``explain: true``.")
 
 
 class RankResponse(Body):

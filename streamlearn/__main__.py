@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--version", help="a number or an alias; default: the version the API would serve"
     )
+    score.add_argument(
+        "--explain",
+        action="store_true",
+        help="each candidate's feature contributions too (as a request's explain: true does)",
+    )
     infra = sub.add_parser("infra", help="the local Kafka and Redis")
     infra.add_argument("action", choices=["up", "down", "status"])
     sub.add_parser("topics", help="create the declared topics that are missing")
@@ -306,7 +311,9 @@ def _score(registry: Registry, args: argparse.Namespace, console: Console) -> No
     total, _ = read_rows(args.input)
     with Progress(console=console, transient=False) as bar:
         task = bar.add_task(f"scoring with {served.tag}", total=total)
-        counts = score_file(args.input, args.output, served, lambda n: bar.advance(task, n))
+        counts = score_file(
+            args.input, args.output, served, lambda n: bar.advance(task, n), args.explain
+        )
     console.print(
         f"{counts.requests} requests, {counts.scored} candidates scored with {served.tag}, "
         f"{counts.invalid} invalid (rows with an error) -> {args.output}"

@@ -37,8 +37,10 @@ class Counts:
 
 
 def score_rows(
-    rows: Iterable[dict[str, Any] | NotJson], served: Served, counts: Counts
+    rows: Iterable[dict[str, Any] | NotJson], served: Served, counts: Counts, explain: bool = False
 ) -> Iterator[dict[str, Any]]:
+    """One row per candidate; with ``explain`` (or a request's own ``explain: true``) its
+    explanation too (:mod:`streamlearn.explaining`), null otherwise."""
     for n, raw in enumerate(rows):
         counts.requests += 1
         try:
@@ -58,7 +60,11 @@ def score_rows(
             continue
         for candidate, p in zip(request.items, served.score_request(request), strict=True):
             counts.scored += 1
-            yield _row(n, request.user_id, candidate.item_id, p, served)
+            row = _row(n, request.user_id, candidate.item_id, p, served)
+            if explain or request.explain:
+                explained = served.explain(request.context, candidate.item_id, candidate.features)
+                row["explanation"] = explained.as_dict()
+            yield row
 
 
 def _row(
@@ -72,6 +78,7 @@ def _row(
         "model": served.model_name,
         "model_version": served.version,
         "error": None,
+        "explanation": None,
     }
 
 
@@ -130,6 +137,24 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
                 ("model", pa.string()),
                 ("model_version", pa.int64()),
                 ("error", pa.string()),
+                (
+                    "explanation",
+                    pa.struct(
+                        [
+                            ("link", pa.string()),
+                            ("score", pa.float64()),
+                            ("bias", pa.float64()),
+                            (
+                                "contributions",
+                                pa.list_(
+                                    pa.struct(
+                                        [("feature", pa.string()), ("contribution", pa.float64())]
+                                    )
+                                ),
+                            ),
+                        ]
+                    ),
+                ),
             ]
         )
         with pq.ParquetWriter(path, schema) as writer:
@@ -146,7 +171,11 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def score_file(
-    source: Path, target: Path, served: Served, progress: Callable[[int], None]
+    source: Path,
+    target: Path,
+    served: Served,
+    progress: Callable[[int], None],
+    explain: bool = False,
 ) -> Counts:
     """Score every request of ``source`` into ``target``; ``progress`` hears each request."""
     if target.suffix not in (".jsonl", ".parquet"):
@@ -161,5 +190,5 @@ def score_file(
             yield row
             progress(1)
 
-    write_rows(target, score_rows(advancing(rows), served, counts))
+    write_rows(target, score_rows(advancing(rows), served, counts, explain))
     return counts

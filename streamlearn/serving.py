@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_v
 
 from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
+from streamlearn.explaining import Explanation, explain
 from streamlearn.features import FeatureValue
 from streamlearn.learning import Learner
 from streamlearn.policy import Policy
@@ -130,6 +132,11 @@ class ScoreRequest(_Request):
     user_id: Id
     context: Features = {}
     items: list[Candidate] = Field(min_length=1, max_length=MAX_SLATE)
+    explain: bool = Field(
+        False,
+        description="Also return, per item, each feature's contribution to the model's score "
+        "(its logit; AdPredictor's probit argument), largest first, summing to it with the bias.",
+    )
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,11 @@ class Served:
         self, context: dict[str, FeatureValue], item_id: str, item: dict[str, FeatureValue]
     ) -> float:
         return self.learner.predict_proba_one(self.learner.serving_features(context, item_id, item))
+
+    def explain(
+        self, context: Mapping[str, FeatureValue], item_id: str, item: Mapping[str, FeatureValue]
+    ) -> Explanation:
+        return explain(self.learner, context, item_id, item)
 
     def score_request(self, request: ScoreRequest) -> list[float]:
         """Every candidate's score, exactly as :meth:`score` gives it, in less time."""

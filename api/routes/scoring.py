@@ -20,6 +20,7 @@ from api.schemas import (
 )
 from api.security import ScoringKey
 from streamlearn.events import Outcome, Recommendation, SlateItem
+from streamlearn.features import FeatureValue
 from streamlearn.ranking import choose_slate
 from streamlearn.serving import ScoreRequest, Served
 
@@ -40,6 +41,14 @@ def _scores(body: ScoreRequest, served: Served, max_candidates: int) -> list[flo
     return served.score_request(body)
 
 
+def _explained(
+    body: ScoreRequest, served: Served, item_id: str, features: dict[str, FeatureValue]
+) -> dict[str, Any]:
+    if not body.explain:
+        return {}
+    return {"explanation": served.explain(body.context, item_id, features).as_dict()}
+
+
 def _json(payload: dict[str, Any]) -> Response:
     # The route's response_model documents the body; building it as a dict and encoding it
     # with orjson skips FastAPI's re-validation of what this module just built.
@@ -57,7 +66,11 @@ async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) ->
             "model": served.model_name,
             "model_version": served.version,
             "scores": [
-                {"item_id": c.item_id, "probability": p}
+                {
+                    "item_id": c.item_id,
+                    "probability": p,
+                    **_explained(body, served, c.item_id, c.features),
+                }
                 for c, p in zip(body.items, scores, strict=True)
             ],
         }
@@ -122,6 +135,7 @@ async def rank(
                     "position": p.position,
                     "score": p.score,
                     "propensity": p.propensity,
+                    **_explained(body, served, p.item_id, features[p.item_id]),
                 }
                 for p in slate
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -136,6 +137,19 @@ def test_batch_scoring_of_jsonl_and_parquet_files(
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert [(x["item_id"], x["model_version"]) for x in lines] == [("a", 2), ("a", 2), ("b", 2)]
+    assert all(x["explanation"] is None for x in lines)
+
+    # Explained: each candidate's contributions, summing to the logit of its probability.
+    out = tmp_path / "explained.parquet"
+    done = cli(env, str(source), str(out), "--version", "1", "--explain", area="score")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert [r["explanation"] is None for r in rows] == [False, False, False, True, True]
+    for r in rows[:3]:
+        why = r["explanation"]
+        total = why["bias"] + sum(c["contribution"] for c in why["contributions"])
+        assert total == pytest.approx(why["score"], abs=1e-12)
+        assert 1 / (1 + math.exp(-why["score"])) == pytest.approx(r["probability"], rel=1e-12)
 
 
 def test_replay_puts_each_event_on_its_topic_and_a_bad_line_in_the_dead_letters(

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,6 +208,34 @@ def test_rank_returns_the_top_k_and_logs_exactly_what_it_served(
         assert logged["propensity"] == item["propensity"]
     request_features = {c["item_id"]: c["features"] for c in RANK["items"]}
     assert all(i["features"] == request_features[i["item_id"]] for i in event["items"])
+
+
+def test_explain_gives_each_items_contributions_summing_to_its_logit(
+    client: TestClient, store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    serving(client, store)
+    unranked = {k: v for k, v in RANK.items() if k != "k"}
+    plain = client.post("/v1/score", json=unranked).json()["scores"]
+    assert all("explanation" not in s for s in plain)  # only when asked
+    scored = client.post("/v1/score", json={**unranked, "explain": True}).json()["scores"]
+    for s in scored:
+        why = s["explanation"]
+        assert why["link"] == "logit"
+        total = why["bias"] + sum(c["contribution"] for c in why["contributions"])
+        assert total == pytest.approx(why["score"], abs=1e-12)
+        assert 1 / (1 + math.exp(-why["score"])) == pytest.approx(s["probability"], rel=1e-12)
+        sizes = [abs(c["contribution"]) for c in why["contributions"]]
+        assert sizes == sorted(sizes, reverse=True)
+        assert f"item_{s['item_id']}" in {c["feature"] for c in why["contributions"]}
+    assert [s["probability"] for s in scored] == [s["probability"] for s in plain]
+
+    ranked = client.post("/v1/rank", json={**RANK, "explain": True, "epsilon": 0}).json()
+    by_item = {s["item_id"]: s["explanation"] for s in scored}
+    assert [i["explanation"] for i in ranked["items"]] == [
+        by_item[i["item_id"]] for i in ranked["items"]
+    ]
+    [(_, _, event)] = publisher.events
+    assert all("explanation" not in i for i in event["items"])  # not logged
 
 
 def test_rank_with_exploration_logs_the_true_propensities(
