@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install infra-up infra-down infra-reset infra-status browser topics run test test-unit test-integration bench lint format typecheck check clean
+.PHONY: help install infra-up infra-down infra-reset infra-status browser prometheus observe topics run test test-unit test-integration bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,7 +41,13 @@ run: install infra-up ## The main job: the whole loop with a simulated storefron
 browser: ## Install Debian's Chromium and ChromeDriver (the dashboard's browser test), if missing
 	bash infra/infra.sh browser
 
-test: install infra-up browser check ## Lint, type-check, then every test (unit, doctests, integration)
+prometheus: ## Install Debian's Prometheus and promtool (make observe, and its test), if missing
+	bash infra/infra.sh prometheus
+
+observe: install prometheus ## Prometheus on :9090 scraping make run's processes, with the project's rules
+	$(PY) -m consumers.observe
+
+test: install infra-up browser prometheus check ## Lint, type-check, then every test (unit, doctests, integration)
 	$(PY) -m pytest
 
 test-unit: install ## Unit tests and doctests only: no broker needed

@@ -25,6 +25,7 @@ log = logging.getLogger("streamlearn.publishing")
 PUBLISHED = Counter(
     "streamlearn_api_events_published_total", "Events Kafka acknowledged.", ["topic"]
 )
+LOSSES = ("buffer_full", "refused", "not_delivered")
 LOST = Counter(
     "streamlearn_api_events_lost_total",
     "Events that never reached Kafka: buffer full, or not delivered in time.",
@@ -56,6 +57,11 @@ class EventPublisher:
             )
         )
         self.probe_every_s = probe_every_s
+        # Every series from the start, at 0: no event lost reads as 0 rather than as no data.
+        for topic in (settings.topic("recommendations"), settings.topic("outcomes")):
+            PUBLISHED.labels(topic)
+            for reason in LOSSES:
+                LOST.labels(topic, reason)
         self.connected = False
         # Queued and not yet acknowledged or failed (len(producer) counts protocol requests too).
         self._outstanding = 0

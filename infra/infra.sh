@@ -173,5 +173,7 @@ case ${1:-} in
   fetch) fetch_kafka ;;
   browser) # the dashboard's browser test drives Debian's Chromium through its ChromeDriver
     { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver ;;
-  *) echo "usage: $0 up|down|status|reset|fetch|browser" >&2; exit 2 ;;
+  prometheus) # make observe, and the test that every dashboard query returns data
+    { command -v prometheus && command -v promtool; } >/dev/null || apt_install prometheus ;;
+  *) echo "usage: $0 up|down|status|reset|fetch|browser|prometheus" >&2; exit 2 ;;
 esac
