@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from confluent_kafka import Consumer, KafkaException
@@ -28,7 +27,7 @@ from rich.live import Live
 from rich.text import Text
 
 from streamlearn.errors import SnapshotNotFound
-from streamlearn.processes import PROCESSES
+from streamlearn.processes import PROCESSES, home
 from streamlearn.settings import Settings, TopicRole, get_settings
 from streamlearn.snapshots import SnapshotStore, open_store
 from topics import client_config, end_offsets, ensure_topics
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     created = ensure_topics(s)
     console.print(f"topics: {len(created)} created, prefix {s.topic_prefix!r}")
-    logs = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn")) / "logs"
+    logs = home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     # A challenger learns beside the champion, so the dashboard has one to compare: a factorization

@@ -10,9 +10,9 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
 from streamlearn.observability import RULES, scrape_config
+from streamlearn.processes import home
 from streamlearn.settings import get_settings
 
 
@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if binary is None:
         print("no prometheus on PATH: `make prometheus` installs Debian's", file=sys.stderr)
         return 1
-    home = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn"))
-    where = home / "prometheus"
+    where = home() / "prometheus"
     where.mkdir(parents=True, exist_ok=True)
     config = where / "prometheus.yml"
     # JSON is YAML too: Prometheus reads it as its configuration.

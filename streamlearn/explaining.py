@@ -51,14 +51,14 @@ class Explanation:
     contributions: list[tuple[str, float]]  # largest magnitude first
     probability: float  # the link of the score, as the model predicts it
 
-    def as_dict(self, top: int | None = None) -> dict[str, Any]:
-        """For JSON: the ``top`` largest contributions (all by default)."""
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: without the probability, which the response gives beside it."""
         return {
             "link": self.link,
             "score": self.score,
             "bias": self.bias,
             "contributions": [
-                {"feature": name, "contribution": c} for name, c in self.contributions[:top]
+                {"feature": name, "contribution": c} for name, c in self.contributions
             ],
         }
 

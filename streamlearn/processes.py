@@ -4,8 +4,16 @@ run as ``python -m``; they never import each other, so this table names them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def home() -> Path:
+    """Where the local processes keep their files (logs, Prometheus's data, the Kafka JARs):
+    ``$STREAMLEARN_HOME``, by default ``~/.cache/streamlearn`` as ``infra/infra.sh`` has it."""
+    return Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn"))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from streamlearn.errors import InfraError
 from streamlearn.events import DeadLetter, LabeledExample, Outcome, Recommendation
 from streamlearn.outbox import Courier, Outbox
+from streamlearn.processes import home
 from streamlearn.settings import Settings, TopicRole
 from streamlearn.webhooks import Webhook
 from tests.factories import SECRET, Receiver
@@ -366,8 +367,7 @@ class PrivateKafka:
     def libs() -> Path:
         pom = (ROOT / "infra" / "kafka-pom.xml").read_text()
         version = pom.split("<kafka.version>")[1].split("</kafka.version>")[0]
-        home = Path(os.environ.get("STREAMLEARN_HOME", Path.home() / ".cache/streamlearn"))
-        return home / f"kafka-{version}" / "libs"
+        return home() / f"kafka-{version}" / "libs"
 
     def _java(self, *args: str) -> list[str]:
         return [
