@@ -36,15 +36,19 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
@@ -71,6 +75,10 @@ STALL_S = 2.0
 """A pause of the joiner's own loop longer than this is a stall, not the inputs' silence."""
 FAILPOINT_STALL_S = 25.0
 """The stall of failpoint ``joiner.stall``: longer than a forwarded input's idle timeout."""
+HUNG_AFTER_S = 5.0
+"""How long past its own timeout a transactional call may take before it is given up as hung."""
+
+T = TypeVar("T")
 
 
 # Local errors librdkafka does not flag retriable, that a broker restarting causes and its
@@ -117,6 +125,33 @@ def _transactional_id(prefix: str) -> str:
 
 
 _held_slots: list[IO[str]] = []
+
+
+def _watched(call: Callable[[], T], timeout_s: float, what: str) -> T:
+    """``call`` (a transactional call given ``timeout_s``), or a retriable timeout when it has
+    not returned ``HUNG_AFTER_S`` after that. librdkafka's transactional calls can block past
+    their timeout for good after a broker restart (``send_offsets_to_transaction`` waiting for a
+    group coordinator it no longer looks for: confluentinc/librdkafka#5511); the loop must not
+    block with them. The hung call is left in its thread, its producer never used again."""
+    result: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(call())
+        except BaseException as exc:  # handed to the caller's thread as it is
+            result.set_exception(exc)
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    try:
+        return result.result(timeout_s + HUNG_AFTER_S)
+    except FutureTimeout:
+        reason = f"{what} had not returned {timeout_s + HUNG_AFTER_S:.0f} s later"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason, retriable=True)) from None
+
+
+def _hang() -> None:
+    """A call that never returns: failpoint ``joiner.commit-hangs``'s commit."""
+    threading.Event().wait()
 
 
 def _log_purge_failure(done: Future[object]) -> None:
@@ -368,16 +403,26 @@ class TransactionalJoin(KafkaProcess):
             self.producer.begin_transaction()
             self.in_transaction = True
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
+        producer, timeout = self.producer, self.settings.join.call_timeout_s
         try:
             if offsets:
                 group = self.consumer.consumer_group_metadata()
-                self.producer.send_offsets_to_transaction(offsets, group, 30)
+                _watched(
+                    lambda: producer.send_offsets_to_transaction(offsets, group, timeout),
+                    timeout,
+                    "sending offsets",
+                )
             if fails("joiner.commit"):
                 self._abort("failpoint joiner.commit")
                 return
             if fails("joiner.commit-retriable"):
                 raise KafkaException(KafkaError(KafkaError._TRANSPORT, retriable=True))
-            self.producer.commit_transaction(30)
+            hangs = fails("joiner.commit-hangs")
+            _watched(
+                _hang if hangs else lambda: producer.commit_transaction(timeout),
+                timeout,
+                "committing",
+            )
         except KafkaException as exc:
             error = exc.args[0]
             if not (error.retriable() or error.txn_requires_abort()):
@@ -428,13 +473,31 @@ class TransactionalJoin(KafkaProcess):
         self.joiner.forget_partitions()
         assigned = self.consumer.assignment()
         committed = self.patiently(
-            lambda: self.consumer.committed(assigned, timeout=30),
-            away=_retriable,
-            what="reading committed offsets",
+            lambda: self._committed(assigned), away=_retriable, what="reading committed offsets"
         )
         for tp in committed:
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+
+    def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of ``partitions``, stable ones only (no transaction
+        pending), asked by the admin client. Not the consumer's own ``committed``: after a broker
+        restart that call waits behind the group's rebalance, which only the consumer loop it
+        blocks can serve, and timed out for minutes on end here (the broker-restart test)."""
+        if not partitions:
+            return []
+        group = f"{self.settings.topic_prefix}{self.group()}"
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        )
+        futures = self.admin.list_consumer_group_offsets(
+            [request], require_stable=True, request_timeout=30
+        )
+        found: list[TopicPartition] = futures[group].result().topic_partitions
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return found
 
     # ---- rebalances -------------------------------------------------------------------------
 

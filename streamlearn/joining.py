@@ -109,6 +109,7 @@ class JoinPolicy(Policy):
         "commit_s": "joiner_commit_s",
         "stats_s": "joiner_stats_s",
         "purge_s": "joiner_repartition_purge_s",
+        "call_timeout_s": "joiner_call_timeout_s",
         "metrics_port": "joiner_metrics_port",
     }
 
@@ -171,6 +172,13 @@ class JoinPolicy(Policy):
         gt=0,
         description="How often forwarded records already joined are deleted from the "
         "repartition topics (Kafka Streams' repartition.purge.interval.ms).",
+    )
+    call_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="The timeout of the joiner's transactional calls (sending offsets, "
+        "committing); one that has not returned 5 s after it is given up as hung, and the "
+        "transaction aborted by a new producer.",
     )
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus /metrics of the joiner; 0 turns it off."

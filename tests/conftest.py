@@ -148,13 +148,16 @@ def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(env, tmp_path, {})
     yield procs
     procs.stop_all()
-    # Shown by pytest only when the test failed: what each process said last.
+    # Shown by pytest only when the test failed: what each process said last, without
+    # librdkafka's own lines (``%3|...``), which a broker stopped at teardown repeats many times
+    # a second and which would hide everything else.
     for name in procs.running:
-        tail = procs.log(name).splitlines()[-LOG_TAIL_LINES:]
+        lines = [ln for ln in procs.log(name).splitlines() if not ln.startswith("%")]
+        tail = lines[-LOG_TAIL_LINES:]
         print(f"---- the last {len(tail)} lines of {name}'s log ----", *tail, sep="\n")
 
 
-LOG_TAIL_LINES = 30
+LOG_TAIL_LINES = 40
 
 
 def wait_until(

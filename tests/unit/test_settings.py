@@ -138,6 +138,7 @@ ENV: dict[str, tuple[str, Callable[[Settings], Any], Any]] = {
     "JOINER_COMMIT_S": ("0.2", lambda s: s.join.commit_s, 0.2),
     "JOINER_STATS_S": ("7", lambda s: s.join.stats_s, 7.0),
     "JOINER_REPARTITION_PURGE_S": ("9", lambda s: s.join.purge_s, 9.0),
+    "JOINER_CALL_TIMEOUT_S": ("5", lambda s: s.join.call_timeout_s, 5.0),
     "JOINER_METRICS_PORT": ("0", lambda s: s.join.metrics_port, 0),
     "ARCHIVE_ROLL_ROWS": ("500", lambda s: s.archive.roll_rows, 500),
     "ARCHIVE_ROLL_BYTES": ("4096", lambda s: s.archive.roll_bytes, 4096),
