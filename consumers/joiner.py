@@ -81,10 +81,18 @@ HUNG_AFTER_S = 5.0
 T = TypeVar("T")
 
 
-# Local errors librdkafka does not flag retriable, that a broker restarting causes and its
-# return ends: a request that timed out waiting for it (reading committed offsets, say), a
-# connection it dropped, every broker down for a moment.
-_PASSING = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+# Errors librdkafka does not flag retriable, that a broker restarting causes and its return
+# ends: a request that timed out waiting for it (reading committed offsets, say), a connection it
+# dropped, every broker down for a moment; and a group's offsets still held by a transaction the
+# broker is completing (the admin client's per-partition error, flagged nothing).
+_PASSING = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+    }
+)
 
 
 class _Rewound(Exception):
