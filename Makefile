@@ -3,10 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UPLOT := api/static/vendor/uplot
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install infra-up infra-down infra-reset infra-status browser prometheus observe topics run test test-unit test-integration bench lint format typecheck check clean
+.PHONY: help install infra-up infra-down infra-reset infra-status browser prometheus observe vendor topics run test test-unit test-integration bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +44,11 @@ browser: ## Install Debian's Chromium and ChromeDriver (the dashboard's browser 
 
 prometheus: ## Install Debian's Prometheus and promtool (make observe, and its test), if missing
 	bash infra/infra.sh prometheus
+
+vendor: ## Refresh the dashboard's charting library (uPlot, pinned in web/package-lock.json) from npm
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(UPLOT)
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css web/node_modules/uplot/LICENSE $(UPLOT)/
 
 observe: install prometheus ## Prometheus on :9090 scraping make run's processes, with the project's rules
 	$(PY) -m consumers.observe

@@ -15,6 +15,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import multiprocess
 from redis.exceptions import RedisError
 
@@ -136,6 +137,8 @@ def create_app(
     app.include_router(scoring.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
+    # The dashboard's pinned browser libraries (make vendor), from the API itself: no CDN.
+    app.mount("/vendor", StaticFiles(directory=dashboard.VENDOR), name="vendor")
     # Outermost first: every request is measured, the 413s included.
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -145,6 +145,11 @@ class ModelSummary(Body):
         description="The newest versions (``limit``) and every aliased or pinned one, oldest "
         "first; older ones page through ``/v1/models/{model}/versions``."
     )
+    moves: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The registry's newest moves (promotions, rollbacks, serving moves, pins) "
+        "with their times, oldest first.",
+    )
 
 
 class VersionPage(Body):

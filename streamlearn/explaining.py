@@ -126,3 +126,62 @@ def _names(encoder: Any, raw: dict[str, Any], x: dict[Any, Any]) -> dict[Any, st
             for bucket in encoder.transform_one({name: value}):
                 names.setdefault(bucket, []).append(f"{name}_{value}")
     return {k: " | ".join(v) for k, v in names.items() if k in x}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A model's own weights, one per encoded feature, and its bias (what every score starts
+    from): logistic regression's weights and intercept, a factorization machine's linear
+    weights and intercept (its latent vectors weigh pairs, not one feature: not here),
+    AdPredictor's weight means and its bias's mean. A hashed model's buckets are named
+    ``#<bucket>``: which features land in one is known only for a given request."""
+
+    bias: float
+    by_feature: dict[str, float]
+
+    def largest(self, top: int) -> list[tuple[str, float]]:
+        """The ``top`` weights of largest magnitude, largest first (ties by name)."""
+        ranked = sorted(self.by_feature.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        return ranked[:top]
+
+
+def weights(learner: Learner) -> Weights:
+    """``learner``'s weights (see :class:`Weights`).
+
+    >>> from streamlearn.learning import Learner, ModelSpec
+    >>> learner = Learner(ModelSpec())
+    >>> for price, bought in [(1.0, True), (9.0, False)] * 50:
+    ...     _ = learner.learn_one(learner.serving_features({}, "i1", {"price": price}), bought)
+    >>> sorted(weights(learner).by_feature)
+    ['i:price', 'item_i1']
+    """
+    final = learner.model[-1]
+    hashed = learner.spec.encoding == "hash"
+
+    def named(table: Any) -> dict[str, float]:  # a dict, or River's VectorDict
+        return {
+            (f"#{k}" if hashed and isinstance(k, int) else str(k)): float(v)
+            for k, v in table.items()
+            if k != _ADPREDICTOR_BIAS
+        }
+
+    if isinstance(final, linear_model.LogisticRegression):
+        return Weights(float(final.intercept), named(final._weights))
+    if isinstance(final, facto.FMClassifier):
+        return Weights(float(final.intercept), named(final.weights))
+    if isinstance(final, linear_model.AdPredictor):
+        return Weights(float(final.means.get(_ADPREDICTOR_BIAS, 0.0)), named(final.means))
+    raise ConfigError(f"no weights for a {type(final).__name__}")
+
+
+def moved(before: Weights, after: Weights, top: int) -> list[tuple[str, float, float]]:
+    """The ``top`` features whose weight changed most from ``before`` to ``after`` (a weight a
+    model does not have is 0), largest change first: ``(feature, before, after)``.
+
+    >>> moved(Weights(0.0, {"a": 1.0, "b": 2.0}), Weights(0.0, {"a": 1.5, "c": -1.0}), 2)
+    [('b', 2.0, 0.0), ('c', 0.0, -1.0)]
+    """
+    names = before.by_feature.keys() | after.by_feature.keys()
+    pairs = [(n, before.by_feature.get(n, 0.0), after.by_feature.get(n, 0.0)) for n in names]
+    pairs.sort(key=lambda p: (-abs(p[2] - p[1]), p[0]))
+    return pairs[:top]

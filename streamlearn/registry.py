@@ -32,15 +32,26 @@ what the API serves is :meth:`Registry.serving`, and a step back undoes the newe
 ('ctr-aware', 1)
 >>> reg.step_back("ctr")
 ('ctr', 1)
+
+Each move is journaled with its time (the newest 200), which charts mark:
+
+>>> [(m.kind, m.version or m.model) for m in store.read_registry("ctr").moves]
+[('promote', 1), ('promote', 3), ('rollback', 1), ('serve', 'ctr-aware'), ('rollback', 'ctr')]
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from streamlearn.clock import Clock, SystemClock
 from streamlearn.errors import SnapshotError, SnapshotNotFound
 from streamlearn.retention import RetentionPlan, RetentionPolicy, plan_retention
-from streamlearn.snapshots.base import RegistryDocument, SnapshotStore
+from streamlearn.snapshots.base import (
+    MoveKind,
+    RegistryDocument,
+    RegistryMove,
+    SnapshotStore,
+)
 
 CHAMPION = "champion"
 
@@ -61,8 +72,12 @@ class Registry:
     :meth:`~streamlearn.snapshots.base.SnapshotStore.update_registry`, so the admin API, the
     CLI and the monitor's automatic rollback can all write at once and lose nothing."""
 
-    def __init__(self, store: SnapshotStore) -> None:
+    def __init__(self, store: SnapshotStore, clock: Clock | None = None) -> None:
         self.store = store
+        self.clock = clock or SystemClock()
+
+    def _move(self, kind: MoveKind, **what: Any) -> RegistryMove:
+        return RegistryMove(at=self.clock.now(), kind=kind, **what)
 
     def versions(
         self, model_name: str, limit: int | None = None, before: int | None = None
@@ -122,11 +137,11 @@ class Registry:
         model starts the name's serving history afresh: a rollback undoes this move first."""
         self.store.get(model_name, version)  # exists, and the snapshot itself verifies
 
-        def move(doc: RegistryDocument) -> RegistryDocument:
-            doc = doc.promoted(alias, version)
+        def move(before: RegistryDocument) -> RegistryDocument:
+            doc = before.promoted(alias, version)
             if alias == CHAMPION and doc.serves is None and doc.serves_history:
                 doc = doc.model_copy(update={"serves_history": []})
-            return doc
+            return doc.noted(before, self._move("promote", alias=alias, version=version))
 
         self.store.update_registry(model_name, move)
 
@@ -139,7 +154,10 @@ class Registry:
             self.promote(model, version)
         elif self.served_version(model) is None:
             raise SnapshotNotFound(f"model {model!r} has no version to serve")
-        self.store.update_registry(name, lambda d: d.serving(None if model == name else model))
+        served = None if model == name else model
+        self.store.update_registry(
+            name, lambda d: d.serving(served).noted(d, self._move("serve", model=model))
+        )
         return self.serving(name)
 
     def step_back(self, name: str, expected: ServedRef | None = None) -> ServedRef:
@@ -160,10 +178,14 @@ class Registry:
                         return doc
             try:
                 if doc.serves_history:
-                    return doc.serving_rolled_back()
-                return doc.rolled_back(CHAMPION)
+                    after = doc.serving_rolled_back()
+                    move = self._move("rollback", model=after.serves or name)
+                else:
+                    after = doc.rolled_back(CHAMPION)
+                    move = self._move("rollback", alias=CHAMPION, version=after.aliases[CHAMPION])
             except SnapshotError as exc:
                 raise SnapshotError(f"model {name!r}: {exc}") from None
+            return after.noted(doc, move)
 
         self.store.update_registry(name, back)
         return self.serving(name)
@@ -174,15 +196,18 @@ class Registry:
 
         def back(doc: RegistryDocument) -> RegistryDocument:
             try:
-                return doc.rolled_back(alias)
+                after = doc.rolled_back(alias)
             except SnapshotError as exc:
                 raise SnapshotError(f"model {model_name!r}: {exc}") from None
+            move = self._move("rollback", alias=alias, version=after.aliases[alias])
+            return after.noted(doc, move)
 
         return self.store.update_registry(model_name, back).aliases[alias]
 
     def pin(self, model_name: str, version: int, pinned: bool = True) -> None:
         self.store.meta(model_name, version)
-        self.store.update_registry(model_name, lambda d: d.pinned(version, pinned))
+        move = self._move("pin" if pinned else "unpin", version=version)
+        self.store.update_registry(model_name, lambda d: d.pinned(version, pinned).noted(d, move))
 
     def add_challenger(self, model_name: str, challenger: str) -> None:
         """``challenger`` learns live beside ``model_name`` from now on (the trainer follows)."""

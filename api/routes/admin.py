@@ -12,7 +12,9 @@ from api.deps import HolderDep, RegistryDep, SettingsDep
 from api.schemas import AliasMove, ModelSummary, Promotion, VersionPage, VersionSet, problems
 from api.security import AdminKey
 from streamlearn.archive_query import connect
+from streamlearn.errors import SnapshotNotFound
 from streamlearn.evaluation import evaluate_versions
+from streamlearn.explaining import moved, weights
 from streamlearn.registry import CHAMPION, Registry
 from streamlearn.serving import ModelHolder
 
@@ -44,6 +46,7 @@ def _summary(registry: Registry, model: str, limit: int = 20) -> ModelSummary:
         pinned=doc.pins,
         challengers=doc.challengers,
         versions=[listed[v] for v in sorted(listed)],
+        moves=[m.model_dump() for m in doc.moves],
     )
 
 
@@ -87,6 +90,72 @@ def list_versions(
 def show_version(model: ModelName, version: str, registry: RegistryDep) -> dict[str, Any]:
     """One version's metadata: ``version`` is a number or an alias (``champion``)."""
     return registry.show(model, version)
+
+
+Top = Annotated[int, Query(ge=1, le=1000, description="How many features.")]
+
+
+@router.get("/{model}/weights")
+async def largest_weights(
+    model: ModelName,
+    registry: RegistryDep,
+    version: Annotated[str, Query(description="A number or an alias.")] = CHAMPION,
+    top: Top = 20,
+) -> dict[str, Any]:
+    """A version's largest weights (by magnitude) and its bias: the features that move its
+    scores most. ``version`` defaults to the champion (the newest version when none is set)."""
+
+    def run() -> dict[str, Any]:
+        number = _version(registry, model, version)
+        w = weights(registry.store.get(model, number).model)
+        return {
+            "model": model,
+            "version": number,
+            "bias": w.bias,
+            "features": len(w.by_feature),
+            "weights": [{"feature": f, "weight": v} for f, v in w.largest(top)],
+        }
+
+    return await asyncio.to_thread(run)
+
+
+@router.get("/{model}/compare")
+async def compare(
+    model: ModelName,
+    registry: RegistryDep,
+    a: Annotated[str, Query(description="The version compared from: a number or an alias.")],
+    b: Annotated[str, Query(description="The version compared to.")],
+    top: Top = 20,
+) -> dict[str, Any]:
+    """Two versions side by side: their metadata (samples, offsets, metrics, parent) and the
+    features whose weights moved most from ``a`` to ``b``."""
+
+    def run() -> dict[str, Any]:
+        first, second = _version(registry, model, a), _version(registry, model, b)
+        before, after = (registry.store.get(model, v) for v in (first, second))
+        wa, wb = weights(before.model), weights(after.model)
+        return {
+            "model": model,
+            "a": registry.store.meta(model, first),
+            "b": registry.store.meta(model, second),
+            "bias": {"a": wa.bias, "b": wb.bias},
+            "moved": [
+                {"feature": f, "a": x, "b": y, "change": y - x} for f, x, y in moved(wa, wb, top)
+            ],
+        }
+
+    return await asyncio.to_thread(run)
+
+
+def _version(registry: Registry, model: str, version: str) -> int:
+    """A number or an alias as a number; the champion of a model that has none is its newest."""
+    if version == CHAMPION:
+        number = registry.served_version(model)
+    else:
+        number = registry.resolve(model, version)
+    if number is None:
+        raise SnapshotNotFound(f"model {model!r} has no version {version!r}")
+    return number
 
 
 @router.get("/{model}/evaluation")

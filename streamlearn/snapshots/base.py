@@ -32,7 +32,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,6 +154,25 @@ class Snapshot:
         return cls(model=model, offsets=offsets, order=order, **meta)
 
 
+MOVES_KEPT = 200
+"""A registry keeps its newest moves: what charts mark, not an audit log."""
+
+
+MoveKind = Literal["promote", "rollback", "serve", "pin", "unpin"]
+
+
+class RegistryMove(BaseModel):
+    """One change of what a model's registry names: when, which, and to what."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(description="When (epoch seconds).")
+    kind: MoveKind
+    alias: str | None = Field(None, description="The alias moved (promote and rollback).")
+    version: int | None = Field(None, description="The version named after the move.")
+    model: str | None = Field(None, description="The model served after a serve move.")
+
+
 class RegistryDocument(BaseModel):
     """A model's registry: aliases, each alias's past versions, pinned versions.
 
@@ -193,6 +212,19 @@ class RegistryDocument(BaseModel):
         description='The models this name served before, oldest first ("": its own), since '
         "its own champion last moved while served: what a rollback returns to first.",
     )
+
+    moves: list[RegistryMove] = Field(
+        default_factory=list,
+        description=f"The newest {MOVES_KEPT} moves (promotions, rollbacks, serving moves, "
+        "pins), oldest first: when each happened, for charts and the model page.",
+    )
+
+    def noted(self, before: RegistryDocument, move: RegistryMove) -> RegistryDocument:
+        """This document with ``move`` journaled, when it differs from ``before`` (a change
+        that changed nothing is no move)."""
+        if self == before:
+            return self
+        return self.model_copy(update={"moves": [*self.moves, move][-MOVES_KEPT:]})
 
     def _changed(self, **update: Any) -> RegistryDocument:
         return self.model_copy(update={**update, "revision": self.revision + 1})

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -75,11 +76,13 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     # With scoring keys set, the monitor's figures need one: the page asks for it, then sends it.
     wait_until(lambda: "enter a scoring key" in text(browser, "updated"), "the page to ask")
     browser.find_element(By.ID, "scoring-key").send_keys(SCORING + "\n")
-    wait_until(lambda: "ctr:v1" in text(browser, "auc-legend"), "the AUC chart to fill")
-    assert "ctr served" in text(browser, "auc-legend")
-    assert browser.find_elements(By.CSS_SELECTOR, "#auc polyline")
-    assert "recommendation_rate" not in text(browser, "auc-legend")
+    wait_until(lambda: "ctr:v1" in text(browser, "auc"), "the AUC chart to fill")
+    assert "ctr served" in text(browser, "auc")
+    assert "ctr lower" in text(browser, "auc")  # the served AUC's 95% band
+    assert browser.find_elements(By.CSS_SELECTOR, "#auc canvas")  # drawn by uPlot
+    assert "recommendation_rate" not in text(browser, "auc")
     assert "serving: ctr v2" in text(browser, "served")
+    hover_shows_a_value(browser)
 
     world.shop.flip()
     send(3_000)
@@ -91,10 +94,12 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     )
     wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open on screen")
     assert "firing ctr/concept-drift/stream" in text(browser, "alarms")  # and its page before
-    wait_until(lambda: "API requests" in text(browser, "requests-legend"), "the request rate")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    wait_until(lambda: "API requests" in text(browser, "requests"), "the request rate")
+    # The drift's fire and resolve marked on every chart's time axis, saying what they mark.
+    wait_until(lambda: marked_everywhere(browser, "fire"), "the fire marked on every chart")
+    wait_until(lambda: marked_everywhere(browser, "resolve"), "the resolve marked on every chart")
+    titles = [title for _, title in marks(browser, "fire")]
+    assert any("firing ctr/concept-drift/stream" in t for t in titles), titles
 
     browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")
     assert sorted(_listing(browser, at_least=2)) == [1, 2]
@@ -105,6 +110,87 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     wait_until(
         lambda: "rolled back to ctr v1" in text(browser, "admin-status"), "the page to say so"
     )
+    # The promotions and the rollback marked too, labeled with the version each named.
+    wait_until(lambda: marked_everywhere(browser, "rollback"), "the rollback on every chart")
+    labels = [label for label, _ in marks(browser, "promote") + marks(browser, "rollback")]
+    assert {"promoted v1", "promoted v2", "rolled back v1"} <= set(labels), labels
+    screenshot(browser, "dashboard.png")
+
+    # Zoom: a drag across one chart narrows every chart's time axis; a double click restores.
+    before = axis_span(browser, "auc")
+    over = browser.find_element(By.CSS_SELECTOR, "#auc .u-over")
+    ActionChains(browser).move_to_element_with_offset(
+        over, -100, 0
+    ).click_and_hold().move_by_offset(120, 0).release().perform()
+    wait_until(lambda: axis_span(browser, "loss") < before / 2, "every chart zoomed")
+    assert browser.find_element(By.ID, "unzoom").is_displayed()
+    ActionChains(browser).double_click(over).perform()
+    wait_until(lambda: axis_span(browser, "loss") >= before * 0.9, "the whole history again")
+
+
+def screenshot(driver: WebDriver, name: str) -> None:
+    """The whole page, from its top, kept in ``test-artifacts/``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.execute_script("window.scrollTo(0, 0)")
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(1400, min(height + 150, 5000))
+    time.sleep(1)  # the charts take their new widths
+    shot = ARTIFACTS / name
+    try:
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.set_window_size(1400, 1400)
+
+
+def marks(driver: WebDriver, kind: str) -> list[tuple[str, str]]:
+    """The label and the hover text (title) of every ``kind`` mark on the page, read at once
+    (the page redraws them every poll)."""
+    found = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(m => [m.textContent, m.title]);",
+        f".chart .mark.{kind}",
+    )
+    return [(str(label), str(title)) for label, title in found]
+
+
+def marked_everywhere(driver: WebDriver, kind: str) -> bool:
+    """Every chart drawn (those with data: four at least) marks ``kind`` once at least."""
+    try:
+        charts = driver.find_elements(By.CSS_SELECTOR, ".chart .uplot")
+        return len(charts) >= 4 and all(
+            c.find_elements(By.CSS_SELECTOR, f".mark.{kind}") for c in charts
+        )
+    except StaleElementReferenceException:  # redrawn meanwhile
+        return False
+
+
+def axis_span(driver: WebDriver, chart: str) -> float:
+    """The seconds a chart's time axis spans (uPlot's x scale)."""
+    return float(
+        driver.execute_script(f"const x = plots[{chart!r}].u.scales.x; return x.max - x.min;")
+    )
+
+
+def hover_shows_a_value(driver: WebDriver) -> None:
+    """The pointer over a chart: the legend gives the time under it and the served series' value
+    then, on that chart and (the cursor is shared) on the others; a screenshot keeps it."""
+    over = driver.find_element(By.CSS_SELECTOR, "#auc .u-over")
+
+    def legend(chart: str) -> tuple[str, str]:
+        """The legend's time and its served series' value."""
+        cells = driver.find_elements(By.CSS_SELECTOR, f"#{chart} .u-legend .u-series .u-value")
+        return cells[0].text, cells[1].text
+
+    shown: dict[int, tuple[str, str]] = {}
+    for offset in (-over.size["width"] // 2 + 3, over.size["width"] // 2 - 3):
+        ActionChains(driver).move_to_element_with_offset(over, offset, 0).perform()
+        wait_until(lambda: re.fullmatch(r"0\.\d+", legend("auc")[1]) is not None, "a value")
+        shown[offset] = legend("auc")
+        assert re.fullmatch(r"\d\.\d+", legend("loss")[1]), legend("loss")  # the shared cursor
+    first, last = shown.values()
+    assert first[0] != last[0], shown  # the time under the pointer, not the newest
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "dashboard-hover.png"))
+    ActionChains(driver).move_by_offset(0, 400).perform()  # away again
 
 
 # Counted in impressions the API ranked, as the monitor's warm-up (10,000 served examples) is: a
@@ -136,12 +222,10 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     )
 
     browser.get(f"{base}/dashboard")
-    wait_until(lambda: "ctr served" in text(browser, "auc-legend"), "the AUC chart to fill")
-    wait_until(
-        lambda: bool(re.search(r"ctr:v\d+", text(browser, "auc-legend"))), "a version's line"
-    )
+    wait_until(lambda: "ctr served" in text(browser, "auc"), "the AUC chart to fill")
+    wait_until(lambda: bool(re.search(r"ctr:v\d+", text(browser, "auc"))), "a version's line")
     wait_until(lambda: _served_auc(base) > 0.6, "the served model to learn (5 min AUC > 0.6)")
-    wait_until(lambda: "example_rate" in text(browser, "throughput-legend"), "the join's rates")
+    wait_until(lambda: "example_rate" in text(browser, "throughput"), "the join's rates")
 
     # The flip: the served loss rises, the alarm fires; the trainer relearns and it resolves.
     simulator_log = tmp_path / "logs" / "simulator.log"
@@ -164,9 +248,7 @@ def test_the_dashboard_of_the_running_loop_shows_learning_a_drift_and_follows_th
     assert all(a != b for a, b in itertools.pairwise(paged)), paged  # never twice in a row
     wait_until(lambda: "none firing" in text(browser, "alarms"), "no alarm open", timeout=600)
     wait_until(lambda: _served_auc(base) > 0.6, "the relearned model's AUC on the 5 min chart")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "dashboard-loop.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    screenshot(browser, "dashboard-loop.png")
 
     # Promote two of the trainer's versions from the page, then roll back to the first.
     browser.find_element(By.ID, "key").send_keys(ADMIN + "\n")

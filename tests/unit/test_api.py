@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
 import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from api.app import create_app
 from streamlearn.archive_query import connect
 from streamlearn.errors import SignatureError
 from streamlearn.evaluation import evaluate
+from streamlearn.explaining import moved, weights
 from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder, ScoreRequest
@@ -515,30 +519,106 @@ def test_the_dashboard_page_and_the_figures_it_polls(
     assert client.get("/v1/monitor", params={"points": 1}).status_code == 422
 
 
+def test_the_monitor_figures_carry_the_registry_moves_and_checkpoints_to_mark(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    """What the dashboard marks on its time axes besides alarms: the promotions and rollbacks
+    (any client's: the registry journals them) and the served model's checkpoints."""
+    admin = {"X-API-Key": "adm"}
+    with app_client(store, publisher, admin_key="adm") as c:
+        c.app.state.redis = MonitorRedis({"firing": []}, 3)  # type: ignore[attr-defined]
+        old = dataclasses.replace(trained(1), created_at=time.time() - 86_400)  # a day ago
+        store.put(old)
+        for v in (2, 3):
+            store.put(dataclasses.replace(trained(v), created_at=time.time()))
+        before = time.time()
+        assert c.post("/v1/models/ctr/promote", json={"version": 2}, headers=admin).is_success
+        assert c.post("/v1/models/ctr/promote", json={"version": 3}, headers=admin).is_success
+        assert c.post("/v1/models/ctr/rollback", headers=admin).is_success
+        got = c.get("/v1/monitor", params={"minutes": 60}).json()
+        assert [(m["kind"], m["version"]) for m in got["moves"]] == [
+            ("promote", 2),
+            ("promote", 3),
+            ("rollback", 2),
+        ]
+        assert all(m["at"] >= before and m["registry"] == "ctr" for m in got["moves"])
+        assert [(cp["model"], cp["version"]) for cp in got["checkpoints"]] == [
+            ("ctr", 2),
+            ("ctr", 3),
+        ]
+        summary = c.get("/v1/models/ctr", headers=admin).json()
+        assert [m["kind"] for m in summary["moves"]] == ["promote", "promote", "rollback"]
+
+
+def test_a_versions_largest_weights_and_two_versions_compared(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    admin = {"X-API-Key": "adm"}
+    store.put(trained(1, n=5))
+    store.put(trained(2, n=200))
+    with app_client(store, publisher, admin_key="adm") as c:
+        Registry(store).promote("ctr", 2)
+        top = c.get("/v1/models/ctr/weights", params={"top": 3}, headers=admin).json()
+        own = weights(store.get("ctr", 2).model)
+        assert top["version"] == 2 and top["bias"] == own.bias
+        assert [(w["feature"], w["weight"]) for w in top["weights"]] == own.largest(3)
+        assert abs(top["weights"][0]["weight"]) >= abs(top["weights"][-1]["weight"])
+        assert top["features"] == len(own.by_feature) > 3
+
+        got = c.get(
+            "/v1/models/ctr/compare", params={"a": 1, "b": "champion", "top": 4}, headers=admin
+        ).json()
+        assert (got["a"]["version"], got["b"]["version"]) == (1, 2)
+        assert (got["a"]["samples_seen"], got["b"]["samples_seen"]) == (10, 400)
+        first = weights(store.get("ctr", 1).model)
+        want = moved(first, own, 4)
+        assert [(m["feature"], m["a"], m["b"]) for m in got["moved"]] == want
+        changes = [abs(m["change"]) for m in got["moved"]]
+        assert changes == sorted(changes, reverse=True) and changes[0] > 0
+        assert (
+            c.get("/v1/models/ctr/compare", params={"a": 1, "b": 9}, headers=admin).status_code
+            == 404
+        )
+        assert (
+            c.get("/v1/models/ctr/compare", params={"a": 1, "b": "nope"}, headers=admin).status_code
+            == 404
+        )
+        assert c.get("/v1/models/ctr/weights").status_code == 401
+        page = c.get("/models/ctr")
+        assert page.status_code == 200 and "/v1/models/" in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
 # Interpolations in the dashboard's script that need no escaping: numbers, constants, HTML
 # already escaped, or text set through textContent. Any other must go through esc().
 SAFE_IN_PAGE = {
-    "H", "H - 15", "W", "c", "width", "role", "recent", "model",
-    "v0.toPrecision(3)", "v1.toPrecision(3)", "m.versions.length",
-    'Number.isFinite(last) ? last.toPrecision(3) : ""',
+    "role", "recent", "model",
     "Number(v.metrics.served_roc_auc ?? v.metrics.roc_auc ?? NaN).toFixed(3)",
-    'pts.map(p => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")',
     'a.status === "firing" ? "firing" : "muted"', 'v.pinned ? " pinned" : ""',
     "new Date(a.at * 1000).toLocaleTimeString()",
     "new Date(m.current.at * 1000).toLocaleTimeString()",
-    # Numbers and colours of the maturity bars, and the label esc() takes whole:
-    "x(t).toFixed(1)", "(x(t) + 2).toFixed(1)",  # a promotion's mark: its place on the axis
     "encodeURIComponent(name)", "encodeURIComponent(served.served_as)",
-    "H - 20", "H - 4", "W - 10", "color", "x.toFixed(1)", "y(b.share).toFixed(1)",
-    "Math.max(bw - 2, 1).toFixed(1)", "(H - 20 - y(b.share)).toFixed(1)",
-    "new Date(b.start * 1000).toLocaleTimeString()", "b.final", "b.impressions",
-    "(100 * b.share).toFixed(1)",
-    # Into textContent or a URL component:
-    "m.served.model", 'm.served.version ?? "\u2013"', "e.message", "r.status", "r.version",
-    "(100 * newest.share).toFixed(1)", "current.provisional_examples",
-    "current.delayed_positive_examples",
-    "b.dataset.model", "b.dataset.version",
-    "encodeURIComponent(b.dataset.model)", "encodeURIComponent(served.model)",
+    # Into textContent, a title or a style value, or a URL component (the DOM escapes them):
+    "m.served.model", 'm.served.version ?? "\u2013"', "e.message", "r.status",
+    "(100 * newest.share).toFixed(1)", "newest.final", "newest.impressions",
+    "current.provisional_examples", "current.delayed_positive_examples",
+    "b.dataset.model", "b.dataset.version", "encodeURIComponent(served.model)",
+    "new Date(m.at * 1000).toLocaleString()", "m.title", "row * 13",
+    "a.status", "a.dedup_key", "a.summary", "moved[v.kind]", "what", "v.version",
+    "v.registry", 'v.alias ? v.alias + " → " : ""', "c.model", "c.version",
+    # The model page: into textContent or a URL component, constants, bars' widths and classes,
+    # HTML its own esc() built (the lineage's cells, the aliases, a bar):
+    "base", "encodeURIComponent(picked.a)", "encodeURIComponent(picked.b)",
+    "encodeURIComponent(version)", "c.a.version", "c.b.version", "w.version", "w.features",
+    "fmt(w.bias)", "b.textContent", 'b.dataset.pinned === "1" ? "unpin" : "pin"',
+    "Math.round(60 * Math.abs(x) / (scale || 1))", 'x >= 0 ? "up" : "down"',
+    "bar(m.change, scale)", "bar(x.weight, scale)", "aliases", "offsets",
+    'servedHere ? " <span class=\'muted\'>(served)</span>" : ""', 'servedHere ? "served" : ""',
+    'v.delta_of ? ` <span class="muted">(delta of v${esc(v.delta_of)})</span>` : ""',
+    'v.parent_version ? "v" + esc(v.parent_version) : "\u2013"',
+    'm.version ? "v" + esc(m.version) : esc(m.model || "")',
+    'v.pinned ? "unpin" : "pin"', "v.pinned ? 1 : 0",
+    'v.version === picked.a ? "checked" : ""', 'v.version === picked.b ? "checked" : ""',
 }  # fmt: skip
 
 
@@ -556,17 +636,27 @@ def _interpolations(script: str) -> list[str]:
     return found
 
 
-def test_the_dashboard_escapes_what_it_shows_and_runs_only_its_own_script(
-    client: TestClient,
+@pytest.mark.parametrize("path", ["/dashboard", "/models/ctr"])
+def test_the_pages_escape_what_they_show_and_run_only_their_own_script(
+    client: TestClient, path: str
 ) -> None:
-    page = client.get("/dashboard")
+    page = client.get(path)
     script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
     unescaped = {e for e in _interpolations(script) if not e.startswith("esc(")} - SAFE_IN_PAGE
     assert unescaped == set(), "data written into the page without esc()"
     assert "localStorage" not in script  # the admin key lives as long as the tab
     policy = page.headers["content-security-policy"]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
+    assert f"script-src 'self' 'sha256-{digest}';" in policy and "default-src 'none'" in policy
+    if path != "/dashboard":
+        assert "<script src" not in page.text
+        return
+    # The charting library comes from the API itself (make vendor), not from another origin.
+    assert re.findall(r'<script src="([^"]+)"', page.text) == ["/vendor/uplot/uPlot.iife.min.js"]
+    library = client.get("/vendor/uplot/uPlot.iife.min.js")
+    assert library.status_code == 200 and "javascript" in library.headers["content-type"]
+    assert "var uPlot=" in library.text
+    assert client.get("/vendor/uplot/LICENSE").text.startswith("The MIT License")
 
 
 def test_version_listings_page_and_keep_the_named_ones(
