@@ -6,6 +6,7 @@ whole running loop. The screenshots taken after the resolve are kept in ``test-a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import time
@@ -59,8 +60,10 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
         STREAMLEARN_MONITOR_REFERENCE_RENEW_EXAMPLES="10000",
     )
     store = open_store(s)
-    for v in (1, 2):
-        store.put(trained(v))
+    made = time.time() - 600
+    store.put(dataclasses.replace(trained(1), created_at=made))
+    # v2 learned on from v1:
+    store.put(dataclasses.replace(trained(2, n=100), parent_version=1, created_at=made + 60))
     world = Deployed(ManualClock(1_700_000_000.0))  # a served model that learns as it goes
 
     def send(n: int) -> None:
@@ -127,6 +130,29 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     ActionChains(browser).double_click(over).perform()
     wait_until(lambda: axis_span(browser, "loss") >= before * 0.9, "the whole history again")
 
+    # The model page: the lineage, and v1 and v2 compared as the admin API compares them.
+    browser.get(f"{base}/models/ctr")  # the admin key is the tab's: no need to enter it again
+    wait_until(lambda: "└ v2" in text(browser, "lineage").replace("\n", " "), "the lineage")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#lineage tr[data-version]")
+    assert [r.get_attribute("data-version") for r in rows] == ["2", "1"]  # newest first
+    assert "champion" in rows[1].text and "(served)" in rows[1].text  # v1, after the rollback
+    wait_until(
+        lambda: "i:" in text(browser, "weights") or "item" in text(browser, "weights"), "weights"
+    )
+    browser.find_element(By.ID, "compare").click()
+    wait_until(lambda: "v1" in text(browser, "compare-title"), "the comparison")
+    api = httpx.get(
+        f"{base}/v1/models/ctr/compare",
+        params={"a": 1, "b": 2, "top": 15},
+        headers={"X-API-Key": ADMIN},
+        timeout=10,
+    ).json()
+    shown = browser.find_elements(By.CSS_SELECTOR, "#moved tr td:first-child")
+    assert [cell.text for cell in shown] == [m["feature"] for m in api["moved"]]
+    assert "samples seen" in text(browser, "compare-metrics")
+    assert "100" in text(browser, "compare-metrics") and "200" in text(browser, "compare-metrics")
+    screenshot(browser, "model.png")
+
 
 def screenshot(driver: WebDriver, name: str) -> None:
     """The whole page, from its top, kept in ``test-artifacts/``."""
@@ -173,6 +199,10 @@ def axis_span(driver: WebDriver, chart: str) -> float:
 def hover_shows_a_value(driver: WebDriver) -> None:
     """The pointer over a chart: the legend gives the time under it and the served series' value
     then, on that chart and (the cursor is shared) on the others; a screenshot keeps it."""
+    wait_until(
+        lambda: driver.execute_script("return plots.auc.u.data[0].length") >= 5,
+        "five points on the AUC chart",
+    )
     over = driver.find_element(By.CSS_SELECTOR, "#auc .u-over")
 
     def legend(chart: str) -> tuple[str, str]:
