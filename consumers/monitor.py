@@ -58,7 +58,7 @@ MODEL_FIGURE = Gauge(
 )
 FIGURE = Gauge(
     "streamlearn_monitor_metric",
-    "Rolling metrics of each recently served version and window.",
+    "Rolling metrics of each recently served version and window, of its settled impressions.",
     ["model_version", "window", "metric"],
 )
 JOIN_FIGURE = Gauge(

@@ -298,8 +298,13 @@ class Monitor:
     def _rolling(self) -> Rolling:
         return Rolling(self.policy.max_examples, self.join_policy.late_policy == "correct")
 
-    def _metrics(self, rolling: Rolling) -> dict[str, dict[str, float]]:
-        return {w: rolling.metrics(span) for w, span in self.policy.windows.items()}
+    def _metrics(self, rolling: Rolling, settled: float = 0.0) -> dict[str, dict[str, float]]:
+        return {w: rolling.metrics(span, settled) for w, span in self.policy.windows.items()}
+
+    @property
+    def label_delay_s(self) -> float:
+        """How long after its recommendation an impression's negative label comes."""
+        return self.join_policy.window_s + self.join_policy.allowed_lateness_s
 
     # ---- examples -----------------------------------------------------------------------------
 
@@ -676,7 +681,12 @@ class Monitor:
                 for model, st in self.streams.items()
             },
             "versions": {
-                tag: {"seen": v.seen, "windows": self._metrics(v.windows)}
+                # Over settled impressions only: a version's window young enough to be mostly
+                # unsettled holds its fast positives and not yet its negatives, and its figures
+                # would start as a spike that is no fault of the version. (The served stream's
+                # windows, which the rules judge, keep every example: the share unsettled is
+                # the same from one evaluation to the next.)
+                tag: {"seen": v.seen, "windows": self._metrics(v.windows, self.label_delay_s)}
                 for tag, v in self.versions.items()
             },
             "join": dict(self.join),

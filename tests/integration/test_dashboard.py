@@ -86,6 +86,12 @@ def test_the_dashboard_fills_shows_a_drift_and_follows_promote_and_rollback(
     assert "recommendation_rate" not in text(browser, "auc")
     assert "serving: ctr v2" in text(browser, "served")
     hover_shows_a_value(browser)
+    # A click on a legend entry hides its series, and a second shows it again.
+    shown = "return plots.auc.u.series.find(s => s.label === 'ctr served').show"
+    entry = "#auc .u-legend .u-series:nth-child(2) .u-label"
+    for want in (False, True):
+        browser.find_element(By.CSS_SELECTOR, entry).click()
+        wait_until(lambda w=want: browser.execute_script(shown) is w, f"the series shown: {want}")
 
     world.shop.flip()
     send(3_000)

@@ -656,6 +656,10 @@ def test_the_pages_escape_what_they_show_and_run_only_their_own_script(
     library = client.get("/vendor/uplot/uPlot.iife.min.js")
     assert library.status_code == 200 and "javascript" in library.headers["content-type"]
     assert "var uPlot=" in library.text
+    # The copy is the version web/package-lock.json pins (make vendor refreshes both).
+    lock = json.loads((Path(__file__).parents[2] / "web" / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/uplot"]["version"]
+    assert library.text.startswith(f"/*! https://github.com/leeoniya/uPlot (v{pinned}) */")
     assert client.get("/vendor/uplot/LICENSE").text.startswith("The MIT License")
 
 
