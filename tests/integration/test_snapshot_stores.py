@@ -27,6 +27,7 @@ from streamlearn.learning import ModelSpec
 from streamlearn.registry import Registry, RegistryDocument
 from streamlearn.retention import RetentionPolicy
 from streamlearn.snapshots import RedisSnapshotStore, Snapshot, SnapshotStore
+from streamlearn.snapshots.base import MOVES_KEPT
 from streamlearn.snapshots.objects import ObjectSnapshotStore
 from streamlearn.snapshots.tiered import TieredSnapshotStore
 from tests.conftest import Infra, free_port, wait_until
@@ -334,8 +335,11 @@ def test_concurrent_writers_lose_nothing(infra: Infra, tmp_path: Path) -> None:
                 expected = expected.pinned(version, pinned=op == "pin")
             changes += expected != before
     stored = setup.read_registry("ctr")
-    assert stored.model_dump(exclude={"revision"}) == expected.model_dump(exclude={"revision"})
+    kept = {"revision", "moves"}
+    assert stored.model_dump(exclude=kept) == expected.model_dump(exclude=kept)
     assert stored.revision == changes  # one revision per change: none lost, none doubled
+    # Each change journaled in the same write (the newest MOVES_KEPT of them).
+    assert len(stored.moves) == min(changes, MOVES_KEPT)
     assert setup.archive.read_registry("ctr") == stored
 
 
