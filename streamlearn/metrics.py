@@ -192,11 +192,7 @@ class Rolling:
         before the newest: impressions whose labels are all final, negatives included."""
         live = self.live()
         t = live["t"]
-        w = (
-            live[(t >= self.newest - span) & (t <= self.newest - settled)]
-            if settled
-            else live[t >= self.newest - span]
-        )
+        w = live[(t >= self.newest - span) & (t <= self.newest - settled)]
         n = len(w)
         if not n:
             return {"count": 0.0}

@@ -136,8 +136,8 @@ async def compare(
         wa, wb = weights(before.model), weights(after.model)
         return {
             "model": model,
-            "a": registry.store.meta(model, first),
-            "b": registry.store.meta(model, second),
+            "a": before.meta(),
+            "b": after.meta(),
             "bias": {"a": wa.bias, "b": wb.bias},
             "moved": [
                 {"feature": f, "a": x, "b": y, "change": y - x} for f, x, y in moved(wa, wb, top)
