@@ -186,13 +186,13 @@ class Rolling:
         self._end += len(new)
         self._start = max(self._start, self._end - self.max_examples)
 
-    def metrics(self, span: float, settled: float = 0.0) -> dict[str, float]:
+    def metrics(self, span: float, settled_by: float = math.inf) -> dict[str, float]:
         """Figures of the examples recommended in the last ``span`` seconds (of recommendation
-        time, up to the newest); with ``settled``, only of those recommended at least that long
-        before the newest: impressions whose labels are all final, negatives included."""
+        time, up to the newest); with ``settled_by``, only of those recommended by then: the
+        impressions whose labels are all final, negatives included."""
         live = self.live()
         t = live["t"]
-        w = live[(t >= self.newest - span) & (t <= self.newest - settled)]
+        w = live[(t >= self.newest - span) & (t <= settled_by)]
         n = len(w)
         if not n:
             return {"count": 0.0}

@@ -298,8 +298,18 @@ class Monitor:
     def _rolling(self) -> Rolling:
         return Rolling(self.policy.max_examples, self.join_policy.late_policy == "correct")
 
-    def _metrics(self, rolling: Rolling, settled: float = 0.0) -> dict[str, dict[str, float]]:
-        return {w: rolling.metrics(span, settled) for w, span in self.policy.windows.items()}
+    def _metrics(
+        self, rolling: Rolling, settled_by: float = math.inf
+    ) -> dict[str, dict[str, float]]:
+        return {w: rolling.metrics(span, settled_by) for w, span in self.policy.windows.items()}
+
+    def settled_by(self) -> float:
+        """The newest recommendation time whose impressions all have their final label: one
+        label delay before the newest recommendation any stream has seen. (Measured from the
+        whole stream's newest, not a version's own: a version retired sooner than the label delay
+        after it started serving still settles.)"""
+        newest = max((st.windows.newest for st in self.streams.values()), default=-math.inf)
+        return newest - self.label_delay_s
 
     @property
     def label_delay_s(self) -> float:
@@ -668,6 +678,7 @@ class Monitor:
 
     def snapshot(self) -> dict[str, Any]:
         """Every figure, for Redis (the API and the dashboard read it) and Prometheus."""
+        settled_by = self.settled_by()
         return {
             "models": {
                 model: {
@@ -686,7 +697,7 @@ class Monitor:
                 # would start as a spike that is no fault of the version. (The served stream's
                 # windows, which the rules judge, keep every example: the share unsettled is
                 # the same from one evaluation to the next.)
-                tag: {"seen": v.seen, "windows": self._metrics(v.windows, self.label_delay_s)}
+                tag: {"seen": v.seen, "windows": self._metrics(v.windows, settled_by)}
                 for tag, v in self.versions.items()
             },
             "join": dict(self.join),

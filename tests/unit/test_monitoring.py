@@ -113,6 +113,28 @@ def test_the_rolling_metrics_and_their_windows() -> None:
         assert abs(m["prediction_mean"] - m["conversion_rate"]) < 0.1
 
 
+def test_a_version_served_for_less_than_the_label_delay_still_gets_its_figures() -> None:
+    """The trainer checkpoints every few seconds, far more often than labels settle (32 s
+    here): each version's figures wait for its impressions' negatives, not for a span of its
+    own, and a retired version's figures are of all its impressions."""
+    clock = ManualClock(1_700_000_000.0)
+    monitor = monitor_of(clock)
+    examples = Deployed(clock, version_every=200).examples(4000)  # a version per 10 s
+    run(monitor, examples[:250])  # v1's 10 s and a moment of v2's: nothing settled yet
+    assert monitor.snapshot()["versions"]["ctr:v1"]["windows"]["1h"] == {"count": 0.0}
+    run(monitor, examples[250:])
+    versions = monitor.snapshot()["versions"]
+    newest = max(e.recommendation_time for e in examples)
+    for tag in ("ctr:v2", "ctr:v16", "ctr:v17"):  # retired long ago, recently, and settling
+        served = [e for e in examples if e.model_version == tag]
+        settled = [e.label for e in served if e.recommendation_time <= newest - 32]
+        figures = versions[tag]["windows"]["1h"]
+        assert figures["count"] == len(settled) > 0
+        assert figures["conversion_rate"] == sum(settled) / len(settled)
+    for tag in ("ctr:v20", "ctr:v21"):  # retired within the label delay, and the served one
+        assert versions[tag]["windows"]["1h"] == {"count": 0.0}
+
+
 def test_a_version_every_few_seconds_neither_splits_nor_resets_the_alarms() -> None:
     # As in the loop: the API follows a trainer that checkpoints every ~10 s (2,000 examples).
     clock = ManualClock(1_700_000_000.0)
