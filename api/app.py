@@ -20,6 +20,7 @@ from prometheus_client import multiprocess
 from redis.exceptions import RedisError
 
 from api.deps import Publisher
+from api.hotpath import RankHotPath
 from api.middleware import SERVING, BodyLimit, RequestMetrics
 from api.routes import admin, dashboard, health, scoring
 from streamlearn import __version__
@@ -139,7 +140,9 @@ def create_app(
     app.include_router(dashboard.router)
     # The dashboard's pinned browser libraries (make vendor), from the API itself: no CDN.
     app.mount("/vendor", StaticFiles(directory=dashboard.VENDOR), name="vendor")
-    # Outermost first: every request is measured, the 413s included.
+    # Outermost last: every request is measured, the 413s included, and /v1/rank's hot path
+    # reads only bodies within the limit.
+    app.add_middleware(RankHotPath)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app

@@ -108,42 +108,85 @@ def one_hot_union(x: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+Parts = tuple[dict[str, float], dict[str, int]]
+"""A part of an impression's one-hot encoding: its numbers, and its one-hots (``name_value: 1``)."""
+ItemParts = dict[tuple[str, tuple[tuple[str, FeatureValue], ...]], Parts]
+"""A cache of :func:`item_parts`, by item id and features."""
+
+MAX_CACHED_ITEMS = 100_000
+
+
+def context_parts(context: Mapping[str, FeatureValue]) -> Parts:
+    """The context's part of every candidate's one-hot encoding."""
+    return (
+        {f"c:{k}": float(v) for k, v in context.items() if not isinstance(v, str)},
+        {f"c:{k}_{v}": 1 for k, v in context.items() if isinstance(v, str)},
+    )
+
+
+def item_parts(
+    item_id: str, item: Mapping[str, FeatureValue], include_ids: bool, items: ItemParts | None
+) -> Parts:
+    """An item's own part of its one-hot encoding (its id among the one-hots), kept in ``items``
+    by item id and features: a catalog's items, ranked again and again, are encoded once. The
+    part depends on nothing else (not the context, not the weights), so a kept one is always
+    right; past :data:`MAX_CACHED_ITEMS` the cache starts again."""
+    key = (item_id, tuple(item.items()))
+    parts = items.get(key) if items is not None else None
+    if parts is None:
+        parts = (
+            {f"i:{k}": float(v) for k, v in item.items() if not isinstance(v, str)},
+            {f"i:{k}_{v}": 1 for k, v in item.items() if isinstance(v, str)},
+        )
+        if include_ids:
+            parts[1][f"item_{item_id}"] = 1
+        if items is not None:
+            if len(items) >= MAX_CACHED_ITEMS:
+                items.clear()
+            items[key] = parts
+    return parts
+
+
+def crossed_parts(
+    context: Mapping[str, FeatureValue],
+    item: Mapping[str, FeatureValue],
+    crosses: tuple[tuple[str, str], ...],
+) -> tuple[dict[str, float], list[str]]:
+    """The crosses' part: the numeric crosses, and the names of the one-hot ones."""
+    numbers: dict[str, float] = {}
+    hots: list[str] = []
+    for a, b in crosses:
+        feature = cross(context, item, a, b)
+        if feature is None:
+            continue
+        name, value = feature
+        if isinstance(value, str):
+            hots.append(f"{name}_{value}")
+        else:
+            numbers[name] = value
+    return numbers, hots
+
+
 def one_hot_candidates(
-    context: Mapping[str, float | bool | str],
-    candidates: Iterable[tuple[str, Mapping[str, float | bool | str]]],
+    context: Mapping[str, FeatureValue],
+    candidates: Iterable[tuple[str, Mapping[str, FeatureValue]]],
     crosses: Iterable[tuple[str, str]],
     include_ids: bool,
     position: int | None = None,
+    items: ItemParts | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``one_hot_union(impression_features(context, item, ...))`` for each candidate of one
-    request, with the context encoded once rather than once per candidate: the same keys, values
-    and order (numbers, then one-hots, each in feature order), so the same scores to the bit."""
+    request, with the context encoded once rather than once per candidate, and each item's own
+    part kept in ``items`` when given (:func:`item_parts`): the same keys, values and order
+    (numbers, then one-hots, each in feature order), so the same scores to the bit."""
     crosses = tuple(crosses)
-    numbers = {f"c:{k}": float(v) for k, v in context.items() if not isinstance(v, str)}
-    hots = {f"c:{k}_{v}": 1 for k, v in context.items() if isinstance(v, str)}
+    numbers, hots = context_parts(context)
     for item_id, item in candidates:
-        out: dict[str, Any] = dict(numbers)
-        for k, v in item.items():
-            if not isinstance(v, str):
-                out[f"i:{k}"] = float(v)
-        crossed: list[str] = []
-        for a, b in crosses:
-            feature = cross(context, item, a, b)
-            if feature is None:
-                continue
-            name, value = feature
-            if isinstance(value, str):
-                crossed.append(f"{name}_{value}")
-            else:
-                out[name] = value
-        out.update(hots)
-        for k, v in item.items():
-            if isinstance(v, str):
-                out[f"i:{k}_{v}"] = 1
-        if include_ids:
-            out[f"item_{item_id}"] = 1
-        for key in crossed:
-            out[key] = 1
+        own = item_parts(item_id, item, include_ids, items)
+        crossed, crossed_hots = crossed_parts(context, item, crosses)
+        out: dict[str, Any] = {**numbers, **own[0], **crossed, **hots, **own[1]}
+        for name in crossed_hots:
+            out[name] = 1
         if position is not None:
             out[f"pos_{position}"] = 1
         yield out

@@ -31,16 +31,27 @@ A bad spec fails at start-up, naming the field and why:
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from river import compose, facto, linear_model, metrics, optim, preprocessing
 
 from streamlearn.delay import DelayCorrection, EsdfmWeights, fnc_served, fnw_weight
-from streamlearn.features import impression_features, one_hot_candidates, one_hot_union
+from streamlearn.features import (
+    MAX_CACHED_ITEMS,
+    FeatureValue,
+    ItemParts,
+    context_parts,
+    crossed_parts,
+    impression_features,
+    item_parts,
+    one_hot_candidates,
+    one_hot_union,
+)
 
 # ThresholdAUC is pickled inside every snapshot's learner under this module's name: it stays
 # importable from here so that snapshots written before streamlearn.metrics still load.
@@ -162,7 +173,12 @@ class ModelSpec(_Strict):
         )
 
 
-_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode", "_calibrated", "_neutral"})
+CandidateScorer = Callable[
+    [Mapping[str, FeatureValue], Sequence[tuple[str, Mapping[str, FeatureValue]]]], list[float]
+]
+"""Scores one request's candidates: see :meth:`Learner.score_candidates`."""
+
+_SHORTCUTS = frozenset({"_final", "_weight_kw", "_encode", "_calibrated", "_neutral", "_items"})
 MAX_PROVISIONAL = 1_000_000
 
 
@@ -202,6 +218,7 @@ class Learner:
         self._calibrated = self.spec.delay_correction == "fnc"
         # Candidates are ranked as if each were shown in the top slot.
         self._neutral = 0 if self.spec.position == "feature" else None
+        self._items: ItemParts = {}  # one-hot item parts of the candidates scored
         # How the final step takes a sample weight: River's learners disagree on the name, and
         # AdPredictor takes none (weighted examples then count once).
         params = inspect.signature(self._final.learn_one).parameters
@@ -254,7 +271,7 @@ class Learner:
         if self._encode is one_hot_union:
             final = self._final
             encoded = one_hot_candidates(
-                context, candidates, spec.crosses, spec.include_ids, self._neutral
+                context, candidates, spec.crosses, spec.include_ids, self._neutral, self._items
             )
             if type(final) is linear_model.LogisticRegression:
                 # What its predict_proba_one computes (the same float), without the dict of
@@ -268,6 +285,20 @@ class Learner:
             self.predict_proba_one(self.serving_features(context, i, item))
             for i, item in candidates
         ]
+
+    def frozen_scorer(self) -> CandidateScorer:
+        """:meth:`score_candidates` for a learner that learns no more (a served version): a
+        logistic regression on one-hot features is scored as its bias plus the context's part of
+        the dot product (once per request) and each item's part, its own features' and its
+        crosses' (once per item and crossed context values, kept: the weights no longer
+        change). The same sum in another order: within
+        1e-15 of :meth:`score_candidates`, in under half the time. Any other model: as is."""
+        if (
+            self._encode is not one_hot_union
+            or type(self._final) is not linear_model.LogisticRegression
+        ):
+            return self.score_candidates
+        return _FrozenLinear(self)
 
     def predict_proba_one(self, x: dict[str, Any]) -> float:
         if self._encode is not None:
@@ -386,3 +417,57 @@ class Learner:
             "mean_predicted": mean_p,
             "calibration": mean_p / rate if rate else 0.0,
         }
+
+
+class _FrozenLinear:
+    """:meth:`Learner.frozen_scorer` of a logistic regression on one-hot features."""
+
+    def __init__(self, learner: Learner) -> None:
+        final = learner._final
+        # A plain dict: the served weights no longer change, and its lookups are the fastest.
+        self.weights: dict[str, float] = dict(final._weights)
+        self.bias = float(final.intercept)
+        self.spec = learner.spec
+        self.calibrated = learner._calibrated
+        self.position = learner._neutral
+        # The context features the crosses read: with the item, all an item's part depends on.
+        self.crossed = tuple(dict.fromkeys(name for pair in self.spec.crosses for name in pair))
+        # Each item's part of the dot product (its own features and its crosses with the
+        # context), by the crossed context values and the item's id and features, each value
+        # with its type: True and 1.0 are equal keys but cross into different names.
+        self.parts: dict[tuple[Any, ...], float] = {}
+
+    def _dot(self, numbers: Mapping[str, float], hots: Iterable[str]) -> float:
+        w = self.weights.get
+        return sum(w(k, 0.0) * v for k, v in numbers.items()) + sum(w(k, 0.0) for k in hots)
+
+    def _part(
+        self, context: Mapping[str, FeatureValue], item_id: str, item: Mapping[str, FeatureValue]
+    ) -> float:
+        numbers, hots = item_parts(item_id, item, self.spec.include_ids, None)
+        crossed, crossed_hots = crossed_parts(context, item, self.spec.crosses)
+        return self._dot(numbers, hots) + self._dot(crossed, crossed_hots)
+
+    def __call__(
+        self,
+        context: Mapping[str, FeatureValue],
+        candidates: Sequence[tuple[str, Mapping[str, FeatureValue]]],
+    ) -> list[float]:
+        base = self.bias + self._dot(*context_parts(context))
+        if self.position is not None:
+            base += self.weights.get(f"pos_{self.position}", 0.0)
+        crossed = tuple((type(v), v) for v in map(context.get, self.crossed))
+        parts = self.parts
+        out = []
+        for item_id, item in candidates:
+            key = (crossed, item_id, tuple(item.items()), tuple(map(type, item.values())))
+            part = parts.get(key)
+            if part is None:
+                if len(parts) >= MAX_CACHED_ITEMS:
+                    parts.clear()
+                part = parts[key] = self._part(context, item_id, item)
+            z = base + part
+            # River's sigmoid, clamped as it is.
+            p = 0.0 if z < -30 else 1.0 if z > 30 else 1.0 / (1.0 + math.exp(-z))
+            out.append(fnc_served(p) if self.calibrated else p)
+        return out

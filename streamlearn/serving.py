@@ -19,7 +19,7 @@ from streamlearn.errors import SnapshotError, StoreUnavailable
 from streamlearn.events import MAX_SLATE, Features, Id
 from streamlearn.explaining import Explanation, explain
 from streamlearn.features import FeatureValue
-from streamlearn.learning import Learner
+from streamlearn.learning import CandidateScorer, Learner
 from streamlearn.policy import Policy
 from streamlearn.registry import Registry
 from streamlearn.snapshots.base import SnapshotStore
@@ -157,10 +157,15 @@ class Served:
     ) -> Explanation:
         return explain(self.learner, context, item_id, item)
 
+    scorer: CandidateScorer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A served version never learns: what its weights give can be kept.
+        object.__setattr__(self, "scorer", self.learner.frozen_scorer())
+
     def score_request(self, request: ScoreRequest) -> list[float]:
-        """Every candidate's score, exactly as :meth:`score` gives it, in less time."""
-        candidates = [(c.item_id, c.features) for c in request.items]
-        return self.learner.score_candidates(request.context, candidates)
+        """Every candidate's score, as :meth:`score` gives it (within 1e-15), in less time."""
+        return self.scorer(request.context, [(c.item_id, c.features) for c in request.items])
 
     @property
     def tag(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from streamlearn.archive import SPECS, Roll
 from streamlearn.clock import ManualClock
@@ -226,3 +227,26 @@ def archive_examples(root: Path, examples: list[LabeledExample]) -> None:
     for path, data in roll.files():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
+
+
+class RecordingPublisher:
+    """Kafka's place in these HTTP tests (the integration tests use the broker)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.accepting = True
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def start(self) -> None:
+        pass
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        pass
+
+    def publish(self, topic: str, key: str, value: bytes) -> bool:
+        if self.accepting:
+            self.events.append((topic, key, json.loads(value)))
+        return self.accepting
+
+    def pending(self) -> int:
+        return 0

@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from pydantic import Field
 
-from api.deps import PublisherDep, RankingDep, ServedDep, SettingsDep
+from api.deps import PublisherDep, Ranking, RankingDep, ServedDep, SettingsDep
 from api.routing import OnePassJSON
 from api.schemas import (
     OutcomesResponse,
@@ -35,10 +35,9 @@ router = APIRouter(
 MAX_OUTCOMES = 1000
 
 
-def _scores(body: ScoreRequest, served: Served, max_candidates: int) -> list[float]:
+def _bounded(body: ScoreRequest, max_candidates: int) -> None:
     if len(body.items) > max_candidates:
         raise HTTPException(422, detail=f"at most {max_candidates} candidates per request")
-    return served.score_request(body)
 
 
 def _explained(
@@ -60,7 +59,8 @@ def _json(payload: dict[str, Any]) -> Response:
 async def score(body: ScoreRequest, served: ServedDep, settings: SettingsDep) -> Response:
     """Probability of a conversion for each candidate, from one model version. Not logged: use
     /v1/rank for what is shown to users."""
-    scores = _scores(body, served, settings.api.max_candidates)
+    _bounded(body, settings.api.max_candidates)
+    scores = served.score_request(body)
     return _json(
         {
             "model": served.model_name,
@@ -85,8 +85,15 @@ async def rank(
     """The top ``k`` candidates by predicted conversion (with optional epsilon-greedy
     exploration), and the recommendation event of what was served published to Kafka, with the
     features, scores, positions and propensities, for the joiner to label."""
+    _bounded(body, ranking.settings.api.max_candidates)
+    return Response(ranked(body, ranking), media_type="application/json")
+
+
+def ranked(body: RankRequest, ranking: Ranking) -> bytes:
+    """``/v1/rank``'s answer to a valid request of at most ``max_candidates`` (JSON), its
+    recommendation event published: what the route and :class:`api.hotpath.RankHotPath` serve."""
     served, settings, rng = ranking.served, ranking.settings, ranking.rng
-    scores = _scores(body, served, settings.api.max_candidates)
+    scores = served.score_request(body)
     epsilon = settings.api.explore_epsilon if body.epsilon is None else body.epsilon
     slate = choose_slate(
         [(c.item_id, p) for c, p in zip(body.items, scores, strict=True)], body.k, epsilon, rng
@@ -124,7 +131,7 @@ async def rank(
     logged = ranking.publisher.publish(
         settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()
     )
-    return _json(
+    return orjson.dumps(
         {
             "recommendation_id": event.recommendation_id,
             "model": served.model_name,

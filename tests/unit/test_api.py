@@ -28,42 +28,7 @@ from streamlearn.registry import Registry
 from streamlearn.serving import ModelHolder, ScoreRequest
 from streamlearn.settings import Settings
 from streamlearn.snapshots import ObjectSnapshotStore
-from tests.factories import RANK, archive_of_examples, trained
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ObjectSnapshotStore:
-    """A real store on a local directory: the API reads it as it reads the archive."""
-    # These tests refresh the holder themselves: no follower swapping behind their back.
-    return ObjectSnapshotStore(f"file://{tmp_path}", b"test-key", notices_poll_s=None)
-
-
-class RecordingPublisher:
-    """Kafka's place in these HTTP tests (the integration tests use the broker)."""
-
-    def __init__(self) -> None:
-        self.connected = True
-        self.accepting = True
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def start(self) -> None:
-        pass
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        pass
-
-    def publish(self, topic: str, key: str, value: bytes) -> bool:
-        if self.accepting:
-            self.events.append((topic, key, json.loads(value)))
-        return self.accepting
-
-    def pending(self) -> int:
-        return 0
-
-
-@pytest.fixture
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
+from tests.factories import RANK, RecordingPublisher, archive_of_examples, trained
 
 
 def app_client(

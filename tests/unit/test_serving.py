@@ -1,4 +1,5 @@
-"""Scoring a request's candidates together gives each the score it gets alone, to the bit."""
+"""Scoring a request's candidates together gives each the score it gets alone: to the bit, or
+within 1e-15 for a served logistic regression's frozen scorer, which sums in another order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from streamlearn.clock import ManualClock
 from streamlearn.features import impression_features, one_hot_candidates, one_hot_union
-from streamlearn.learning import ModelSpec
+from streamlearn.learning import Learner, ModelSpec
 from streamlearn.serving import Candidate, ScoreRequest, Served
 from streamlearn.training import Training, TrainingPolicy
 from tests.factories import example
@@ -71,4 +72,30 @@ def test_a_request_scores_as_its_candidates_one_by_one(spec: ModelSpec) -> None:
     for _ in range(50):
         r = _request(rng)
         alone: list[Any] = [served.score(r.context, c.item_id, c.features) for c in r.items]
-        assert served.score_request(r) == alone
+        assert served.score_request(r) == pytest.approx(alone, rel=0, abs=1e-15)
+
+
+def test_a_frozen_scorer_keeps_each_items_part_and_scores_as_the_learner() -> None:
+    rng = random.Random(3)
+    learner = Learner(ModelSpec(crosses=CROSSES))
+    for _ in range(300):  # weights for numbers, one-hots and crosses of every kind of value
+        r = _request(rng)
+        for c in r.items:
+            learner.learn_one(
+                learner.serving_features(r.context, c.item_id, c.features), rng.random() < 0.3
+            )
+    # True and 1.0 are equal keys, but crossed with a string they are different features.
+    flag = {"brand": "a"}
+    for value, label in ((True, True), (1.0, False)) * 50:
+        learner.learn_one(learner.serving_features(flag, "i1", {"mobile": value}), label)
+    frozen = learner.frozen_scorer()
+    assert frozen != learner.score_candidates  # the logistic regression's own
+    requests = [_request(rng) for _ in range(100)]
+    for r in requests * 2:  # the second time, every item's part from the cache
+        candidates = [(c.item_id, c.features) for c in r.items]
+        expected = learner.score_candidates(r.context, candidates)
+        assert frozen(r.context, candidates) == pytest.approx(expected, rel=0, abs=1e-15)
+    for value in (True, 1.0, True):
+        candidates = [("i1", {"mobile": value})]
+        assert frozen(flag, candidates) == learner.score_candidates(flag, candidates)
+    assert frozen(flag, [("i1", {"mobile": True})]) != frozen(flag, [("i1", {"mobile": 1.0})])

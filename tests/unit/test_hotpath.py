@@ -1,0 +1,178 @@
+"""/v1/rank's hot path: it answers what the route would answer 200, the same answer and event,
+and hands everything else to FastAPI untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
+
+from api.hotpath import RankHotPath
+from streamlearn.snapshots import ObjectSnapshotStore
+from tests.factories import RANK, RecordingPublisher
+from tests.unit.test_api import app_client, serving
+
+
+def chunked(body: bytes) -> Iterator[bytes]:
+    """A body without Content-Length, which the hot path leaves to FastAPI."""
+    yield body[:10]
+    yield body[10:]
+
+
+def both_ways(
+    c: TestClient, body: Any, headers: dict[str, str] | None = None
+) -> tuple[tuple[int, Any], tuple[int, Any]]:
+    """The answer by the hot path (when it takes the request) and by FastAPI's route."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json", **(headers or {})}
+    answers = []
+    for content in (raw, chunked(raw)):
+        r = c.post("/v1/rank", content=content, headers=headers)
+        answer = r.json()
+        if r.status_code == 200:
+            answer.pop("recommendation_id")
+        answers.append((r.status_code, answer))
+    return answers[0], answers[1]
+
+
+def test_a_valid_request_gets_the_routes_answer_and_event(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher) as c:
+        serving(c, store)
+        fast, route = both_ways(c, {**RANK, "epsilon": 0, "explain": True})
+        assert fast == route and fast[0] == 200 and len(fast[1]["items"]) == 2
+        assert "explanation" in fast[1]["items"][0]
+        events = [e for _, _, e in publisher.events]
+        assert len(events) == 2
+        for e in events:
+            e.pop("recommendation_id")
+            e.pop("event_time")
+        assert events[0] == events[1]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({**RANK, "k": 0}, 422),
+        ({**RANK, "surprise": 1}, 422),
+        ({**RANK, "items": [RANK["items"][0]] * 2}, 422),  # an item twice
+        ({**RANK, "items": [{"item_id": f"i{n}"} for n in range(4)]}, 422),  # over max_candidates
+        (b'{"user_id": "u1", "items": [{"item_id": "a", "features": {"p": 1e999}}]}', 422),
+        (b"not json", 422),
+        (b"", 422),
+    ],
+)
+def test_a_bad_request_gets_exactly_fastapis_answer(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher, body: Any, status: int
+) -> None:
+    with app_client(store, publisher) as c:
+        serving(c, store)
+        fast, route = both_ways(c, body)
+        assert fast == route and fast[0] == status
+        assert publisher.events == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer k1"}, 200),
+        ({"Authorization": "bearer k1"}, 200),
+        ({"Authorization": "Bearer  k1 "}, 200),  # FastAPI strips the credentials
+        ({"Authorization": "Bearer k3"}, 403),
+        ({"Authorization": "Basic k1"}, 401),  # not a bearer token, and no X-API-Key
+        ({"Authorization": "Basic x", "X-API-Key": "k2"}, 200),
+        ({"Authorization": "Bearer nope", "X-API-Key": "k2"}, 403),  # the bearer token wins
+        ({"X-API-Key": ""}, 401),
+        ({"X-API-Key": "adm"}, 403),  # the admin key does not score
+    ],
+)
+def test_scoring_keys_are_judged_as_fastapi_judges_them(
+    store: ObjectSnapshotStore,
+    publisher: RecordingPublisher,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    with app_client(store, publisher, scoring_keys=["k1", "k2"], admin_key="adm") as c:
+        serving(c, store)
+        fast, route = both_ways(c, {**RANK, "epsilon": 0}, headers)
+        assert fast[0] == route[0] == status
+        assert fast == route
+
+
+def test_no_model_yet_is_fastapis_503(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher) as c:
+        fast, route = both_ways(c, RANK)
+        assert fast == route and fast[0] == 503
+
+
+class Inner:
+    """The app behind the hot path: records what reaches it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def call(app: Any, hot: RankHotPath, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """One POST /v1/rank through the hot path, its body in two messages; the status sent."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/rank",
+        "root_path": "",
+        "headers": headers,
+        "app": app,
+    }
+    parts = [body[:5], body[5:]]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": parts.pop(0), "more_body": bool(parts)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(hot(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+def test_what_the_hot_path_answers_never_reaches_fastapi(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher) as c:
+        serving(c, store)
+        inner = Inner()
+        hot = RankHotPath(inner)
+        good = json.dumps(RANK).encode()
+        typed = [(b"content-type", b"application/json; charset=utf-8")]
+        length = [(b"content-length", b"%d" % len(good))]
+        assert call(c.app, hot, good, typed + length) == 200
+        assert inner.bodies == [] and len(publisher.events) == 1
+        # Each handed on whole, its body read again by FastAPI as it came.
+        bad = json.dumps({**RANK, "k": 0}).encode()
+        bad_length = [(b"content-length", b"%d" % len(bad))]
+        assert call(c.app, hot, bad, typed + bad_length) == 299
+        assert call(c.app, hot, good, typed) == 299  # chunked
+        assert call(c.app, hot, good, length) == 299  # no content type: FastAPI's 422
+        assert call(c.app, hot, good, [(b"content-type", b"text/plain"), *length]) == 299
+        assert inner.bodies == [bad, good, good, good]
+        assert len(publisher.events) == 1
