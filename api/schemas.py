@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streamlearn.events import MAX_SLATE
-from streamlearn.serving import EXAMPLE_REQUEST, ScoreRequest
+from streamlearn.events import MAX_SLATE, StructFeatures, StructId
+from streamlearn.serving import EXAMPLE_REQUEST, Scorable, ScoreRequest
 
 
 class Body(BaseModel):
@@ -31,6 +32,54 @@ class RankRequest(ScoreRequest):
         if len({c.item_id for c in self.items}) != len(self.items):
             raise ValueError("items must not repeat an item_id")
         return self
+
+
+class RankCandidate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    item_id: StructId
+    features: StructFeatures = {}
+
+
+class RankStruct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """:class:`RankRequest` as /v1/rank's hot path reads it (:func:`read_rank`): its fields and
+    rules again as a msgspec struct, which decodes 100 candidates in a fifth of the time. Never
+    more lenient than the pydantic model (finite floats by bounds, lengths, unknown fields
+    refused, no coercion at all: ``2.0`` is not a ``k``, ``1`` is not ``explain``); whatever it
+    refuses goes to the route, whose pydantic model gives the final answer."""
+
+    user_id: StructId
+    context: StructFeatures = {}
+    items: Annotated[list[RankCandidate], msgspec.Meta(min_length=1, max_length=MAX_SLATE)]
+    explain: bool = False
+    k: Annotated[int, msgspec.Meta(ge=1, le=MAX_SLATE)] = 10
+    epsilon: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+_RANK = msgspec.json.Decoder(RankStruct)
+
+
+class RankBody(Scorable, Protocol):
+    """What /v1/rank reads of a request: a :class:`RankRequest` or a :class:`RankStruct`."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def explain(self) -> bool: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def epsilon(self) -> float | None: ...
+
+
+def read_rank(body: bytes) -> RankStruct | None:
+    """The request when msgspec reads it and its items are distinct; else None: the route
+    decides (it may accept what msgspec will not coerce)."""
+    try:
+        request = _RANK.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if len({c.item_id for c in request.items}) != len(request.items):
+        return None
+    return request
 
 
 class Contribution(Body):

@@ -191,13 +191,13 @@ class LabeledExample(Event):
 # by bounds, lengths, literals, unknown fields refused, and no coercion at all: "1" is not 1),
 # and whatever it refuses goes through the pydantic model, whose verdict and message are final.
 _MAX = sys.float_info.max
-_Finite = Annotated[float, msgspec.Meta(ge=-_MAX, le=_MAX)]
+StructFinite = Annotated[float, msgspec.Meta(ge=-_MAX, le=_MAX)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_MAX)]
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-_Features = Annotated[
+StructId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+StructFeatures = Annotated[
     dict[
         Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
-        _Finite | bool | Annotated[str, msgspec.Meta(max_length=128)],
+        StructFinite | bool | Annotated[str, msgspec.Meta(max_length=128)],
     ],
     msgspec.Meta(max_length=MAX_FEATURES),
 ]
@@ -209,7 +209,7 @@ class MonitoredExample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     (gc=False: it holds no cycles). Its features' names and sizes are not checked here (it only
     bins their values; the trainer's :class:`ExampleRecord` checks them)."""
 
-    served_score: _Finite | None
+    served_score: StructFinite | None
     model_version: str | None
     context: dict[str, float | bool | str]
     item_features: dict[str, float | bool | str]
@@ -222,17 +222,17 @@ class MonitoredExample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class ExampleRecord(MonitoredExample, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A :class:`LabeledExample` as the trainer decodes it (see :func:`parse_example`)."""
 
-    context: _Features  # checked here
-    item_features: _Features
-    example_id: _Id
-    recommendation_id: _Id
-    user_id: _Id
-    item_id: _Id
+    context: StructFeatures  # checked here
+    item_features: StructFeatures
+    example_id: StructId
+    recommendation_id: StructId
+    user_id: StructId
+    item_id: StructId
     position: int
-    propensity: _Finite
+    propensity: StructFinite
     schema_version: Literal[1] = 1
     outcome_kind: OutcomeKind | None = None
-    value: _Finite = 0.0
+    value: StructFinite = 0.0
     weight: _NonNegative = 1.0
     outcome_time: _NonNegative | None = None
     elapsed_s: _NonNegative | None = None

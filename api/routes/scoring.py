@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -13,6 +14,7 @@ from api.deps import PublisherDep, Ranking, RankingDep, ServedDep, SettingsDep
 from api.routing import OnePassJSON
 from api.schemas import (
     OutcomesResponse,
+    RankBody,
     RankRequest,
     RankResponse,
     ScoreResponse,
@@ -41,7 +43,10 @@ def _bounded(body: ScoreRequest, max_candidates: int) -> None:
 
 
 def _explained(
-    body: ScoreRequest, served: Served, item_id: str, features: dict[str, FeatureValue]
+    body: ScoreRequest | RankBody,
+    served: Served,
+    item_id: str,
+    features: Mapping[str, FeatureValue],
 ) -> dict[str, Any]:
     if not body.explain:
         return {}
@@ -89,7 +94,7 @@ async def rank(
     return Response(ranked(body, ranking), media_type="application/json")
 
 
-def ranked(body: RankRequest, ranking: Ranking) -> bytes:
+def ranked(body: RankBody, ranking: Ranking) -> bytes:
     """``/v1/rank``'s answer to a valid request of at most ``max_candidates`` (JSON), its
     recommendation event published: what the route and :class:`api.hotpath.RankHotPath` serve."""
     served, settings, rng = ranking.served, ranking.settings, ranking.rng

@@ -8,11 +8,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from api.hotpath import RankHotPath
+from api.schemas import RankRequest, read_rank
 from streamlearn.snapshots import ObjectSnapshotStore
 from tests.factories import RANK, RecordingPublisher
 from tests.unit.test_api import app_client, serving
@@ -176,3 +179,92 @@ def test_what_the_hot_path_answers_never_reaches_fastapi(
         assert call(c.app, hot, good, [(b"content-type", b"text/plain"), *length]) == 299
         assert inner.bodies == [bad, good, good, good]
         assert len(publisher.events) == 1
+
+
+GOOD = json.dumps(
+    {
+        "user_id": "u1",
+        "context": {"segment": "gamer", "mobile": True, "hour": 13},
+        "items": [
+            {"item_id": "a", "features": {"category": "toys", "price": 1.5}},
+            {"item_id": "b", "features": {"category": "books", "price": 2}},
+            {"item_id": "c"},
+        ],
+        "k": 2,
+        "epsilon": 0.1,
+        "explain": False,
+    }
+)
+# Each replaces one part of GOOD: what pydantic refuses, and what it accepts by coercion.
+EDITS = [
+    ('"price": 1.5', '"price": NaN'),
+    ('"price": 1.5', '"price": 1e999'),
+    ('"price": 1.5', '"price": -Infinity'),
+    ('"price": 1.5', '"price": null'),
+    ('"price": 1.5', '"price": "1.5"'),
+    ('"price": 1.5', '"price": [1.5]'),
+    ('"price": 2', '"price": 20000000000000000000000000000'),
+    ('"price": 2', '"price": ' + "9" * 400),
+    ('"mobile": true', '"mobile": 1'),
+    ('"hour": 13', '"hour": -0.0'),
+    ('"category": "toys"', '"category": "' + "t" * 129 + '"'),
+    ('"category": "toys"', '"category": "' + "t" * 128 + '"'),
+    ('"category"', '"' + "c" * 65 + '"'),
+    ('"category"', '"' + "c" * 64 + '"'),
+    ('"category"', '""'),
+    ('"u1"', '""'),
+    ('"u1"', '"' + "u" * 129 + '"'),
+    ('"u1"', '"\u00e9\u00e9"'),
+    ('"u1"', "1"),
+    ('"k": 2', '"k": 0'),
+    ('"k": 2', '"k": 2.0'),
+    ('"k": 2', '"k": "2"'),
+    ('"k": 2', '"k": true'),
+    ('"k": 2', '"k": 501'),
+    ('"k": 2', '"k": 2, "k": 3'),
+    ('"epsilon": 0.1', '"epsilon": 1.01'),
+    ('"epsilon": 0.1', '"epsilon": -0.0'),
+    ('"epsilon": 0.1', '"epsilon": null'),
+    ('"epsilon": 0.1', '"epsilon": 1'),
+    ('"epsilon": 0.1', '"epsilon": true'),
+    ('"explain": false', '"explain": 0'),
+    ('"explain": false', '"explain": "false"'),
+    ('"explain": false', '"explain": null'),
+    ('"item_id": "c"', '"item_id": "a"'),
+    ('"item_id": "c"', '"item_id": "c", "surprise": 1'),
+    ('"k": 2,', '"k": 2, "surprise": 1,'),
+    ('{"item_id": "c"}', '{"item_id": "c", "features": {}}'),
+    ('{"item_id": "c"}', '{"item_id": "c", "features": null}'),
+    (', "context": {"segment": "gamer", "mobile": true, "hour": 13}', ""),
+    ('"user_id": "u1", ', ""),
+    ('"items": [', '"items": [], "x": ['),
+]
+
+
+def pydantic_reads(raw: bytes) -> dict[str, Any] | None:
+    try:
+        return RankRequest.model_validate_json(raw).model_dump()
+    except ValidationError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "edits", [[], *([e] for e in EDITS)] + [list(EDITS[i::7]) for i in range(7)]
+)
+def test_the_hot_paths_reader_accepts_only_what_pydantic_accepts_and_reads_it_the_same(
+    edits: list[tuple[str, str]],
+) -> None:
+    text = GOOD
+    for old, new in edits:  # combined, an edit whose part another has changed does nothing
+        text = text.replace(old, new, 1)
+    assert (text == GOOD) == (not edits)
+    raw = text.encode()
+    fast, slow = read_rank(raw), pydantic_reads(raw)
+    if fast is not None:  # else the route reads it, with pydantic
+        assert slow is not None, text
+        read = msgspec.to_builtins(fast)
+        read["items"] = [{"features": {}, **c} for c in read["items"]]
+        assert {"context": {}, "epsilon": None, "explain": False, "k": 10, **read} == slow
+        assert all(type(v) is type(slow["context"][k]) for k, v in fast.context.items())
+    if not edits:
+        assert fast is not None  # the fast path itself
