@@ -419,6 +419,9 @@ class Learner:
         }
 
 
+_Part = tuple[dict[str, FeatureValue], tuple[str, ...] | None, float]
+
+
 class _FrozenLinear:
     """:meth:`Learner.frozen_scorer` of a logistic regression on one-hot features."""
 
@@ -430,12 +433,14 @@ class _FrozenLinear:
         self.spec = learner.spec
         self.calibrated = learner._calibrated
         self.position = learner._neutral
-        # The context features the crosses read: with the item, all an item's part depends on.
+        # The features the crosses read: with the item's own, all an item's part depends on.
         self.crossed = tuple(dict.fromkeys(name for pair in self.spec.crosses for name in pair))
         # Each item's part of the dot product (its own features and its crosses with the
-        # context), by the crossed context values and the item's id and features, each value
-        # with its type: True and 1.0 are equal keys but cross into different names.
-        self.parts: dict[tuple[Any, ...], float] = {}
+        # context), by the crossed context values' reprs and the item's id: with the features
+        # it was made of, and (when any crossed one is not a string) their reprs, which tell
+        # apart what is equal but crosses into another name: True and 1.0, 0.0 and -0.0.
+        self.parts: dict[tuple[str, ...], dict[str, _Part]] = {}
+        self.kept = 0
 
     def _dot(self, numbers: Mapping[str, float], hots: Iterable[str]) -> float:
         w = self.weights.get
@@ -456,16 +461,26 @@ class _FrozenLinear:
         base = self.bias + self._dot(*context_parts(context))
         if self.position is not None:
             base += self.weights.get(f"pos_{self.position}", 0.0)
-        crossed = tuple((type(v), v) for v in map(context.get, self.crossed))
-        parts = self.parts
+        names = self.crossed
+        parts = self.parts.get(key := tuple(map(repr, map(context.get, names))))
+        if parts is None:
+            parts = self.parts[key] = {}
         out = []
         for item_id, item in candidates:
-            key = (crossed, item_id, tuple(item.items()), tuple(map(type, item.values())))
-            part = parts.get(key)
-            if part is None:
-                if len(parts) >= MAX_CACHED_ITEMS:
-                    parts.clear()
-                part = parts[key] = self._part(context, item_id, item)
+            kept = parts.get(item_id)
+            if (
+                kept is None
+                or kept[0] != item
+                or (kept[1] is not None and kept[1] != tuple(map(repr, map(item.get, names))))
+            ):
+                if self.kept >= MAX_CACHED_ITEMS:
+                    self.parts, self.kept = {key: (parts := {})}, 0
+                forms = None
+                if any(not isinstance(item.get(n, ""), str) for n in names):
+                    forms = tuple(map(repr, map(item.get, names)))
+                kept = parts[item_id] = (dict(item), forms, self._part(context, item_id, item))
+                self.kept += 1
+            part = kept[2]
             z = base + part
             # River's sigmoid, clamped as it is.
             p = 0.0 if z < -30 else 1.0 if z > 30 else 1.0 / (1.0 + math.exp(-z))

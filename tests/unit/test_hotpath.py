@@ -264,7 +264,8 @@ def test_the_hot_paths_reader_accepts_only_what_pydantic_accepts_and_reads_it_th
         assert slow is not None, text
         read = msgspec.to_builtins(fast)
         read["items"] = [{"features": {}, **c} for c in read["items"]]
-        assert {"context": {}, "epsilon": None, "explain": False, "k": 10, **read} == slow
-        assert all(type(v) is type(slow["context"][k]) for k, v in fast.context.items())
+        read = {"context": {}, "epsilon": None, "explain": False, "k": 10, **read}
+        # As JSON, which tells 2 from 2.0, 1.0 from true and 0.0 from -0.0: the same values.
+        assert json.dumps(read, sort_keys=True) == json.dumps(slow, sort_keys=True)
     if not edits:
         assert fast is not None  # the fast path itself

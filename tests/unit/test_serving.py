@@ -84,9 +84,10 @@ def test_a_frozen_scorer_keeps_each_items_part_and_scores_as_the_learner() -> No
             learner.learn_one(
                 learner.serving_features(r.context, c.item_id, c.features), rng.random() < 0.3
             )
-    # True and 1.0 are equal keys, but crossed with a string they are different features.
+    # True and 1.0, 0.0 and -0.0 are equal, but crossed with a string they are other features.
     flag = {"brand": "a"}
-    for value, label in ((True, True), (1.0, False)) * 50:
+    forms: list[float | bool] = [True, 1.0, 0.0, -0.0]
+    for value, label in zip(forms * 50, [True, False, False, True] * 50, strict=True):
         learner.learn_one(learner.serving_features(flag, "i1", {"mobile": value}), label)
     frozen = learner.frozen_scorer()
     assert frozen != learner.score_candidates  # the logistic regression's own
@@ -95,7 +96,10 @@ def test_a_frozen_scorer_keeps_each_items_part_and_scores_as_the_learner() -> No
         candidates = [(c.item_id, c.features) for c in r.items]
         expected = learner.score_candidates(r.context, candidates)
         assert frozen(r.context, candidates) == pytest.approx(expected, rel=0, abs=1e-15)
-    for value in (True, 1.0, True):
+    scores = []
+    for value in forms * 2:
         candidates = [("i1", {"mobile": value})]
-        assert frozen(flag, candidates) == learner.score_candidates(flag, candidates)
-    assert frozen(flag, [("i1", {"mobile": True})]) != frozen(flag, [("i1", {"mobile": 1.0})])
+        scores.append(frozen(flag, candidates))
+        expected = learner.score_candidates(flag, candidates)
+        assert scores[-1] == pytest.approx(expected, rel=0, abs=1e-15)
+    assert len({round(s[0], 9) for s in scores}) == 4  # each form its own score, cached or not
