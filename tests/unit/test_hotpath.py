@@ -48,8 +48,16 @@ def test_a_valid_request_gets_the_routes_answer_and_event(
 ) -> None:
     with app_client(store, publisher) as c:
         serving(c, store)
+        line = 'streamlearn_api_requests_total{route="/v1/rank",status="200"} '
+
+        def counted() -> float:
+            found = [x for x in c.get("/metrics").text.splitlines() if x.startswith(line)]
+            return float(found[0].split()[-1]) if found else 0.0
+
+        before = counted()
         fast, route = both_ways(c, {**RANK, "epsilon": 0, "explain": True})
         assert fast == route and fast[0] == 200 and len(fast[1]["items"]) == 2
+        assert counted() == before + 2  # both counted under the route's path
         assert "explanation" in fast[1]["items"][0]
         events = [e for _, _, e in publisher.events]
         assert len(events) == 2
