@@ -1,4 +1,4 @@
-"""The FastAPI application. Run: ``uvicorn api.app:app`` or ``python -m api``."""
+"""The FastAPI application, as served. Run: ``uvicorn api.app:app`` or ``python -m api``."""
 
 from __future__ import annotations
 
@@ -140,9 +140,7 @@ def create_app(
     app.include_router(dashboard.router)
     # The dashboard's pinned browser libraries (make vendor), from the API itself: no CDN.
     app.mount("/vendor", StaticFiles(directory=dashboard.VENDOR), name="vendor")
-    # Outermost last: every request is measured, the 413s included, and /v1/rank's hot path
-    # reads only bodies within the limit.
-    app.add_middleware(RankHotPath)
+    # Outermost last: every request is measured, the 413s included.
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app
@@ -165,5 +163,11 @@ def _status(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]
     return handler
 
 
+def served(app: FastAPI) -> RankHotPath:
+    """The app as uvicorn serves it: /v1/rank's hot path in front of all of FastAPI's layers
+    (api.hotpath), everything else through them."""
+    return RankHotPath(app, app.state)
+
+
 # Built from the environment; nothing connects until the app starts.
-app = create_app()
+app = served(create_app())

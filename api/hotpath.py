@@ -16,23 +16,33 @@ validation errors, 401 and 403, 413 and 503 stay the route's.
 
 from __future__ import annotations
 
-from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
+import logging
+import time
+
+from starlette.datastructures import Headers, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Ranking
-from api.routes.scoring import ranked, router
+from api.middleware import LATENCY, REQUESTS
+from api.routes.scoring import ranked
 from api.schemas import read_rank
 from api.security import accepted, presented_key
 
+log = logging.getLogger("streamlearn.api")
+
 PATH = "/v1/rank"
-ROUTE = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == PATH)
 JSON = b"application/json"
 
 
 class RankHotPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """The app as served: ``app`` behind /v1/rank's hot path, which reads the app's ``state``
+    (what its lifespan set) and counts what it answers as RequestMetrics would."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
+        self.state = state
+        self.answered = REQUESTS.labels(PATH, "200")
+        self.latency = LATENCY.labels(PATH, "200")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -42,14 +52,17 @@ class RankHotPath:
         ):
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
+        start = time.perf_counter()
+        state = self.state
         settings = state.settings
         headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
         content_type = headers.get("content-type")
         keys = settings.api.scoring_keys
         presented = presented_key(headers) if keys else None
         if (
-            "content-length" not in headers  # chunked: BodyLimit counts it as FastAPI reads it
+            not length.isdigit()  # chunked: BodyLimit counts it as FastAPI reads it
+            or int(length) > settings.api.max_body_bytes  # BodyLimit's 413
             or content_type is None  # FastAPI's strict content type: the route answers 422
             or not _json(content_type)
             or (keys and (presented is None or not accepted(presented, keys)))
@@ -70,22 +83,26 @@ class RankHotPath:
         if request is None or served is None or len(request.items) > settings.api.max_candidates:
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["route"] = ROUTE  # what RequestMetrics labels the request by
-        payload = ranked(
-            request,
-            Ranking(served, settings, state.publisher, state.clock, state.rng, state.shadows),
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", b"%d" % len(payload)),
-                    (b"content-type", JSON),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        try:
+            payload = ranked(
+                request,
+                Ranking(served, settings, state.publisher, state.clock, state.rng, state.shadows),
+            )
+        except Exception:
+            # As Starlette's ServerErrorMiddleware answers what the route raises.
+            log.exception("POST %s failed", PATH)
+            REQUESTS.labels(PATH, "500").inc()
+            await _answer(send, 500, b"Internal Server Error", b"text/plain; charset=utf-8")
+            return
+        await _answer(send, 200, payload, JSON)
+        self.answered.inc()
+        self.latency.observe(time.perf_counter() - start)
+
+
+async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", content_type)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _json(content_type: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.app import create_app, served
 from streamlearn.archive_query import connect
 from streamlearn.errors import SignatureError
 from streamlearn.evaluation import evaluate
@@ -35,7 +35,7 @@ def app_client(
     store: ObjectSnapshotStore, publisher: RecordingPublisher, **settings: Any
 ) -> TestClient:
     config = Settings(**{"max_candidates": 3, "model_poll_s": 3600, **settings})
-    return TestClient(create_app(config, store=store, publisher=publisher))
+    return TestClient(served(create_app(config, store=store, publisher=publisher)))
 
 
 @pytest.fixture

@@ -125,6 +125,46 @@ def test_no_model_yet_is_fastapis_503(
         assert fast == route and fast[0] == 503
 
 
+def test_an_oversized_body_is_bodylimits_413(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher, max_body_bytes=1024) as c:
+        serving(c, store)
+        big = {**RANK, "context": {f"f{n}": "v" * 20 for n in range(40)}}
+        fast, route = both_ways(c, big)
+        assert fast == route and fast[0] == 413
+        assert both_ways(c, RANK)[0][0] == 200  # within the limit: the hot path's
+
+
+class Failing:
+    connected = True
+
+    def publish(self, topic: str, key: str, value: bytes) -> bool:
+        raise RuntimeError("a fault the route does not expect")
+
+
+def test_a_failure_while_ranking_is_a_500_either_way_and_counted(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    with app_client(store, publisher) as c:
+        serving(c, store)
+        line = 'streamlearn_api_requests_total{route="/v1/rank",status="500"} '
+
+        def counted() -> float:
+            found = [x for x in c.get("/metrics").text.splitlines() if x.startswith(line)]
+            return float(found[0].split()[-1]) if found else 0.0
+
+        before = counted()
+        c.app.state.publisher = Failing()  # type: ignore[attr-defined]
+        raw = json.dumps(RANK).encode()
+        headers = {"content-type": "application/json"}
+        for content in (raw, chunked(raw)):  # the hot path's, then the route's
+            c2 = TestClient(c.app, raise_server_exceptions=False)
+            r = c2.post("/v1/rank", content=content, headers=headers)
+            assert r.status_code == 500 and r.text == "Internal Server Error"
+        assert counted() == before + 2
+
+
 class Inner:
     """The app behind the hot path: records what reaches it."""
 
@@ -143,7 +183,7 @@ class Inner:
         await send({"type": "http.response.body", "body": b""})
 
 
-def call(app: Any, hot: RankHotPath, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+def call(hot: RankHotPath, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     """One POST /v1/rank through the hot path, its body in two messages; the status sent."""
     scope = {
         "type": "http",
@@ -151,7 +191,6 @@ def call(app: Any, hot: RankHotPath, body: bytes, headers: list[tuple[bytes, byt
         "path": "/v1/rank",
         "root_path": "",
         "headers": headers,
-        "app": app,
     }
     parts = [body[:5], body[5:]]
     sent: list[Message] = []
@@ -172,19 +211,19 @@ def test_what_the_hot_path_answers_never_reaches_fastapi(
     with app_client(store, publisher) as c:
         serving(c, store)
         inner = Inner()
-        hot = RankHotPath(inner)
+        hot = RankHotPath(inner, c.app.state)  # type: ignore[attr-defined]
         good = json.dumps(RANK).encode()
         typed = [(b"content-type", b"application/json; charset=utf-8")]
         length = [(b"content-length", b"%d" % len(good))]
-        assert call(c.app, hot, good, typed + length) == 200
+        assert call(hot, good, typed + length) == 200
         assert inner.bodies == [] and len(publisher.events) == 1
         # Each handed on whole, its body read again by FastAPI as it came.
         bad = json.dumps({**RANK, "k": 0}).encode()
         bad_length = [(b"content-length", b"%d" % len(bad))]
-        assert call(c.app, hot, bad, typed + bad_length) == 299
-        assert call(c.app, hot, good, typed) == 299  # chunked
-        assert call(c.app, hot, good, length) == 299  # no content type: FastAPI's 422
-        assert call(c.app, hot, good, [(b"content-type", b"text/plain"), *length]) == 299
+        assert call(hot, bad, typed + bad_length) == 299
+        assert call(hot, good, typed) == 299  # chunked
+        assert call(hot, good, length) == 299  # no content type: FastAPI's 422
+        assert call(hot, good, [(b"content-type", b"text/plain"), *length]) == 299
         assert inner.bodies == [bad, good, good, good]
         assert len(publisher.events) == 1
 
