@@ -2,16 +2,16 @@
 
 A storefront calls /v1/rank for every page it shows, and FastAPI's routing, dependency solving
 and exception layers cost a single worker about as much as scoring 100 candidates (bench/serve.py
-found the knee at 465 requests a second through them). This middleware answers a rank request
-itself when it is one the route would answer 200: a JSON body of known length that
-:class:`api.schemas.RankRequest` accepts (read by its faster twin,
-:func:`api.schemas.read_rank`), within ``max_candidates``, with a valid scoring key when keys
-are configured, and a model to serve. It builds the answer with the route's own
+found the knee at 465 requests a second through them). :class:`RankHotPath`, in front of the
+whole app, answers a rank request itself when the route would answer it 200: a JSON body of a
+length within ``max_body_bytes`` that :class:`api.schemas.RankRequest` accepts (read by its
+faster twin, :func:`api.schemas.read_rank`), within ``max_candidates``, with a valid scoring key
+when keys are configured, and a model to serve. It builds the answer with the route's own
 :func:`api.routes.scoring.ranked`, so both give the same bytes and publish the same event.
 
-Every other request (any other path, a bad body, no key, no model yet, a chunked body) goes on to
-the app untouched, the body it read replayed, and gets exactly the answer FastAPI gives it: the
-validation errors, 401 and 403, 413 and 503 stay the route's.
+Every other request (any other path, a bad body, no key, no model yet, a chunked or oversized
+body) goes on to the app untouched, the body it read replayed, and gets exactly the answer
+FastAPI gives it: the validation errors, 401 and 403, 413 and 503 stay the app's.
 """
 
 from __future__ import annotations
