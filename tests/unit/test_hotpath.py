@@ -43,21 +43,22 @@ def both_ways(
     return answers[0], answers[1]
 
 
+def rank_count(c: TestClient, status: int) -> float:
+    """/v1/rank's requests answered ``status``, as /metrics counts them."""
+    line = f'streamlearn_api_requests_total{{route="/v1/rank",status="{status}"}} '
+    found = [x for x in c.get("/metrics").text.splitlines() if x.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
 def test_a_valid_request_gets_the_routes_answer_and_event(
     store: ObjectSnapshotStore, publisher: RecordingPublisher
 ) -> None:
     with app_client(store, publisher) as c:
         serving(c, store)
-        line = 'streamlearn_api_requests_total{route="/v1/rank",status="200"} '
-
-        def counted() -> float:
-            found = [x for x in c.get("/metrics").text.splitlines() if x.startswith(line)]
-            return float(found[0].split()[-1]) if found else 0.0
-
-        before = counted()
+        before = rank_count(c, 200)
         fast, route = both_ways(c, {**RANK, "epsilon": 0, "explain": True})
         assert fast == route and fast[0] == 200 and len(fast[1]["items"]) == 2
-        assert counted() == before + 2  # both counted under the route's path
+        assert rank_count(c, 200) == before + 2  # both counted under the route's path
         assert "explanation" in fast[1]["items"][0]
         events = [e for _, _, e in publisher.events]
         assert len(events) == 2
@@ -148,13 +149,7 @@ def test_a_failure_while_ranking_is_a_500_either_way_and_counted(
 ) -> None:
     with app_client(store, publisher) as c:
         serving(c, store)
-        line = 'streamlearn_api_requests_total{route="/v1/rank",status="500"} '
-
-        def counted() -> float:
-            found = [x for x in c.get("/metrics").text.splitlines() if x.startswith(line)]
-            return float(found[0].split()[-1]) if found else 0.0
-
-        before = counted()
+        before = rank_count(c, 500)
         c.app.state.publisher = Failing()  # type: ignore[attr-defined]
         raw = json.dumps(RANK).encode()
         headers = {"content-type": "application/json"}
@@ -162,7 +157,7 @@ def test_a_failure_while_ranking_is_a_500_either_way_and_counted(
             c2 = TestClient(c.app, raise_server_exceptions=False)
             r = c2.post("/v1/rank", content=content, headers=headers)
             assert r.status_code == 500 and r.text == "Internal Server Error"
-        assert counted() == before + 2
+        assert rank_count(c, 500) == before + 2
 
 
 class Inner:
