@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,8 @@ def choose_slate(
     scored: Sequence[tuple[str, float]], k: int, epsilon: float, rng: random.Random
 ) -> list[Placed]:
     """Place ``min(k, len(scored))`` candidates. Equal scores keep the request's order."""
-    # sorted() is stable: among equal scores the earlier candidate ranks first.
-    remaining = sorted(scored, key=lambda c: -c[1])
+    # sorted() is stable, reversed too: among equal scores the earlier candidate ranks first.
+    remaining = sorted(scored, key=itemgetter(1), reverse=True)
     placed: list[Placed] = []
     for position in range(min(k, len(remaining))):
         m = len(remaining)

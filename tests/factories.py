@@ -236,6 +236,7 @@ class RecordingPublisher:
         self.connected = True
         self.accepting = True
         self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.raw: list[bytes] = []  # the events as published
 
     def start(self) -> None:
         pass
@@ -246,6 +247,7 @@ class RecordingPublisher:
     def publish(self, topic: str, key: str, value: bytes) -> bool:
         if self.accepting:
             self.events.append((topic, key, json.loads(value)))
+            self.raw.append(value)
         return self.accepting
 
     def pending(self) -> int:

@@ -22,7 +22,7 @@ from api.schemas import (
     problems,
 )
 from api.security import ScoringKey
-from streamlearn.events import Outcome, Recommendation, SlateItem
+from streamlearn.events import Outcome
 from streamlearn.features import FeatureValue
 from streamlearn.ranking import choose_slate
 from streamlearn.serving import ScoreRequest, Served
@@ -108,9 +108,8 @@ def ranked(body: RankBody, ranking: Ranking) -> bytes:
     served, settings, rng = ranking.served, ranking.settings, ranking.rng
     scores = served.score_request(body)
     epsilon = settings.api.explore_epsilon if body.epsilon is None else body.epsilon
-    slate = choose_slate(
-        [(c.item_id, p) for c, p in zip(body.items, scores, strict=True)], body.k, epsilon, rng
-    )
+    candidates = [c.item_id for c in body.items]
+    slate = choose_slate(list(zip(candidates, scores, strict=True)), body.k, epsilon, rng)
     features = {c.item_id: c.features for c in body.items}
     logged_scores = None
     if settings.api.shadow_share > 0 and rng.random() < settings.api.shadow_share:
@@ -121,32 +120,37 @@ def ranked(body: RankBody, ranking: Ranking) -> bytes:
             version = shadow.current
             if version is not None and version.model_name != served.model_name:
                 logged_scores[version.tag] = _six_digits(version.score_request(body))
-    event = Recommendation(
-        recommendation_id=uuid.uuid4().hex,
-        user_id=body.user_id,
-        event_time=ranking.clock.now(),
-        context=body.context,
-        items=[
-            SlateItem(
-                item_id=p.item_id,
-                position=p.position,
-                score=p.score,
-                propensity=p.propensity,
-                features=features[p.item_id],
-            )
+    recommendation_id = uuid.uuid4().hex
+    # The event exactly as Recommendation.model_dump_json writes it, without building the model
+    # (a sixth of the request's time): every value is already valid, the request's by its
+    # schema and the rest made here (a test compares the bytes with the model's).
+    event = {
+        "schema_version": 1,
+        "recommendation_id": recommendation_id,
+        "user_id": body.user_id,
+        "event_time": ranking.clock.now(),
+        "context": body.context,
+        "items": [
+            {
+                "item_id": p.item_id,
+                "position": p.position,
+                "score": p.score,
+                "propensity": p.propensity,
+                "features": features[p.item_id],
+            }
             for p in slate
         ],
-        model_version=served.tag,
-        epsilon=epsilon,
-        candidates=[c.item_id for c in body.items],
-        scores=logged_scores,
-    )
+        "model_version": served.tag,
+        "epsilon": epsilon,
+        "candidates": candidates,
+        "scores": logged_scores,
+    }
     logged = ranking.publisher.publish(
-        settings.topic("recommendations"), body.user_id, event.model_dump_json().encode()
+        settings.topic("recommendations"), body.user_id, orjson.dumps(event)
     )
     return orjson.dumps(
         {
-            "recommendation_id": event.recommendation_id,
+            "recommendation_id": recommendation_id,
             "model": served.model_name,
             "model_version": served.version,
             "items": [

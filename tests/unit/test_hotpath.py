@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.hotpath import RankHotPath
 from api.schemas import RankRequest, read_rank
+from streamlearn.events import Recommendation
 from streamlearn.snapshots import ObjectSnapshotStore
 from tests.factories import RANK, RecordingPublisher
 from tests.unit.test_api import app_client, serving
@@ -311,3 +312,17 @@ def test_the_hot_paths_reader_accepts_only_what_pydantic_accepts_and_reads_it_th
         assert json.dumps(read, sort_keys=True) == json.dumps(slow, sort_keys=True)
     if not edits:
         assert fast is not None  # the fast path itself
+
+
+def test_the_event_published_is_byte_for_byte_what_the_recommendation_model_writes(
+    store: ObjectSnapshotStore, publisher: RecordingPublisher
+) -> None:
+    # ranked() writes the event without building the model: every body either path accepts
+    # (coerced values among them) gives the bytes the model itself would write.
+    with app_client(store, publisher) as c:
+        serving(c, store)
+        for old, new in [("", ""), *EDITS]:
+            both_ways(c, GOOD.replace(old, new, 1).encode())
+    assert len(publisher.raw) >= 20
+    for raw in publisher.raw:
+        assert Recommendation.model_validate_json(raw).model_dump_json().encode() == raw
