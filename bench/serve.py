@@ -416,6 +416,7 @@ def main() -> None:
         "knee_rps_2_workers": knee_2[10.0],
         "knee_rps_1_worker_p99_25ms": knee_1[25.0],
         "knee_rps_2_workers_p99_25ms": knee_2[25.0],
+        "knee_ratio_2_to_1": round(knee_2[10.0] / knee_1[10.0], 2) if knee_1[10.0] else None,
         "knee_ratio_2_to_1_p99_25ms": (
             round(knee_2[25.0] / knee_1[25.0], 2) if knee_1[25.0] else None
         ),
