@@ -140,7 +140,8 @@ def create_app(
     app.include_router(dashboard.router)
     # The dashboard's pinned browser libraries (make vendor), from the API itself: no CDN.
     app.mount("/vendor", StaticFiles(directory=dashboard.VENDOR), name="vendor")
-    # Outermost first: every request is measured, the 413s included.
+    # Starlette wraps the last one added outermost: RequestMetrics measures every request,
+    # BodyLimit's 413s included.
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app
